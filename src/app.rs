@@ -1,0 +1,159 @@
+//! The running logger: starts the writer and one client per account, and on a signal (or when
+//! every account has failed) stops reading, writes out everything received, and returns.
+
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::store::postgres::{describe, PgStore};
+use crate::store::writer::{self, Writer};
+use crate::twitch::client::{AccountHandle, ClientEvent};
+use crate::twitch::transport;
+
+/// How the process should exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by SIGTERM/SIGINT after writing everything out.
+    Stopped,
+    /// Every account's login was rejected: nothing left to log.
+    NoAccountLeft,
+}
+
+/// Runs until a signal. `cfg` is the validated configuration.
+pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
+    for o in cfg.env_overrides.iter().filter(|o| o.file_also_set) {
+        tracing::info!("{} overrides `{}` from the config file; edits to that key have no effect while the variable is set", o.var, o.key);
+    }
+    transport::set_server(cfg.twitch.server.clone());
+    let mut shutdown = Box::pin(shutdown_signal());
+
+    let store = PgStore::connect_lazy(&cfg.database)?;
+    let what = describe(&cfg.database);
+    tokio::select! {
+        r = migrate_with_retry(&store, &what) => r?,
+        _ = &mut shutdown => return Ok(Outcome::Stopped),
+    }
+
+    let writer = writer::spawn(Arc::new(store), cfg.batch.clone());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut accounts = BTreeMap::new();
+    for (name, account) in &cfg.accounts {
+        let channels = cfg.channels_for(name);
+        accounts.insert(
+            name.clone(),
+            AccountHandle::start(
+                name,
+                account,
+                channels,
+                writer.sender.clone(),
+                events_tx.clone(),
+            ),
+        );
+    }
+    tracing::info!(
+        accounts = accounts.len(),
+        channels = cfg.all_channels().len(),
+        server = %cfg.twitch.server,
+        "logging chat"
+    );
+
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Outcome::Stopped,
+            Some(ev) = events.recv() => match ev {
+                ClientEvent::LoginRejected { account } => {
+                    // Give the task a moment to finish, then see who is left.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let left = accounts.values().filter(|a| a.is_running() && a.name != account).count();
+                    if left == 0 {
+                        tracing::error!("no account is left running (every login was rejected); exiting");
+                        break Outcome::NoAccountLeft;
+                    }
+                }
+            },
+        }
+    };
+    tracing::info!("stopping: no more reading; writing out everything received");
+    stop(accounts, writer).await;
+    Ok(outcome)
+}
+
+/// Stops every client (each hands over what it read), then lets the writer finish the queue.
+async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) {
+    futures_util::future::join_all(accounts.into_values().map(AccountHandle::stop)).await;
+    let Writer {
+        sender,
+        stats,
+        task,
+        ..
+    } = writer;
+    drop(sender);
+    let _ = task.await;
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        messages = stats.messages_stored.load(Relaxed),
+        duplicates = stats.duplicates.load(Relaxed),
+        notices = stats.notices_stored.load(Relaxed),
+        "stopped; everything received is written"
+    );
+}
+
+/// Applies migrations, waiting for the database to come up. Wrong credentials or a missing
+/// database are configuration errors and end the wait.
+pub async fn migrate_with_retry(store: &PgStore, what: &str) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match store.migrate().await {
+            Ok(()) => {
+                tracing::info!(database = %what, "database ready, schema up to date");
+                return Ok(());
+            }
+            Err(e) => {
+                if let Some(code) = fatal_code(&e) {
+                    return Err(anyhow::anyhow!("{e}")).context(format!(
+                        "cannot use database {what} ({code}); check POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB or [database]"
+                    ));
+                }
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(database = %what, attempt, "database not reachable yet, retrying: {e}");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn fatal_code(e: &sqlx::migrate::MigrateError) -> Option<String> {
+    let sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) = e else {
+        let text = e.to_string();
+        // Connection-time auth errors arrive wrapped; match them by SQLSTATE in the text.
+        return ["28P01", "28000", "3D000"]
+            .iter()
+            .find(|c| text.contains(*c))
+            .map(|c| c.to_string());
+    };
+    let code = db.code()?.to_string();
+    (code.starts_with("28") || code == "3D000").then_some(code)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

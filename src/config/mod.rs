@@ -1,0 +1,407 @@
+//! Configuration: the TOML schema ([`file`]), the original's environment variables ([`env`]),
+//! validation into the typed [`Config`] ([`validate`]) and the `check` report ([`render`]).
+//!
+//! Precedence is environment over file over built-in defaults. With no file at all the logger
+//! runs from the original Go program's eight variables alone ("env-only mode").
+
+pub mod duration;
+pub mod env;
+pub mod file;
+pub mod render;
+pub mod validate;
+
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::Rate;
+
+use crate::twitch::login::ServerAddr;
+
+/// The default file looked for under the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/config.toml";
+
+/// The account that `TWITCH_USERNAME`/`TWITCH_OAUTH_TOKEN` set, and the group `TWITCH_CHANNELS` sets.
+pub const DEFAULT_NAME: &str = "default";
+
+/// A validated, effective configuration: file + environment + defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from.
+    pub origin: Origin,
+    /// `[twitch]`
+    pub twitch: TwitchConfig,
+    /// `[database]`
+    pub database: DatabaseConfig,
+    /// `[batch]`
+    pub batch: BatchConfig,
+    /// `[reload]`
+    pub reload: ReloadConfig,
+    /// `[accounts.NAME]`, by name.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// `[groups.NAME]`, by name.
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Keys that an environment variable set, for the start-up notice and `check`.
+    pub env_overrides: Vec<EnvOverride>,
+}
+
+impl Config {
+    /// The channels an account should be in: the union of the groups that name it.
+    pub fn channels_for(&self, account: &str) -> BTreeSet<String> {
+        self.groups
+            .values()
+            .filter(|g| g.accounts.iter().any(|a| a == account))
+            .flat_map(|g| g.channels.iter().cloned())
+            .collect()
+    }
+
+    /// Every channel some account logs.
+    pub fn all_channels(&self) -> BTreeSet<String> {
+        self.groups
+            .values()
+            .flat_map(|g| g.channels.iter().cloned())
+            .collect()
+    }
+}
+
+/// Where the configuration was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A TOML file (plus environment overrides).
+    File(PathBuf),
+    /// No file: the original's environment variables only.
+    EnvOnly,
+}
+
+/// `[twitch]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwitchConfig {
+    /// IRC server to connect to.
+    pub server: ServerAddr,
+}
+
+/// `[database]`: a URL, or the fields the original's `POSTGRES_*` variables set.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// `database.url` / `DATABASE_URL`.
+    Url(SecretString),
+    /// `host`, `port`, `name`, `user`, `password`.
+    Fields {
+        host: String,
+        port: u16,
+        name: String,
+        user: String,
+        password: Option<SecretString>,
+    },
+}
+
+impl PartialEq for DatabaseConfig {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Url(a), Self::Url(b)) => a.expose_secret() == b.expose_secret(),
+            (
+                Self::Fields {
+                    host,
+                    port,
+                    name,
+                    user,
+                    password,
+                },
+                Self::Fields {
+                    host: h2,
+                    port: p2,
+                    name: n2,
+                    user: u2,
+                    password: pw2,
+                },
+            ) => {
+                (host, port, name, user) == (h2, p2, n2, u2)
+                    && password.as_ref().map(|p| p.expose_secret())
+                        == pw2.as_ref().map(|p| p.expose_secret())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `[batch]`: how the shared writer batches rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Flush when this many rows wait.
+    pub max_rows: usize,
+    /// Flush when the oldest waiting row is this old.
+    pub flush_interval: Duration,
+    /// Rows the in-memory queue between clients and writer holds.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: 100,
+            flush_interval: Duration::from_millis(1500),
+            queue_capacity: 100_000,
+        }
+    }
+}
+
+/// `[reload]`: how edits to the file are noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// watch (inotify & co), poll, or off.
+    pub mode: ReloadMode,
+    /// How often poll mode reads the file.
+    pub poll_interval: Duration,
+    /// Quiet time after the last file event before the file is read.
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            mode: ReloadMode::Watch,
+            poll_interval: Duration::from_secs(1),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// How the file is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadMode {
+    /// OS file events on the file's directory.
+    Watch,
+    /// Re-read on a timer (Docker Desktop mounts, network filesystems).
+    Poll,
+    /// Only SIGHUP reloads.
+    Off,
+}
+
+/// `[accounts.NAME]`
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// Who logs in.
+    pub credentials: Credentials,
+    /// JOIN pacing for this account.
+    pub join_rate: Rate,
+}
+
+impl PartialEq for AccountConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.credentials == other.credentials && self.join_rate == other.join_rate
+    }
+}
+
+/// A bot login, or anonymous read-only access.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// `justinfan` login: reads chat, needs no token.
+    Anonymous,
+    /// A real account. The token is stored without its `oauth:` prefix.
+    Login {
+        username: String,
+        token: SecretString,
+    },
+}
+
+impl Credentials {
+    /// The login name shown in logs (never the token).
+    pub fn display_login(&self) -> &str {
+        match self {
+            Credentials::Anonymous => "anonymous",
+            Credentials::Login { username, .. } => username,
+        }
+    }
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Anonymous, Self::Anonymous) => true,
+            (
+                Self::Login {
+                    username: a,
+                    token: t,
+                },
+                Self::Login {
+                    username: b,
+                    token: u,
+                },
+            ) => a == b && t.expose_secret() == u.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+/// `[groups.NAME]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Accounts that log this group's channels.
+    pub accounts: Vec<String>,
+    /// Normalised channel logins.
+    pub channels: BTreeSet<String>,
+}
+
+/// A key set by an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvOverride {
+    /// The variable, e.g. `TWITCH_CHANNELS`.
+    pub var: &'static str,
+    /// The key it sets, e.g. `groups.default.channels`.
+    pub key: String,
+    /// Whether the file set that key too (its value there is then ignored).
+    pub file_also_set: bool,
+}
+
+/// Where a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In the config file, at a line if known.
+    File {
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// In an environment variable.
+    Env(&'static str),
+    /// Nowhere in particular (e.g. a missing file).
+    None,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `groups.esports.accounts`.
+    pub key: String,
+    /// Where.
+    pub location: Location,
+    /// What is wrong and how to fix it. Never contains a secret.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Location::File {
+                line: Some(l),
+                column: Some(c),
+            } => write!(f, "line {l}, column {c}: ")?,
+            Location::File {
+                line: Some(l),
+                column: None,
+            } => write!(f, "line {l}: ")?,
+            Location::Env(var) => write!(f, "environment variable {var}: ")?,
+            _ => {}
+        }
+        if !self.key.is_empty() && !matches!(self.location, Location::Env(_)) {
+            write!(f, "key `{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one load, reported together.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `None` in env-only mode.
+    pub path: Option<PathBuf>,
+    /// All problems, in file order where possible.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        match &self.path {
+            Some(p) => writeln!(
+                f,
+                "{} has {n} problem{}:",
+                p.display(),
+                if n == 1 { "" } else { "s" }
+            )?,
+            None => writeln!(
+                f,
+                "the environment has {n} problem{} (env-only mode, no config file):",
+                if n == 1 { "" } else { "s" }
+            )?,
+        }
+        for p in &self.problems {
+            match &self.path {
+                Some(path) if matches!(p.location, Location::File { .. }) => {
+                    writeln!(f, "  {}: {p}", path.display())?
+                }
+                _ => writeln!(f, "  {p}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Picks the file: `--config`, else `CONFIG_FILE`, else `config/config.toml` if it exists,
+/// else none (env-only mode). An explicitly named file that is missing is an error, not a
+/// silent fall back to env-only mode.
+pub fn locate(
+    cli: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let named = match cli {
+        Some(p) => Some((p.to_path_buf(), "--config")),
+        None => env::get(env, "CONFIG_FILE").map(|p| (PathBuf::from(p), "CONFIG_FILE")),
+    };
+    match named {
+        Some((p, _)) if p.exists() => Ok(Some(p)),
+        Some((p, how)) => Err(ConfigError {
+            path: Some(p),
+            problems: vec![Problem {
+                key: String::new(),
+                location: Location::None,
+                message: format!(
+                    "the file named by {how} does not exist; fix the path, or drop {how} to run from the environment alone"
+                ),
+            }],
+        }),
+        None => {
+            let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+            Ok(default.exists().then_some(default))
+        }
+    }
+}
+
+/// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let err = |problems| ConfigError {
+        path: path.map(Path::to_path_buf),
+        problems,
+    };
+    let (file, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                err(vec![Problem {
+                    key: String::new(),
+                    location: Location::None,
+                    message: format!(
+                        "cannot read the file: {e}; check the path and its permissions"
+                    ),
+                }])
+            })?;
+            (file::parse(&text).map_err(|p| err(vec![p]))?, Some(text))
+        }
+        None => (file::FileConfig::default(), None),
+    };
+    let mut problems = Vec::new();
+    let (file, overrides) = env::apply(file, path.is_some(), env, &mut problems);
+    let origin = match path {
+        Some(p) => Origin::File(p.to_path_buf()),
+        None => Origin::EnvOnly,
+    };
+    let cfg = validate::validate(file, text.as_deref(), origin, overrides, &mut problems);
+    if problems.is_empty() {
+        Ok(cfg.expect("no problems means a config"))
+    } else {
+        Err(err(problems))
+    }
+}

@@ -1,0 +1,120 @@
+//! The effective configuration as `check` prints it: TOML-shaped, secrets as `[redacted]`,
+//! each value set by an environment variable marked with that variable.
+
+use std::fmt::Write;
+
+use super::duration::format_duration;
+use super::{Config, Credentials, DatabaseConfig, Origin, ReloadMode};
+
+/// Renders `cfg`. Never prints a secret.
+pub fn render(cfg: &Config) -> String {
+    let mut out = String::new();
+    let src = |key: &str| {
+        cfg.env_overrides
+            .iter()
+            .find(|o| o.key == key)
+            .map(|o| {
+                format!(
+                    "  # from {}{}",
+                    o.var,
+                    if o.file_also_set {
+                        " (overrides the file)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .unwrap_or_default()
+    };
+    let origin = match &cfg.origin {
+        Origin::File(p) => format!("file {} + environment", p.display()),
+        Origin::EnvOnly => "environment only (no config file)".into(),
+    };
+    let _ = writeln!(out, "# effective configuration: {origin}");
+    let _ = writeln!(
+        out,
+        "\n[twitch]\nserver = \"{}\"{}",
+        cfg.twitch.server,
+        src("twitch.server")
+    );
+    let _ = writeln!(out, "\n[database]");
+    match &cfg.database {
+        DatabaseConfig::Url(_) => {
+            let _ = writeln!(out, "url = \"[redacted]\"{}", src("database.url"));
+        }
+        DatabaseConfig::Fields {
+            host,
+            port,
+            name,
+            user,
+            password,
+        } => {
+            let _ = writeln!(out, "host = \"{host}\"{}", src("database.host"));
+            let _ = writeln!(out, "port = {port}{}", src("database.port"));
+            let _ = writeln!(out, "name = \"{name}\"{}", src("database.name"));
+            let _ = writeln!(out, "user = \"{user}\"{}", src("database.user"));
+            let pw = if password.is_some() {
+                "\"[redacted]\""
+            } else {
+                "(none)"
+            };
+            let _ = writeln!(out, "password = {pw}{}", src("database.password"));
+        }
+    }
+    let b = &cfg.batch;
+    let _ = writeln!(
+        out,
+        "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}",
+        b.max_rows,
+        format_duration(b.flush_interval),
+        b.queue_capacity
+    );
+    let mode = match cfg.reload.mode {
+        ReloadMode::Watch => "watch",
+        ReloadMode::Poll => "poll",
+        ReloadMode::Off => "off",
+    };
+    let _ = writeln!(
+        out,
+        "\n[reload]\nmode = \"{mode}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
+        format_duration(cfg.reload.poll_interval),
+        format_duration(cfg.reload.debounce)
+    );
+    for (name, a) in &cfg.accounts {
+        let _ = writeln!(out, "\n[accounts.{name}]");
+        match &a.credentials {
+            Credentials::Anonymous => {
+                let _ = writeln!(out, "# anonymous (read-only, no token)");
+            }
+            Credentials::Login { username, .. } => {
+                let _ = writeln!(
+                    out,
+                    "username = \"{username}\"{}",
+                    src(&format!("accounts.{name}.username"))
+                );
+                let _ = writeln!(
+                    out,
+                    "oauth_token = \"[redacted]\"{}",
+                    src(&format!("accounts.{name}.oauth_token"))
+                );
+            }
+        }
+        let _ = writeln!(out, "join_rate = \"{}\"", a.join_rate);
+        let channels = cfg.channels_for(name);
+        let _ = writeln!(out, "# joins {} channel(s)", channels.len());
+    }
+    for (name, g) in &cfg.groups {
+        let _ = writeln!(out, "\n[groups.{name}]");
+        let quoted = |v: &mut dyn Iterator<Item = &String>| {
+            v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(out, "accounts = [{}]", quoted(&mut g.accounts.iter()));
+        let _ = writeln!(
+            out,
+            "channels = [{}]{}",
+            quoted(&mut g.channels.iter()),
+            src(&format!("groups.{name}.channels"))
+        );
+    }
+    out
+}

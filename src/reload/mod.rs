@@ -1,0 +1,1 @@
+//! Live reload of the config file (see docs/ARCHITECTURE.md).

@@ -1,0 +1,143 @@
+//! Where rows go: the records the clients produce, the [`Store`] seam, the shared batch
+//! [`writer`], and the PostgreSQL implementation ([`postgres`]).
+//!
+//! SQL lives only in `postgres`; the writer knows batches, not tables, so that an SQLite store
+//! or time-partitioned tables can come in behind the same trait.
+
+pub mod postgres;
+pub mod writer;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// One chat line (PRIVMSG), ready to store. Columns of `chat_messages`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// Twitch's message id (tag `id`); the dedupe key.
+    pub message_id: String,
+    /// Channel login, without `#`.
+    pub channel: String,
+    /// Channel's user id (tag `room-id`).
+    pub room_id: Option<String>,
+    /// Sender's user id.
+    pub user_id: Option<String>,
+    /// Sender's login.
+    pub username: String,
+    /// Sender's display name.
+    pub display_name: Option<String>,
+    /// Message text (without the `/me` wrapper).
+    pub text: String,
+    /// Badges as a JSON object text, badge → version.
+    pub badges: String,
+    /// Name colour, `#RRGGBB`, or none.
+    pub color: Option<String>,
+    /// Moderator or broadcaster.
+    pub is_mod: bool,
+    /// Subscriber or founder.
+    pub is_subscriber: bool,
+    /// Bits cheered (0 if none).
+    pub bits: i32,
+    /// `/me` action.
+    pub is_action: bool,
+    /// Raw `emotes` tag, or none.
+    pub emotes: Option<String>,
+    /// `first-msg` tag: the sender's first message in this channel.
+    pub first_msg: Option<bool>,
+    /// Reply parent's message id.
+    pub reply_parent_msg_id: Option<String>,
+    /// Reply parent's login.
+    pub reply_parent_user_login: Option<String>,
+    /// Twitch's `tmi-sent-ts`.
+    pub sent_at: DateTime<Utc>,
+    /// When this process read the line.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A NOTICE from Twitch about a channel. Rows of `channel_notices`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelNotice {
+    /// Channel login, or `*` for a server-wide notice.
+    pub channel: String,
+    /// Twitch's `msg-id` tag.
+    pub msg_id: Option<String>,
+    /// The notice text.
+    pub message: String,
+    /// When this process read the line.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What the clients hand to the writer.
+// Messages are the common case: boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A chat message.
+    Message(ChatMessage),
+    /// A notice.
+    Notice(ChannelNotice),
+}
+
+/// A set of records written together.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// Chat messages.
+    pub messages: Vec<ChatMessage>,
+    /// Notices.
+    pub notices: Vec<ChannelNotice>,
+}
+
+impl Batch {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.notices.len()
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a record.
+    pub fn push(&mut self, r: Record) {
+        match r {
+            Record::Message(m) => self.messages.push(m),
+            Record::Notice(n) => self.notices.push(n),
+        }
+    }
+
+    /// Empties it, keeping capacity.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.notices.clear();
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Messages newly stored.
+    pub messages_inserted: u64,
+    /// Messages already stored (same `message_id`), skipped.
+    pub duplicates: u64,
+    /// Notices stored.
+    pub notices_inserted: u64,
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke: retry the batch later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused some row's content: retrying the same batch will fail again.
+    #[error("database rejected a row: {0}")]
+    Rejected(String),
+}
+
+/// The storage seam: the writer hands it whole batches. Writes must be idempotent per
+/// message (a retried batch stores each message once).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes one batch atomically.
+    async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError>;
+}

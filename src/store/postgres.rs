@@ -1,0 +1,165 @@
+//! PostgreSQL behind the [`Store`] seam: connection options, migrations, set-based inserts.
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{Batch, Store, StoreError, WriteReport};
+use crate::config::DatabaseConfig;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection options from the config. No connection string is built from the parts, so a
+/// password with `@`, `/`, `:` or `%` needs no escaping.
+pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    let opts = match cfg {
+        DatabaseConfig::Url(url) => PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
+            anyhow::anyhow!("database.url / DATABASE_URL is not a valid postgres:// URL (value hidden because it may hold a password)")
+        })?,
+        DatabaseConfig::Fields { host, port, name, user, password } => {
+            let o = PgConnectOptions::new_without_pgpass().host(host).port(*port).database(name).username(user);
+            match password {
+                Some(p) => o.password(p.expose_secret()),
+                None => o,
+            }
+        }
+    };
+    Ok(opts.application_name("twitch-chat-logger"))
+}
+
+/// Where the database is, for log lines: never the password.
+pub fn describe(cfg: &DatabaseConfig) -> String {
+    match cfg {
+        DatabaseConfig::Url(_) => "database.url".to_string(),
+        DatabaseConfig::Fields {
+            host,
+            port,
+            name,
+            user,
+            ..
+        } => format!("{user}@{host}:{port}/{name}"),
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Wraps a pool.
+    pub fn new(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    /// Makes a pool (connections are opened lazily and re-opened after failures).
+    pub fn connect_lazy(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(connect_options(cfg)?);
+        Ok(PgStore { pool })
+    }
+
+    /// The pool, for migrations and health checks.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations. A database made by the original's `init.sql` is upgraded in
+    /// place: the first migration only adds what is missing.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+}
+
+/// Connection-level failures are retried; anything the server said about the data is not.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Class 22 (data exception) and 23 (integrity) are about the rows themselves;
+            // everything else (57P01 admin shutdown, 53xxx resources, 08xxx connection) is retryable.
+            if code.starts_with("22") || code.starts_with("23") {
+                StoreError::Rejected(db.message().to_string())
+            } else {
+                StoreError::Unavailable(format!("{} ({code})", db.message()))
+            }
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+const INSERT_MESSAGES: &str = "
+INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, display_name, text,
+    badges, color, is_mod, is_subscriber, bits, is_action, emotes, first_msg,
+    reply_parent_msg_id, reply_parent_user_login, sent_at, received_at)
+SELECT m, c, r, u, un, dn, t, b::jsonb, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::bool[], $14::text[],
+    $15::bool[], $16::text[], $17::text[], $18::timestamptz[], $19::timestamptz[])
+    AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra)
+ON CONFLICT (message_id) DO NOTHING";
+
+const INSERT_NOTICES: &str = "
+INSERT INTO channel_notices (channel, msg_id, message, received_at)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut report = WriteReport::default();
+        if !batch.messages.is_empty() {
+            let ms = &batch.messages;
+            macro_rules! col {
+                ($f:ident) => {
+                    ms.iter().map(|m| m.$f.clone()).collect::<Vec<_>>()
+                };
+            }
+            let done = sqlx::query(INSERT_MESSAGES)
+                .bind(col!(message_id))
+                .bind(col!(channel))
+                .bind(col!(room_id))
+                .bind(col!(user_id))
+                .bind(col!(username))
+                .bind(col!(display_name))
+                .bind(col!(text))
+                .bind(col!(badges))
+                .bind(col!(color))
+                .bind(col!(is_mod))
+                .bind(col!(is_subscriber))
+                .bind(col!(bits))
+                .bind(col!(is_action))
+                .bind(col!(emotes))
+                .bind(col!(first_msg))
+                .bind(col!(reply_parent_msg_id))
+                .bind(col!(reply_parent_user_login))
+                .bind(col!(sent_at))
+                .bind(col!(received_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            report.messages_inserted = done.rows_affected();
+            report.duplicates = ms.len() as u64 - done.rows_affected();
+        }
+        if !batch.notices.is_empty() {
+            let ns = &batch.notices;
+            let done = sqlx::query(INSERT_NOTICES)
+                .bind(ns.iter().map(|n| n.channel.clone()).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| n.msg_id.clone()).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| n.message.clone()).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| n.received_at).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            report.notices_inserted = done.rows_affected();
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(report)
+    }
+}

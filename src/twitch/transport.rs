@@ -1,0 +1,248 @@
+//! Our twitch-irc [`Transport`]: connects to the configured server (twitch-irc's own TCP
+//! transport has Twitch's host built in) and paces JOINs on the wire.
+//!
+//! Pacing sits here, below twitch-irc, because twitch-irc sends JOINs in a burst both when we
+//! ask and when it rejoins after a reconnect. `Transport::new()` takes no arguments, so the
+//! server address and the per-account pacers live in process-wide registries; a connection
+//! learns its account from the `NICK` line it sends before any JOIN.
+
+use async_trait::async_trait;
+use either::Either;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::{FramedRead, LinesCodec};
+use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
+use twitch_irc::transport::Transport;
+
+use super::login::ServerAddr;
+use crate::config::Rate;
+
+static SERVER: RwLock<Option<ServerAddr>> = RwLock::new(None);
+static PACERS: Mutex<Option<HashMap<String, Arc<JoinPacer>>>> = Mutex::new(None);
+
+/// Sets where new connections go (existing ones are not moved).
+pub fn set_server(addr: ServerAddr) {
+    *SERVER.write().expect("server lock") = Some(addr);
+}
+
+fn server() -> ServerAddr {
+    SERVER
+        .read()
+        .expect("server lock")
+        .clone()
+        .unwrap_or_else(ServerAddr::twitch)
+}
+
+/// The pacer for `login`, created with `rate` or updated to it. All connections of one login
+/// share it, since Twitch counts JOINs per account.
+pub fn pacer_for(login: &str, rate: Rate) -> Arc<JoinPacer> {
+    let mut map = PACERS.lock().expect("pacers lock");
+    let map = map.get_or_insert_with(HashMap::new);
+    let p = map
+        .entry(login.to_string())
+        .or_insert_with(|| Arc::new(JoinPacer::new(rate)));
+    p.set_rate(rate);
+    p.clone()
+}
+
+fn lookup_pacer(login: &str) -> Arc<JoinPacer> {
+    pacer_for_existing(login)
+        .unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
+}
+
+fn pacer_for_existing(login: &str) -> Option<Arc<JoinPacer>> {
+    PACERS
+        .lock()
+        .expect("pacers lock")
+        .as_ref()?
+        .get(login)
+        .cloned()
+}
+
+/// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`.
+#[derive(Debug)]
+pub struct JoinPacer {
+    state: Mutex<(Rate, VecDeque<Instant>)>,
+}
+
+impl JoinPacer {
+    /// A pacer allowing `rate`.
+    pub fn new(rate: Rate) -> Self {
+        JoinPacer {
+            state: Mutex::new((rate, VecDeque::new())),
+        }
+    }
+
+    /// Changes the allowance (reload of `join_rate`).
+    pub fn set_rate(&self, rate: Rate) {
+        self.state.lock().expect("pacer lock").0 = rate;
+    }
+
+    /// Waits for a slot and takes it. Cancel-safe: a slot is taken only when this returns.
+    pub async fn acquire(&self) {
+        loop {
+            let wait_until = {
+                let mut guard = self.state.lock().expect("pacer lock");
+                let (rate, sent) = &mut *guard;
+                let now = Instant::now();
+                while sent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= rate.per)
+                {
+                    sent.pop_front();
+                }
+                if sent.len() < rate.count as usize {
+                    sent.push_back(now);
+                    return;
+                }
+                sent[sent.len() - rate.count as usize] + rate.per
+            };
+            sleep_until(wait_until).await;
+        }
+    }
+}
+
+type Incoming = Box<
+    dyn futures_util::stream::FusedStream<
+            Item = Result<IRCMessage, Either<std::io::Error, IRCParseError>>,
+        > + Unpin
+        + Send
+        + Sync,
+>;
+type Outgoing =
+    Box<dyn futures_util::Sink<IRCMessage, Error = std::io::Error> + Unpin + Send + Sync>;
+
+trait Socket: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Socket for T {}
+
+/// A connection to the configured IRC server.
+pub struct PacedTransport {
+    incoming: Incoming,
+    outgoing: Outgoing,
+}
+
+impl fmt::Debug for PacedTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PacedTransport")
+    }
+}
+
+/// Longest line accepted from the server; Twitch lines are far shorter (tags + 500 chars).
+const MAX_LINE: usize = 64 * 1024;
+
+async fn connect(addr: &ServerAddr) -> std::io::Result<Pin<Box<dyn Socket>>> {
+    let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+    tcp.set_nodelay(true)?;
+    if !addr.tls {
+        return Ok(Box::pin(tcp));
+    }
+    use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(addr.host.clone()).map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(Box::pin(tls))
+}
+
+#[async_trait]
+impl Transport for PacedTransport {
+    type ConnectError = std::io::Error;
+    type IncomingError = std::io::Error;
+    type OutgoingError = std::io::Error;
+    type Incoming = Incoming;
+    type Outgoing = Outgoing;
+
+    async fn new() -> Result<Self, std::io::Error> {
+        let socket = connect(&server()).await?;
+        let (read, write) = tokio::io::split(socket);
+        let incoming = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE))
+            .filter_map(|line| {
+                std::future::ready(match line {
+                    Ok(l) if l.trim().is_empty() => None,
+                    Ok(l) => {
+                        Some(IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right))
+                    }
+                    Err(e) => Some(Err(Either::Left(std::io::Error::other(e)))),
+                })
+            })
+            .fuse();
+        let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
+        tokio::spawn(write_loop(rx, write));
+        let outgoing = tx.sink_map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended")
+        });
+        Ok(PacedTransport {
+            incoming: Box::new(incoming),
+            outgoing: Box::new(outgoing),
+        })
+    }
+
+    fn split(self) -> (Self::Incoming, Self::Outgoing) {
+        (self.incoming, self.outgoing)
+    }
+}
+
+/// Writes outgoing lines in order, except that JOINs wait for the account's pacer while
+/// everything else (PONG, PART, PING) goes out at once, so keepalives never queue behind JOINs.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
+    mut w: W,
+) {
+    let mut pacer: Option<Arc<JoinPacer>> = None;
+    let mut pending: VecDeque<IRCMessage> = VecDeque::new();
+    loop {
+        let next_join = async {
+            match (&pacer, pending.is_empty()) {
+                (Some(p), false) => p.acquire().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let line = tokio::select! {
+            m = rx.next() => match m {
+                None => break,
+                Some(m) => match m.command.as_str() {
+                    "NICK" => {
+                        pacer = Some(lookup_pacer(m.params.first().map_or("", String::as_str)));
+                        m
+                    }
+                    "JOIN" => {
+                        if pacer.is_none() {
+                            pacer = Some(Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)));
+                        }
+                        pending.push_back(m);
+                        continue;
+                    }
+                    "PART" => {
+                        // A PART overtakes a JOIN of the same channel still waiting: drop that JOIN.
+                        pending.retain(|j| j.params.first() != m.params.first());
+                        m
+                    }
+                    _ => m,
+                },
+            },
+            _ = next_join => pending.pop_front().expect("a JOIN is pending"),
+        };
+        let mut raw = line.as_raw_irc();
+        raw.push_str("\r\n");
+        if w.write_all(raw.as_bytes()).await.is_err() || w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}

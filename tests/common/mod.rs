@@ -1,0 +1,248 @@
+//! Shared test harness: a fresh database per test on the PostgreSQL that `scripts/test.sh`
+//! started (or `DATABASE_URL`), the fake Twitch server, and the real logger binary.
+#![allow(dead_code)]
+
+pub mod fake_twitch;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::ConnectOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use fake_twitch::{privmsg, FakeTwitch};
+
+/// A database of the test's own.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    pub opts: PgConnectOptions,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the tests with ./scripts/test.sh, which starts a throwaway PostgreSQL",
+    )
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn new() -> TestDb {
+        let admin = PgConnectOptions::from_str(&admin_url()).unwrap();
+        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
+        let name = format!("tcl_{}_{}", std::process::id(), rand_suffix());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let opts = admin.clone().database(&name);
+        let mut url = url::Url::parse(&admin_url()).unwrap();
+        url.set_path(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .connect_with(opts.clone())
+            .await
+            .unwrap();
+        TestDb {
+            name,
+            url: url.to_string(),
+            pool,
+            opts,
+        }
+    }
+
+    /// The original's POSTGRES_* variables for this database.
+    pub fn postgres_env(&self) -> Vec<(String, String)> {
+        let u = url::Url::parse(&self.url).unwrap();
+        vec![
+            ("POSTGRES_HOST".into(), u.host_str().unwrap().to_string()),
+            ("POSTGRES_PORT".into(), u.port().unwrap_or(5432).to_string()),
+            ("POSTGRES_DB".into(), self.name.clone()),
+            ("POSTGRES_USER".into(), u.username().to_string()),
+            (
+                "POSTGRES_PASSWORD".into(),
+                u.password().unwrap_or("").to_string(),
+            ),
+        ]
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `sql` (a count) reaches `n`; panics after `timeout`.
+    pub async fn wait_count(&self, sql: &str, n: i64, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let got = self.count(sql).await;
+            if got >= n {
+                assert_eq!(got, n, "{sql}: more rows than expected");
+                return;
+            }
+            if Instant::now() > end {
+                panic!("timed out: {sql} = {got}, wanted {n}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}_{}", nanos, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The logger binary, running.
+pub struct Logger {
+    child: Child,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Builds a command for the real binary with a clean environment (no stray TWITCH_* or
+/// POSTGRES_* from the developer's shell).
+pub fn logger_cmd(cwd: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twitch-chat-logger"));
+    c.env_clear();
+    for keep in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(keep) {
+            c.env(keep, v);
+        }
+    }
+    c.env("RUST_LOG", "info,twitch_chat_logger=debug");
+    c.current_dir(cwd);
+    c
+}
+
+impl Logger {
+    /// Starts `cmd` with stderr captured line by line.
+    pub fn spawn(mut cmd: Command) -> Logger {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("start logger binary");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var("TEST_ECHO_LOGGER").is_ok() {
+                    eprintln!("[logger] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logger { child, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            if Instant::now() > end {
+                panic!(
+                    "timed out waiting for log line {needle:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `HUP`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for exit; returns the exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr thread catch up.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > end {
+                panic!(
+                    "logger did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temp dir with `config.toml` holding `toml`.
+pub fn config_dir(toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
+/// The real Twitch lines in ../shared/twitch-irc-samples.txt, by their `# kind` heading.
+pub fn samples() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/twitch-irc-samples.txt");
+    let text = std::fs::read_to_string(&path)
+        .or_else(|_| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitch-irc-samples.txt"),
+            )
+        })
+        .expect("twitch-irc-samples.txt");
+    let mut out = vec![];
+    let mut kind = String::new();
+    for line in text.lines() {
+        if let Some(k) = line.strip_prefix("# ") {
+            kind = k.to_string();
+        } else if !line.trim().is_empty() && !kind.is_empty() {
+            out.push((kind.clone(), line.to_string()));
+        }
+    }
+    out
+}
+
+pub fn sample(kind: &str) -> String {
+    samples()
+        .into_iter()
+        .find(|(k, _)| k == kind)
+        .unwrap_or_else(|| panic!("no sample {kind}"))
+        .1
+}
