@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, Origin};
+use crate::reload::{self, watch::Reloader, Plan};
 use crate::store::postgres::{describe, PgStore};
 use crate::store::writer::{self, Writer};
 use crate::twitch::client::{AccountHandle, ClientEvent};
@@ -22,7 +23,68 @@ pub enum Outcome {
     NoAccountLeft,
 }
 
-/// Runs until a signal. `cfg` is the validated configuration.
+/// What runs: the config in effect, one client per account, the shared writer.
+struct Runtime {
+    cfg: Config,
+    accounts: BTreeMap<String, AccountHandle>,
+    writer: Writer,
+    events: mpsc::UnboundedSender<ClientEvent>,
+}
+
+impl Runtime {
+    fn start_account(&mut self, name: &str) {
+        let account = &self.cfg.accounts[name];
+        let handle = AccountHandle::start(
+            name,
+            account,
+            self.cfg.channels_for(name),
+            self.writer.sender.clone(),
+            self.events.clone(),
+        );
+        self.accounts.insert(name.to_string(), handle);
+    }
+
+    /// Applies a new valid config: the reconciliation step of a reload.
+    async fn apply(&mut self, mut new: Config) -> Plan {
+        let p = reload::plan(&self.cfg, &new);
+        // Settings that cannot change live keep their running values, so `cfg` stays what runs.
+        new.database = self.cfg.database.clone();
+        new.twitch = self.cfg.twitch.clone();
+        new.reload = self.cfg.reload.clone();
+        new.batch.queue_capacity = self.cfg.batch.queue_capacity;
+        self.cfg = new;
+
+        let leaving: Vec<AccountHandle> = p
+            .stop
+            .iter()
+            .chain(&p.restart)
+            .filter_map(|n| self.accounts.remove(n))
+            .collect();
+        futures_util::future::join_all(leaving.into_iter().map(AccountHandle::stop)).await;
+        for name in p.restart.iter().chain(&p.start) {
+            self.start_account(name);
+        }
+        for (name, rate) in &p.join_rate {
+            if let Some(h) = self.accounts.get(name) {
+                h.set_join_rate(*rate);
+            }
+        }
+        for name in p.channels.keys() {
+            if let Some(h) = self.accounts.get(name) {
+                h.set_channels(self.cfg.channels_for(name));
+            }
+        }
+        if let Some(b) = &p.batch {
+            self.writer.settings.send_replace(b.clone());
+        }
+        for key in &p.needs_restart {
+            tracing::warn!("`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)");
+        }
+        p
+    }
+}
+
+/// Runs until a signal. `cfg` is the validated configuration, read from `cfg.origin`.
 pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     for o in cfg.env_overrides.iter().filter(|o| o.file_also_set) {
         tracing::info!("{} overrides `{}` from the config file; edits to that key have no effect while the variable is set", o.var, o.key);
@@ -37,37 +99,59 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         _ = &mut shutdown => return Ok(Outcome::Stopped),
     }
 
+    let mut reloader = match &cfg.origin {
+        Origin::File(path) => Some(Reloader::new(path, &cfg.reload, None)?),
+        Origin::EnvOnly => {
+            // SIGHUP's default action would end the process.
+            tokio::spawn(async {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no config file to reload (env-only mode)");
+                }
+            });
+            None
+        }
+    };
+
     let writer = writer::spawn(Arc::new(store), cfg.batch.clone());
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut accounts = BTreeMap::new();
-    for (name, account) in &cfg.accounts {
-        let channels = cfg.channels_for(name);
-        accounts.insert(
-            name.clone(),
-            AccountHandle::start(
-                name,
-                account,
-                channels,
-                writer.sender.clone(),
-                events_tx.clone(),
-            ),
-        );
+    let mut rt = Runtime {
+        cfg,
+        accounts: BTreeMap::new(),
+        writer,
+        events: events_tx,
+    };
+    for name in rt.cfg.accounts.keys().cloned().collect::<Vec<_>>() {
+        rt.start_account(&name);
     }
     tracing::info!(
-        accounts = accounts.len(),
-        channels = cfg.all_channels().len(),
-        server = %cfg.twitch.server,
+        accounts = rt.accounts.len(),
+        channels = rt.cfg.all_channels().len(),
+        server = %rt.cfg.twitch.server,
         "logging chat"
     );
 
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Outcome::Stopped,
+            new = async { reloader.as_mut().unwrap().next().await }, if reloader.is_some() => {
+                let p = rt.apply(new).await;
+                if let Some(r) = &reloader {
+                    r.stats.success.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if !p.is_empty() {
+                    tracing::info!("config reloaded: {}", p.summary());
+                }
+            }
             Some(ev) = events.recv() => match ev {
                 ClientEvent::LoginRejected { account } => {
                     // Give the task a moment to finish, then see who is left.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let left = accounts.values().filter(|a| a.is_running() && a.name != account).count();
+                    let left = rt.accounts.values().filter(|a| a.is_running() && a.name != account).count();
                     if left == 0 {
                         tracing::error!("no account is left running (every login was rejected); exiting");
                         break Outcome::NoAccountLeft;
@@ -77,7 +161,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("stopping: no more reading; writing out everything received");
-    stop(accounts, writer).await;
+    stop(rt.accounts, rt.writer).await;
     Ok(outcome)
 }
 

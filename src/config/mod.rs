@@ -373,35 +373,61 @@ pub fn load(
     path: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let err = |problems| ConfigError {
-        path: path.map(Path::to_path_buf),
-        problems,
-    };
-    let (file, text) = match path {
+    match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                err(vec![Problem {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                path: Some(p.to_path_buf()),
+                problems: vec![Problem {
                     key: String::new(),
                     location: Location::None,
                     message: format!(
                         "cannot read the file: {e}; check the path and its permissions"
                     ),
-                }])
+                }],
             })?;
-            (file::parse(&text).map_err(|p| err(vec![p]))?, Some(text))
+            load_text(Some((p, &text)), env)
         }
-        None => (file::FileConfig::default(), None),
+        None => load_text(None, env),
+    }
+}
+
+/// [`load`] for a file already read (the reloader compares the text before parsing it).
+pub fn load_text(
+    file: Option<(&Path, &str)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let path = file.map(|(p, _)| p);
+    let err = |problems| ConfigError {
+        path: path.map(Path::to_path_buf),
+        problems,
+    };
+    let parsed = match file {
+        Some((_, text)) => file::parse(text).map_err(|p| err(vec![p]))?,
+        None => file::FileConfig::default(),
     };
     let mut problems = Vec::new();
-    let (file, overrides) = env::apply(file, path.is_some(), env, &mut problems);
+    let (parsed, overrides) = env::apply(parsed, path.is_some(), env, &mut problems);
+    if path.is_none() && !problems.is_empty() {
+        // Env-only mode with variables missing or malformed: name those, and nothing that
+        // follows from them (one line per variable).
+        return Err(err(problems));
+    }
     let origin = match path {
         Some(p) => Origin::File(p.to_path_buf()),
         None => Origin::EnvOnly,
     };
-    let cfg = validate::validate(file, text.as_deref(), origin, overrides, &mut problems);
-    if problems.is_empty() {
-        Ok(cfg.expect("no problems means a config"))
-    } else {
-        Err(err(problems))
+    let cfg = validate::validate(
+        parsed,
+        file.map(|(_, t)| t),
+        origin,
+        overrides,
+        &mut problems,
+    );
+    match cfg {
+        Some(cfg) if problems.is_empty() => Ok(cfg),
+        _ => Err(err(problems)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,24 +62,28 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> Writer {
 async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Record>,
-    settings: watch::Receiver<BatchConfig>,
+    mut settings: watch::Receiver<BatchConfig>,
     stats: Arc<WriterStats>,
 ) {
     let mut batch = Batch::default();
     let mut buf = Vec::new();
     let mut closed = false;
     while !closed {
-        let (max_rows, interval) = {
-            let s = settings.borrow();
-            (s.max_rows, s.flush_interval)
-        };
         // Wait for the first row; the flush clock starts when it arrives.
         match rx.recv().await {
             Some(r) => batch.push(r),
             None => break,
         }
-        let deadline = Instant::now() + interval;
-        while batch.len() < max_rows {
+        let started = Instant::now();
+        loop {
+            // Re-read each round so a reload's new settings apply to the batch being filled.
+            let (max_rows, interval) = {
+                let s = settings.borrow_and_update();
+                (s.max_rows, s.flush_interval)
+            };
+            if batch.len() >= max_rows {
+                break;
+            }
             tokio::select! {
                 n = rx.recv_many(&mut buf, max_rows - batch.len()) => {
                     if n == 0 {
@@ -90,7 +94,8 @@ async fn run(
                         batch.push(r);
                     }
                 }
-                _ = sleep_until(deadline) => break,
+                _ = sleep_until(started + interval) => break,
+                Ok(()) = settings.changed() => {}
             }
         }
         flush(&*store, &batch, &stats).await;

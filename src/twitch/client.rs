@@ -35,6 +35,8 @@ pub struct AccountHandle {
     pub name: String,
     /// The config it runs with.
     pub config: AccountConfig,
+    /// The login on the wire (`justinfan…` when anonymous): the JOIN pacer's key.
+    login: String,
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
@@ -55,7 +57,8 @@ impl AccountHandle {
                 Some(token.expose_secret().to_string()),
             ),
         };
-        pacer_for(&creds.credentials.login, config.join_rate);
+        let login = creds.credentials.login.clone();
+        pacer_for(&login, config.join_rate);
         let mut client_config = ClientConfig::new_simple(creds);
         client_config.tracing_identifier = Some(name.to_string().into());
         let (incoming, client) = Client::new(client_config);
@@ -73,6 +76,7 @@ impl AccountHandle {
         AccountHandle {
             name: name.to_string(),
             config: config.clone(),
+            login,
             commands: tx,
             task,
         }
@@ -81,6 +85,11 @@ impl AccountHandle {
     /// Joins what is new, parts what is gone; keeps the connection.
     pub fn set_channels(&self, channels: BTreeSet<String>) {
         let _ = self.commands.send(Command::SetChannels(channels));
+    }
+
+    /// Changes JOIN pacing without reconnecting.
+    pub fn set_join_rate(&self, rate: crate::config::Rate) {
+        pacer_for(&self.login, rate);
     }
 
     /// Whether the client still runs (false after a rejected login).

@@ -1,0 +1,272 @@
+//! The reload diff: what must change to get from the running config to the new one.
+//! Pure (no I/O), so every case is unit-tested; `app` applies the plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{BatchConfig, Config, Rate};
+
+/// What a reload does.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// New accounts to start.
+    pub start: Vec<String>,
+    /// Accounts to stop (after their messages are handed to the writer).
+    pub stop: Vec<String>,
+    /// Accounts whose username or token changed: reconnect with the new credentials.
+    pub restart: Vec<String>,
+    /// Running accounts whose channel set changed: account → (join, part).
+    pub channels: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    /// Running accounts whose JOIN pacing changed.
+    pub join_rate: BTreeMap<String, Rate>,
+    /// New live batch settings (`max_rows`, `flush_interval`).
+    pub batch: Option<BatchConfig>,
+    /// Keys that changed but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+
+    /// The one summary line a reload logs.
+    pub fn summary(&self) -> String {
+        let list = |v: &mut dyn Iterator<Item = &String>| v.cloned().collect::<Vec<_>>().join(", ");
+        let joins: BTreeSet<&String> = self.channels.values().flat_map(|(j, _)| j).collect();
+        let parts: BTreeSet<&String> = self.channels.values().flat_map(|(_, p)| p).collect();
+        let mut parts_out = vec![];
+        if !joins.is_empty() {
+            parts_out.push(format!("joined [{}]", list(&mut joins.into_iter())));
+        }
+        if !parts.is_empty() {
+            parts_out.push(format!("parted [{}]", list(&mut parts.into_iter())));
+        }
+        for (label, v) in [
+            ("accounts started", &self.start),
+            ("stopped", &self.stop),
+            ("reconnected", &self.restart),
+        ] {
+            if !v.is_empty() {
+                parts_out.push(format!("{label} [{}]", v.join(", ")));
+            }
+        }
+        if !self.join_rate.is_empty() {
+            parts_out.push(format!(
+                "join_rate changed [{}]",
+                list(&mut self.join_rate.keys())
+            ));
+        }
+        if self.batch.is_some() {
+            parts_out.push("batch settings applied".into());
+        }
+        if parts_out.is_empty() {
+            parts_out.push("nothing to apply live".into());
+        }
+        parts_out.join("; ")
+    }
+}
+
+/// Diffs `old` (what runs) against `new` (what the file now says).
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = Plan::default();
+    for (name, acc) in &new.accounts {
+        match old.accounts.get(name) {
+            None => p.start.push(name.clone()),
+            Some(prev) if prev.credentials != acc.credentials => p.restart.push(name.clone()),
+            Some(prev) => {
+                if prev.join_rate != acc.join_rate {
+                    p.join_rate.insert(name.clone(), acc.join_rate);
+                }
+                let (was, now) = (old.channels_for(name), new.channels_for(name));
+                if was != now {
+                    let join: BTreeSet<String> = now.difference(&was).cloned().collect();
+                    let part: BTreeSet<String> = was.difference(&now).cloned().collect();
+                    p.channels.insert(name.clone(), (join, part));
+                }
+            }
+        }
+    }
+    p.stop = old
+        .accounts
+        .keys()
+        .filter(|n| !new.accounts.contains_key(*n))
+        .cloned()
+        .collect();
+
+    let (ob, nb) = (&old.batch, &new.batch);
+    if (ob.max_rows, ob.flush_interval) != (nb.max_rows, nb.flush_interval) {
+        p.batch = Some(BatchConfig {
+            queue_capacity: ob.queue_capacity,
+            ..nb.clone()
+        });
+    }
+    if ob.queue_capacity != nb.queue_capacity {
+        p.needs_restart.push("batch.queue_capacity");
+    }
+    if old.database != new.database {
+        p.needs_restart.push("database");
+    }
+    if old.twitch != new.twitch {
+        p.needs_restart.push("twitch.server");
+    }
+    if old.reload != new.reload {
+        p.needs_restart.push("reload");
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::config::{
+        AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, TwitchConfig,
+    };
+    use crate::twitch::login::ServerAddr;
+    use secrecy::SecretString;
+    use std::time::Duration;
+
+    fn account(token: Option<&str>) -> AccountConfig {
+        AccountConfig {
+            credentials: match token {
+                None => Credentials::Anonymous,
+                Some(t) => Credentials::Login {
+                    username: "bot".into(),
+                    token: SecretString::from(t.to_string()),
+                },
+            },
+            join_rate: Rate::TWITCH_DEFAULT_JOINS,
+        }
+    }
+
+    fn config(accounts: &[(&str, Option<&str>)], groups: &[(&str, &[&str], &[&str])]) -> Config {
+        Config {
+            origin: Origin::EnvOnly,
+            twitch: TwitchConfig {
+                server: ServerAddr::twitch(),
+            },
+            database: DatabaseConfig::Fields {
+                host: "h".into(),
+                port: 5432,
+                name: "n".into(),
+                user: "u".into(),
+                password: None,
+            },
+            batch: BatchConfig::default(),
+            reload: ReloadConfig::default(),
+            accounts: accounts
+                .iter()
+                .map(|(n, t)| (n.to_string(), account(*t)))
+                .collect(),
+            groups: groups
+                .iter()
+                .map(|(n, a, c)| {
+                    (
+                        n.to_string(),
+                        GroupConfig {
+                            accounts: a.iter().map(|s| s.to_string()).collect(),
+                            channels: c.iter().map(|s| s.to_string()).collect(),
+                        },
+                    )
+                })
+                .collect(),
+            env_overrides: vec![],
+        }
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_same_config_plans_nothing() {
+        let c = config(&[("a", Some("t"))], &[("g", &["a"], &["x"])]);
+        assert!(plan(&c, &c.clone()).is_empty());
+    }
+
+    #[test]
+    fn adding_a_channel_joins_it_without_reconnecting_anyone() {
+        let old = config(
+            &[("a", Some("t")), ("b", None)],
+            &[("g", &["a"], &["x"]), ("h", &["b"], &["y"])],
+        );
+        let new = config(
+            &[("a", Some("t")), ("b", None)],
+            &[("g", &["a"], &["x", "z"]), ("h", &["b"], &["y"])],
+        );
+        let p = plan(&old, &new);
+        assert_eq!(p.channels.len(), 1);
+        assert_eq!(p.channels["a"], (set(&["z"]), set(&[])));
+        assert!(p.restart.is_empty() && p.start.is_empty() && p.stop.is_empty());
+        assert_eq!(p.summary(), "joined [z]");
+    }
+
+    #[test]
+    fn a_channel_another_group_still_needs_is_not_parted() {
+        let old = config(
+            &[("a", None)],
+            &[("g", &["a"], &["x", "shared"]), ("h", &["a"], &["shared"])],
+        );
+        let new = config(
+            &[("a", None)],
+            &[("g", &["a"], &["x"]), ("h", &["a"], &["shared"])],
+        );
+        assert!(plan(&old, &new).is_empty());
+        let gone = config(&[("a", None)], &[("g", &["a"], &["x"])]);
+        assert_eq!(
+            plan(&old, &gone).channels["a"],
+            (set(&[]), set(&["shared"]))
+        );
+    }
+
+    #[test]
+    fn accounts_added_removed_and_with_new_tokens() {
+        let old = config(&[("a", Some("t1")), ("gone", None)], &[]);
+        let new = config(&[("a", Some("t2")), ("fresh", None)], &[]);
+        let p = plan(&old, &new);
+        assert_eq!(p.start, ["fresh"]);
+        assert_eq!(p.stop, ["gone"]);
+        assert_eq!(p.restart, ["a"]);
+        assert!(
+            p.summary().contains("accounts started [fresh]")
+                && p.summary().contains("reconnected [a]")
+        );
+    }
+
+    #[test]
+    fn batch_settings_apply_live_but_queue_capacity_and_database_need_a_restart() {
+        let old = config(&[], &[]);
+        let mut new = old.clone();
+        new.batch.max_rows = 7;
+        new.batch.flush_interval = Duration::from_millis(300);
+        new.batch.queue_capacity = 9;
+        new.database = DatabaseConfig::Fields {
+            host: "elsewhere".into(),
+            port: 5432,
+            name: "n".into(),
+            user: "u".into(),
+            password: None,
+        };
+        let p = plan(&old, &new);
+        let b = p.batch.unwrap();
+        assert_eq!(
+            (b.max_rows, b.flush_interval, b.queue_capacity),
+            (7, Duration::from_millis(300), old.batch.queue_capacity)
+        );
+        assert_eq!(p.needs_restart, ["batch.queue_capacity", "database"]);
+    }
+
+    #[test]
+    fn a_join_rate_change_needs_no_reconnect() {
+        let old = config(&[("a", Some("t"))], &[]);
+        let mut new = old.clone();
+        new.accounts.get_mut("a").unwrap().join_rate = Rate {
+            count: 50,
+            per: Duration::from_secs(10),
+        };
+        let p = plan(&old, &new);
+        assert!(p.restart.is_empty());
+        assert_eq!(p.join_rate["a"].count, 50);
+    }
+}
