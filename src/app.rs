@@ -51,15 +51,11 @@ impl Runtime {
         new.database = self.cfg.database.clone();
         new.twitch = self.cfg.twitch.clone();
         new.reload = self.cfg.reload.clone();
-        new.batch.queue_capacity = self.cfg.batch.queue_capacity;
+        new.batch.spool_dir = self.cfg.batch.spool_dir.clone();
         self.cfg = new;
 
-        let leaving: Vec<AccountHandle> = p
-            .stop
-            .iter()
-            .chain(&p.restart)
-            .filter_map(|n| self.accounts.remove(n))
-            .collect();
+        let leaving: Vec<AccountHandle> =
+            p.stop.iter().chain(&p.restart).filter_map(|n| self.accounts.remove(n)).collect();
         futures_util::future::join_all(leaving.into_iter().map(AccountHandle::stop)).await;
         for name in p.restart.iter().chain(&p.start) {
             self.start_account(name);
@@ -75,10 +71,12 @@ impl Runtime {
             }
         }
         if let Some(b) = &p.batch {
-            self.writer.settings.send_replace(b.clone());
+            self.writer.update(b.clone());
         }
         for key in &p.needs_restart {
-            tracing::warn!("`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)");
+            tracing::warn!(
+                "`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)"
+            );
         }
         p
     }
@@ -87,7 +85,11 @@ impl Runtime {
 /// Runs until a signal. `cfg` is the validated configuration, read from `cfg.origin`.
 pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     for o in cfg.env_overrides.iter().filter(|o| o.file_also_set) {
-        tracing::info!("{} overrides `{}` from the config file; edits to that key have no effect while the variable is set", o.var, o.key);
+        tracing::info!(
+            "{} overrides `{}` from the config file; edits to that key have no effect while the variable is set",
+            o.var,
+            o.key
+        );
     }
     transport::set_server(cfg.twitch.server.clone());
     let mut shutdown = Box::pin(shutdown_signal());
@@ -104,9 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         Origin::EnvOnly => {
             // SIGHUP's default action would end the process.
             tokio::spawn(async {
-                let Ok(mut hup) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                else {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
                     return;
                 };
                 while hup.recv().await.is_some() {
@@ -117,14 +117,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
 
-    let writer = writer::spawn(Arc::new(store), cfg.batch.clone());
+    let writer = writer::spawn(Arc::new(store), cfg.batch.clone()).with_context(|| {
+        format!("cannot open the spool directory {} (batch.spool_dir)", cfg.batch.spool_dir.display())
+    })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut rt = Runtime {
-        cfg,
-        accounts: BTreeMap::new(),
-        writer,
-        events: events_tx,
-    };
+    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), writer, events: events_tx };
     for name in rt.cfg.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }
@@ -168,20 +165,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 /// Stops every client (each hands over what it read), then lets the writer finish the queue.
 async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) {
     futures_util::future::join_all(accounts.into_values().map(AccountHandle::stop)).await;
-    let Writer {
-        sender,
-        stats,
-        task,
-        ..
-    } = writer;
-    drop(sender);
-    let _ = task.await;
+    let stats = writer.stats.clone();
+    writer.finish().await;
     use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(
         messages = stats.messages_stored.load(Relaxed),
         duplicates = stats.duplicates.load(Relaxed),
         notices = stats.notices_stored.load(Relaxed),
-        "stopped; everything received is written"
+        spooled = stats.spooled.load(Relaxed),
+        replayed = stats.replayed.load(Relaxed),
+        dead_lettered = stats.dead_lettered.load(Relaxed),
+        dropped = stats.dropped.load(Relaxed),
+        "stopped; everything received is in the database or the spool"
     );
 }
 
@@ -217,10 +212,7 @@ fn fatal_code(e: &sqlx::migrate::MigrateError) -> Option<String> {
     let sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) = e else {
         let text = e.to_string();
         // Connection-time auth errors arrive wrapped; match them by SQLSTATE in the text.
-        return ["28P01", "28000", "3D000"]
-            .iter()
-            .find(|c| text.contains(*c))
-            .map(|c| c.to_string());
+        return ["28P01", "28000", "3D000"].iter().find(|c| text.contains(*c)).map(|c| c.to_string());
     };
     let code = db.code()?.to_string();
     (code.starts_with("28") || code == "3D000").then_some(code)
@@ -231,8 +223,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -1,6 +1,7 @@
 //! Command line: parse, set up logging, load the config, hand over to `app`.
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::prelude::*;
@@ -42,6 +43,7 @@ fn init_logging() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(no_secret_lines)
                 .with_filter(filter),
         )

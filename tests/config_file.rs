@@ -48,35 +48,18 @@ channels = ["b1", "shared"]
     assert_eq!(fake.joined_by("alphabot"), set(&["a1", "shared"]));
     assert_eq!(fake.joined_by("betabot"), set(&["b1", "shared"]));
     let conns = fake.conns();
-    let pass_of = |nick: &str| {
-        conns
-            .iter()
-            .find(|c| c.nick.as_deref() == Some(nick))
-            .and_then(|c| c.pass.clone())
-    };
+    let pass_of = |nick: &str| conns.iter().find(|c| c.nick.as_deref() == Some(nick)).and_then(|c| c.pass.clone());
     assert_eq!(pass_of("alphabot").as_deref(), Some("oauth:tokA"));
     assert_eq!(pass_of("betabot").as_deref(), Some("oauth:tokB"));
     assert_eq!(conns.len(), 2, "one connection per account");
-    assert_eq!(
-        fake.join_lines("alphabot").len(),
-        2,
-        "no JOIN beyond its groups' channels"
-    );
+    assert_eq!(fake.join_lines("alphabot").len(), 2, "no JOIN beyond its groups' channels");
 
-    assert_eq!(
-        fake.to_channel("shared", &privmsg("shared", "sh-1", "Gus", "seen by both")),
-        2
-    );
+    assert_eq!(fake.to_channel("shared", &privmsg("shared", "sh-1", "Gus", "seen by both")), 2);
     fake.to_channel("a1", &privmsg("a1", "a-1", "Gus", "only alpha"));
     fake.to_channel("b1", &privmsg("b1", "b-1", "Gus", "only beta"));
-    db.wait_count("SELECT count(*) FROM chat_messages", 3, 10 * SEC)
-        .await;
+    db.wait_count("SELECT count(*) FROM chat_messages", 3, 10 * SEC).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        db.count("SELECT count(*) FROM chat_messages WHERE message_id = 'sh-1'")
-            .await,
-        1
-    );
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages WHERE message_id = 'sh-1'").await, 1);
 }
 
 fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -99,25 +82,12 @@ fn check_accepts_the_shipped_config_and_shows_overrides_redacted() {
     let (code, out, err) = check(
         root,
         &[],
-        &[
-            ("TWITCH_OAUTH_TOKEN", "oauth:sekrit42"),
-            ("TWITCH_USERNAME", "mybot"),
-            ("TWITCH_CHANNELS", "x,y"),
-        ],
+        &[("TWITCH_OAUTH_TOKEN", "oauth:sekrit42"), ("TWITCH_USERNAME", "mybot"), ("TWITCH_CHANNELS", "x,y")],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("config/config.toml"),
-        "found config/config.toml by default: {out}"
-    );
-    assert!(
-        out.contains("oauth_token = \"[redacted]\"  # from TWITCH_OAUTH_TOKEN"),
-        "{out}"
-    );
-    assert!(
-        out.contains("channels = [\"x\", \"y\"]  # from TWITCH_CHANNELS (overrides the file)"),
-        "{out}"
-    );
+    assert!(out.contains("config/config.toml"), "found config/config.toml by default: {out}");
+    assert!(out.contains("oauth_token = \"[redacted]\"  # from TWITCH_OAUTH_TOKEN"), "{out}");
+    assert!(out.contains("channels = [\"x\", \"y\"]  # from TWITCH_CHANNELS (overrides the file)"), "{out}");
     assert!(!out.contains("sekrit42") && !err.contains("sekrit42"));
 }
 
@@ -126,12 +96,11 @@ fn check_lists_every_problem_and_exits_nonzero_without_touching_the_network() {
     let (dir, path) = config_dir("[batch]\nmax_row = 5\n");
     let (code, _, err) = check(dir.path(), &["--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("line 2") && err.contains("did you mean `max_rows`"),
-        "{err}"
-    );
+    assert!(err.contains("line 2") && err.contains("did you mean `max_rows`"), "{err}");
 
-    let (dir, path) = config_dir("[database]\nurl = \"mysql://u:dbpw@h/x\"\n[groups.g]\naccounts = [\"nobody\"]\nchannels = [\"a b\"]\n");
+    let (dir, path) = config_dir(
+        "[database]\nurl = \"mysql://u:dbpw@h/x\"\n[groups.g]\naccounts = [\"nobody\"]\nchannels = [\"a b\"]\n",
+    );
     let (code, _, err) = check(dir.path(), &["--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("3 problems"), "{err}");
@@ -147,19 +116,15 @@ fn the_example_configs_pass_check() {
     }
     for example in ["multi-account.toml", "docker-secrets.toml"] {
         let text = std::fs::read_to_string(root.join("examples").join(example)).unwrap();
-        let (dir, path) =
-            config_dir(&text.replace("/run/secrets", secrets.path().to_str().unwrap()));
+        let (dir, path) = config_dir(&text.replace("/run/secrets", secrets.path().to_str().unwrap()));
         let (code, out, err) = check(dir.path(), &["--config", path.to_str().unwrap()], &[]);
         assert_eq!(code, 0, "{example}: {err}");
         assert!(out.contains("[redacted]"), "{out}");
     }
     // The env-only example: no file, the variables alone.
     let env_text = std::fs::read_to_string(root.join("examples/env-only.env")).unwrap();
-    let env: Vec<(&str, &str)> = env_text
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains('='))
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let env: Vec<(&str, &str)> =
+        env_text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).filter_map(|l| l.split_once('=')).collect();
     assert_eq!(env.len(), 8, "the original's eight variables");
     let empty = tempfile::tempdir().unwrap();
     let (code, out, err) = check(empty.path(), &[], &env);

@@ -10,19 +10,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{t}` has no unit; write e.g. \"1.5s\", \"500ms\" or \"2m\""))?;
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{t}` does not start with a number; write e.g. \"1.5s\""))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{t}` does not start with a number; write e.g. \"1.5s\""))?;
     let secs = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "`{t}` has an unknown unit `{other}`; use ms, s, m or h"
-            ))
-        }
+        other => return Err(format!("`{t}` has an unknown unit `{other}`; use ms, s, m or h")),
     };
     if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("`{t}` is out of range"));
@@ -53,10 +47,7 @@ pub struct Rate {
 
 impl Rate {
     /// Twitch's limit for a normal (not verified) account.
-    pub const TWITCH_DEFAULT_JOINS: Rate = Rate {
-        count: 20,
-        per: Duration::from_secs(10),
-    };
+    pub const TWITCH_DEFAULT_JOINS: Rate = Rate { count: 20, per: Duration::from_secs(10) };
 }
 
 impl std::fmt::Display for Rate {
@@ -67,18 +58,11 @@ impl std::fmt::Display for Rate {
 
 /// Parses `"20/10s"`.
 pub fn parse_rate(text: &str) -> Result<Rate, String> {
-    let (count, per) = text
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` is not a rate; write it as \"20/10s\""))?;
-    let count: u32 = count
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}`: `{count}` is not a whole number"))?;
+    let (count, per) = text.split_once('/').ok_or_else(|| format!("`{text}` is not a rate; write it as \"20/10s\""))?;
+    let count: u32 = count.trim().parse().map_err(|_| format!("`{text}`: `{count}` is not a whole number"))?;
     let per = parse_duration(per)?;
     if count == 0 || per.is_zero() {
-        return Err(format!(
-            "`{text}` allows nothing; both sides must be above 0"
-        ));
+        return Err(format!("`{text}` allows nothing; both sides must be above 0"));
     }
     Ok(Rate { count, per })
 }
@@ -99,9 +83,7 @@ mod tests {
     #[test]
     fn durations_without_a_known_unit_are_rejected_with_a_hint() {
         assert!(parse_duration("15").unwrap_err().contains("no unit"));
-        assert!(parse_duration("3 days")
-            .unwrap_err()
-            .contains("unknown unit"));
+        assert!(parse_duration("3 days").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").is_err());
     }
 

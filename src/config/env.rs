@@ -41,24 +41,14 @@ pub fn apply(
 ) -> (FileConfig, Vec<EnvOverride>) {
     let mut overrides = Vec::new();
     let mut note = |var: &'static str, key: String, file_also_set: bool| {
-        overrides.push(EnvOverride {
-            var,
-            key,
-            file_also_set,
-        });
+        overrides.push(EnvOverride { var, key, file_also_set });
     };
 
     if !has_file {
         let db_url = get(env, "DATABASE_URL").is_some();
         let mut required = vec!["TWITCH_USERNAME", "TWITCH_OAUTH_TOKEN", "TWITCH_CHANNELS"];
         if !db_url {
-            required.extend([
-                "POSTGRES_HOST",
-                "POSTGRES_PORT",
-                "POSTGRES_DB",
-                "POSTGRES_USER",
-                "POSTGRES_PASSWORD",
-            ]);
+            required.extend(["POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"]);
         }
         for var in required {
             if get(env, var).is_none() {
@@ -75,11 +65,7 @@ pub fn apply(
     }
 
     if let Some(v) = get(env, "TWITCH_IRC_SERVER") {
-        note(
-            "TWITCH_IRC_SERVER",
-            "twitch.server".into(),
-            file.twitch.server.is_some(),
-        );
+        note("TWITCH_IRC_SERVER", "twitch.server".into(), file.twitch.server.is_some());
         file.twitch.server = Some(spanned(v));
     }
 
@@ -88,11 +74,7 @@ pub fn apply(
         note("DATABASE_URL", "database.url".into(), db.url.is_some());
         db.url = Some(SecretString::from(v));
     }
-    for (var, key) in [
-        ("POSTGRES_HOST", "host"),
-        ("POSTGRES_DB", "name"),
-        ("POSTGRES_USER", "user"),
-    ] {
+    for (var, key) in [("POSTGRES_HOST", "host"), ("POSTGRES_DB", "name"), ("POSTGRES_USER", "user")] {
         if let Some(v) = get(env, var) {
             let slot = match key {
                 "host" => &mut db.host,
@@ -110,19 +92,13 @@ pub fn apply(
             _ => problems.push(Problem {
                 key: String::new(),
                 location: Location::Env("POSTGRES_PORT"),
-                message: format!(
-                    "`{v}` is not a port number; use a whole number from 1 to 65535, e.g. 5432"
-                ),
+                message: format!("`{v}` is not a port number; use a whole number from 1 to 65535, e.g. 5432"),
             }),
         }
     }
     if let Some(v) = env("POSTGRES_PASSWORD").filter(|v| !v.is_empty()) {
         // Not trimmed: a password may legitimately end in a space.
-        note(
-            "POSTGRES_PASSWORD",
-            "database.password".into(),
-            db.password.is_some() || db.password_file.is_some(),
-        );
+        note("POSTGRES_PASSWORD", "database.password".into(), db.password.is_some() || db.password_file.is_some());
         db.password = Some(SecretString::from(v));
         db.password_file = None;
     }
@@ -133,11 +109,7 @@ pub fn apply(
     if user.is_some() || token.is_some() || channels.is_some() {
         let account = file.accounts.entry(DEFAULT_NAME.into()).or_default();
         if let Some(u) = user {
-            note(
-                "TWITCH_USERNAME",
-                "accounts.default.username".into(),
-                account.username.is_some(),
-            );
+            note("TWITCH_USERNAME", "accounts.default.username".into(), account.username.is_some());
             account.username = Some(spanned(u.trim().to_string()));
         }
         if let Some(t) = token {
@@ -154,27 +126,14 @@ pub fn apply(
         let group = file
             .groups
             .entry(DEFAULT_NAME.into())
-            .or_insert_with(|| GroupFile {
-                accounts: vec![spanned(DEFAULT_NAME.to_string())],
-                channels: Vec::new(),
-            });
-        note(
-            "TWITCH_CHANNELS",
-            "groups.default.channels".into(),
-            !group.channels.is_empty(),
-        );
-        group.channels = list
-            .split(',')
-            .filter(|c| !c.trim().is_empty())
-            .map(|c| spanned(c.to_string()))
-            .collect();
+            .or_insert_with(|| GroupFile { accounts: vec![spanned(DEFAULT_NAME.to_string())], channels: Vec::new() });
+        note("TWITCH_CHANNELS", "groups.default.channels".into(), !group.channels.is_empty());
+        group.channels = list.split(',').filter(|c| !c.trim().is_empty()).map(|c| spanned(c.to_string())).collect();
         if group.channels.is_empty() {
             problems.push(Problem {
                 key: String::new(),
                 location: Location::Env("TWITCH_CHANNELS"),
-                message:
-                    "names no channel; write a comma-separated list, e.g. channel_one,channel_two"
-                        .into(),
+                message: "names no channel; write a comma-separated list, e.g. channel_one,channel_two".into(),
             });
         }
     }

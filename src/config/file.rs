@@ -54,6 +54,9 @@ pub struct BatchFile {
     pub max_rows: Option<Spanned<i64>>,
     pub flush_interval: Option<Spanned<String>>,
     pub queue_capacity: Option<Spanned<i64>>,
+    pub spool_dir: Option<Spanned<PathBuf>>,
+    pub spool_max_bytes: Option<Spanned<i64>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
 }
 
 /// `[reload]`
@@ -107,6 +110,9 @@ const KNOWN_KEYS: &[&str] = &[
     "max_rows",
     "flush_interval",
     "queue_capacity",
+    "spool_dir",
+    "spool_max_bytes",
+    "shutdown_timeout",
     "mode",
     "poll_interval",
     "debounce",
@@ -130,20 +136,13 @@ fn problem_from_toml(text: &str, err: &toml::de::Error) -> Problem {
     let key = key_path_at(text, line);
     let leaf = key.rsplit('.').next().unwrap_or("");
     let mut message = err.message().trim().to_string();
-    if SECRET_KEYS.contains(&leaf)
-        || SECRET_KEYS
-            .iter()
-            .any(|k| line_text.trim_start().starts_with(k))
-    {
+    if SECRET_KEYS.contains(&leaf) || SECRET_KEYS.iter().any(|k| line_text.trim_start().starts_with(k)) {
         // The parser's message may quote the value; this key holds a secret.
         message = format!(
             "the value of `{leaf}` is not valid TOML or not a string (value hidden because it is a secret); \
              write it as a quoted string, e.g. {leaf} = \"...\""
         );
-    } else if let Some(unknown) = message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split('`').next())
-    {
+    } else if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
         let unknown = unknown.to_string();
         message = format!("unknown key `{unknown}`");
         if let Some(best) = did_you_mean(&unknown) {
@@ -152,14 +151,7 @@ fn problem_from_toml(text: &str, err: &toml::de::Error) -> Problem {
             message.push_str("; see the config reference in README.md for the keys of this table");
         }
     }
-    Problem {
-        key,
-        location: super::Location::File {
-            line: Some(line),
-            column: Some(col),
-        },
-        message,
-    }
+    Problem { key, location: super::Location::File { line: Some(line), column: Some(col) }, message }
 }
 
 /// The closest known key, if it is close enough to be a typo.
@@ -210,25 +202,15 @@ mod tests {
         let text = "[batch]\nmax_row = 5\n";
         let p = parse(text).unwrap_err();
         assert_eq!(p.key, "batch.max_row");
-        assert!(
-            p.message.contains("did you mean `max_rows`"),
-            "{}",
-            p.message
-        );
-        assert!(matches!(
-            p.location,
-            super::super::Location::File { line: Some(2), .. }
-        ));
+        assert!(p.message.contains("did you mean `max_rows`"), "{}", p.message);
+        assert!(matches!(p.location, super::super::Location::File { line: Some(2), .. }));
     }
 
     #[test]
     fn type_error_names_key_and_line() {
         let p = parse("[batch]\nmax_rows = \"lots\"\n").unwrap_err();
         assert_eq!(p.key, "batch.max_rows");
-        assert!(matches!(
-            p.location,
-            super::super::Location::File { line: Some(2), .. }
-        ));
+        assert!(matches!(p.location, super::super::Location::File { line: Some(2), .. }));
     }
 
     #[test]

@@ -59,10 +59,7 @@ impl Config {
 
     /// Every channel some account logs.
     pub fn all_channels(&self) -> BTreeSet<String> {
-        self.groups
-            .values()
-            .flat_map(|g| g.channels.iter().cloned())
-            .collect()
+        self.groups.values().flat_map(|g| g.channels.iter().cloned()).collect()
     }
 }
 
@@ -88,13 +85,7 @@ pub enum DatabaseConfig {
     /// `database.url` / `DATABASE_URL`.
     Url(SecretString),
     /// `host`, `port`, `name`, `user`, `password`.
-    Fields {
-        host: String,
-        port: u16,
-        name: String,
-        user: String,
-        password: Option<SecretString>,
-    },
+    Fields { host: String, port: u16, name: String, user: String, password: Option<SecretString> },
 }
 
 impl PartialEq for DatabaseConfig {
@@ -102,24 +93,11 @@ impl PartialEq for DatabaseConfig {
         match (self, other) {
             (Self::Url(a), Self::Url(b)) => a.expose_secret() == b.expose_secret(),
             (
-                Self::Fields {
-                    host,
-                    port,
-                    name,
-                    user,
-                    password,
-                },
-                Self::Fields {
-                    host: h2,
-                    port: p2,
-                    name: n2,
-                    user: u2,
-                    password: pw2,
-                },
+                Self::Fields { host, port, name, user, password },
+                Self::Fields { host: h2, port: p2, name: n2, user: u2, password: pw2 },
             ) => {
                 (host, port, name, user) == (h2, p2, n2, u2)
-                    && password.as_ref().map(|p| p.expose_secret())
-                        == pw2.as_ref().map(|p| p.expose_secret())
+                    && password.as_ref().map(|p| p.expose_secret()) == pw2.as_ref().map(|p| p.expose_secret())
             }
             _ => false,
         }
@@ -133,8 +111,14 @@ pub struct BatchConfig {
     pub max_rows: usize,
     /// Flush when the oldest waiting row is this old.
     pub flush_interval: Duration,
-    /// Rows the in-memory queue between clients and writer holds.
+    /// Rows held in memory before rows go to the spool.
     pub queue_capacity: usize,
+    /// Where rows wait on disk while the database is unavailable.
+    pub spool_dir: PathBuf,
+    /// Disk the spool may use; past it rows are dropped (counted, logged).
+    pub spool_max_bytes: u64,
+    /// On SIGTERM, how long to keep writing to the database before spooling the rest.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for BatchConfig {
@@ -143,6 +127,9 @@ impl Default for BatchConfig {
             max_rows: 100,
             flush_interval: Duration::from_millis(1500),
             queue_capacity: 100_000,
+            spool_dir: PathBuf::from("data/spool"),
+            spool_max_bytes: 1 << 30,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -200,10 +187,7 @@ pub enum Credentials {
     /// `justinfan` login: reads chat, needs no token.
     Anonymous,
     /// A real account. The token is stored without its `oauth:` prefix.
-    Login {
-        username: String,
-        token: SecretString,
-    },
+    Login { username: String, token: SecretString },
 }
 
 impl Credentials {
@@ -220,16 +204,9 @@ impl PartialEq for Credentials {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Anonymous, Self::Anonymous) => true,
-            (
-                Self::Login {
-                    username: a,
-                    token: t,
-                },
-                Self::Login {
-                    username: b,
-                    token: u,
-                },
-            ) => a == b && t.expose_secret() == u.expose_secret(),
+            (Self::Login { username: a, token: t }, Self::Login { username: b, token: u }) => {
+                a == b && t.expose_secret() == u.expose_secret()
+            }
             _ => false,
         }
     }
@@ -259,10 +236,7 @@ pub struct EnvOverride {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// In the config file, at a line if known.
-    File {
-        line: Option<usize>,
-        column: Option<usize>,
-    },
+    File { line: Option<usize>, column: Option<usize> },
     /// In an environment variable.
     Env(&'static str),
     /// Nowhere in particular (e.g. a missing file).
@@ -283,14 +257,8 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
-            Location::File {
-                line: Some(l),
-                column: Some(c),
-            } => write!(f, "line {l}, column {c}: ")?,
-            Location::File {
-                line: Some(l),
-                column: None,
-            } => write!(f, "line {l}: ")?,
+            Location::File { line: Some(l), column: Some(c) } => write!(f, "line {l}, column {c}: ")?,
+            Location::File { line: Some(l), column: None } => write!(f, "line {l}: ")?,
             Location::Env(var) => write!(f, "environment variable {var}: ")?,
             _ => {}
         }
@@ -314,12 +282,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
         match &self.path {
-            Some(p) => writeln!(
-                f,
-                "{} has {n} problem{}:",
-                p.display(),
-                if n == 1 { "" } else { "s" }
-            )?,
+            Some(p) => writeln!(f, "{} has {n} problem{}:", p.display(), if n == 1 { "" } else { "s" })?,
             None => writeln!(
                 f,
                 "the environment has {n} problem{} (env-only mode, no config file):",
@@ -328,9 +291,7 @@ impl fmt::Display for ConfigError {
         }
         for p in &self.problems {
             match &self.path {
-                Some(path) if matches!(p.location, Location::File { .. }) => {
-                    writeln!(f, "  {}: {p}", path.display())?
-                }
+                Some(path) if matches!(p.location, Location::File { .. }) => writeln!(f, "  {}: {p}", path.display())?,
                 _ => writeln!(f, "  {p}")?,
             }
         }
@@ -341,10 +302,7 @@ impl fmt::Display for ConfigError {
 /// Picks the file: `--config`, else `CONFIG_FILE`, else `config/config.toml` if it exists,
 /// else none (env-only mode). An explicitly named file that is missing is an error, not a
 /// silent fall back to env-only mode.
-pub fn locate(
-    cli: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<PathBuf>, ConfigError> {
+pub fn locate(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<PathBuf>, ConfigError> {
     let named = match cli {
         Some(p) => Some((p.to_path_buf(), "--config")),
         None => env::get(env, "CONFIG_FILE").map(|p| (PathBuf::from(p), "CONFIG_FILE")),
@@ -369,10 +327,7 @@ pub fn locate(
 }
 
 /// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
-pub fn load(
-    path: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
@@ -380,9 +335,7 @@ pub fn load(
                 problems: vec![Problem {
                     key: String::new(),
                     location: Location::None,
-                    message: format!(
-                        "cannot read the file: {e}; check the path and its permissions"
-                    ),
+                    message: format!("cannot read the file: {e}; check the path and its permissions"),
                 }],
             })?;
             load_text(Some((p, &text)), env)
@@ -392,37 +345,25 @@ pub fn load(
 }
 
 /// [`load`] for a file already read (the reloader compares the text before parsing it).
-pub fn load_text(
-    file: Option<(&Path, &str)>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn load_text(file: Option<(&Path, &str)>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let path = file.map(|(p, _)| p);
-    let err = |problems| ConfigError {
-        path: path.map(Path::to_path_buf),
-        problems,
-    };
+    let err = |problems| ConfigError { path: path.map(Path::to_path_buf), problems };
     let parsed = match file {
         Some((_, text)) => file::parse(text).map_err(|p| err(vec![p]))?,
         None => file::FileConfig::default(),
     };
     let mut problems = Vec::new();
     let (parsed, overrides) = env::apply(parsed, path.is_some(), env, &mut problems);
-    if path.is_none() && !problems.is_empty() {
-        // Env-only mode with variables missing or malformed: name those, and nothing that
-        // follows from them (one line per variable).
+    if path.is_none() && problems.iter().any(|p| p.message.starts_with("is not set")) {
+        // Env-only mode with variables missing: name those, and nothing that follows from
+        // their absence (one line per variable).
         return Err(err(problems));
     }
     let origin = match path {
         Some(p) => Origin::File(p.to_path_buf()),
         None => Origin::EnvOnly,
     };
-    let cfg = validate::validate(
-        parsed,
-        file.map(|(_, t)| t),
-        origin,
-        overrides,
-        &mut problems,
-    );
+    let cfg = validate::validate(parsed, file.map(|(_, t)| t), origin, overrides, &mut problems);
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),
         _ => Err(err(problems)),

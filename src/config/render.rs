@@ -13,17 +13,7 @@ pub fn render(cfg: &Config) -> String {
         cfg.env_overrides
             .iter()
             .find(|o| o.key == key)
-            .map(|o| {
-                format!(
-                    "  # from {}{}",
-                    o.var,
-                    if o.file_also_set {
-                        " (overrides the file)"
-                    } else {
-                        ""
-                    }
-                )
-            })
+            .map(|o| format!("  # from {}{}", o.var, if o.file_also_set { " (overrides the file)" } else { "" }))
             .unwrap_or_default()
     };
     let origin = match &cfg.origin {
@@ -31,43 +21,31 @@ pub fn render(cfg: &Config) -> String {
         Origin::EnvOnly => "environment only (no config file)".into(),
     };
     let _ = writeln!(out, "# effective configuration: {origin}");
-    let _ = writeln!(
-        out,
-        "\n[twitch]\nserver = \"{}\"{}",
-        cfg.twitch.server,
-        src("twitch.server")
-    );
+    let _ = writeln!(out, "\n[twitch]\nserver = \"{}\"{}", cfg.twitch.server, src("twitch.server"));
     let _ = writeln!(out, "\n[database]");
     match &cfg.database {
         DatabaseConfig::Url(_) => {
             let _ = writeln!(out, "url = \"[redacted]\"{}", src("database.url"));
         }
-        DatabaseConfig::Fields {
-            host,
-            port,
-            name,
-            user,
-            password,
-        } => {
+        DatabaseConfig::Fields { host, port, name, user, password } => {
             let _ = writeln!(out, "host = \"{host}\"{}", src("database.host"));
             let _ = writeln!(out, "port = {port}{}", src("database.port"));
             let _ = writeln!(out, "name = \"{name}\"{}", src("database.name"));
             let _ = writeln!(out, "user = \"{user}\"{}", src("database.user"));
-            let pw = if password.is_some() {
-                "\"[redacted]\""
-            } else {
-                "(none)"
-            };
+            let pw = if password.is_some() { "\"[redacted]\"" } else { "(none)" };
             let _ = writeln!(out, "password = {pw}{}", src("database.password"));
         }
     }
     let b = &cfg.batch;
     let _ = writeln!(
         out,
-        "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}",
+        "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}\nspool_dir = \"{}\"\nspool_max_bytes = {}\nshutdown_timeout = \"{}\"",
         b.max_rows,
         format_duration(b.flush_interval),
-        b.queue_capacity
+        b.queue_capacity,
+        b.spool_dir.display(),
+        b.spool_max_bytes,
+        format_duration(b.shutdown_timeout)
     );
     let mode = match cfg.reload.mode {
         ReloadMode::Watch => "watch",
@@ -87,16 +65,8 @@ pub fn render(cfg: &Config) -> String {
                 let _ = writeln!(out, "# anonymous (read-only, no token)");
             }
             Credentials::Login { username, .. } => {
-                let _ = writeln!(
-                    out,
-                    "username = \"{username}\"{}",
-                    src(&format!("accounts.{name}.username"))
-                );
-                let _ = writeln!(
-                    out,
-                    "oauth_token = \"[redacted]\"{}",
-                    src(&format!("accounts.{name}.oauth_token"))
-                );
+                let _ = writeln!(out, "username = \"{username}\"{}", src(&format!("accounts.{name}.username")));
+                let _ = writeln!(out, "oauth_token = \"[redacted]\"{}", src(&format!("accounts.{name}.oauth_token")));
             }
         }
         let _ = writeln!(out, "join_rate = \"{}\"", a.join_rate);
@@ -105,16 +75,11 @@ pub fn render(cfg: &Config) -> String {
     }
     for (name, g) in &cfg.groups {
         let _ = writeln!(out, "\n[groups.{name}]");
-        let quoted = |v: &mut dyn Iterator<Item = &String>| {
-            v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
-        };
+        let quoted =
+            |v: &mut dyn Iterator<Item = &String>| v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(out, "accounts = [{}]", quoted(&mut g.accounts.iter()));
-        let _ = writeln!(
-            out,
-            "channels = [{}]{}",
-            quoted(&mut g.channels.iter()),
-            src(&format!("groups.{name}.channels"))
-        );
+        let _ =
+            writeln!(out, "channels = [{}]{}", quoted(&mut g.channels.iter()), src(&format!("groups.{name}.channels")));
     }
     out
 }

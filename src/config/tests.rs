@@ -4,10 +4,7 @@ use super::*;
 use std::collections::HashMap;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     move |k| map.get(k).cloned()
 }
 
@@ -70,7 +67,8 @@ fn a_full_file_loads_with_channels_normalised_and_unioned_per_account() {
         BatchConfig {
             max_rows: 500,
             flush_interval: Duration::from_millis(250),
-            queue_capacity: 5000
+            queue_capacity: 5000,
+            ..BatchConfig::default()
         }
     );
     let def: Vec<_> = cfg.channels_for("default").into_iter().collect();
@@ -81,25 +79,12 @@ fn a_full_file_loads_with_channels_normalised_and_unioned_per_account() {
     match &cfg.accounts["default"].credentials {
         Credentials::Login { username, token } => {
             assert_eq!(username, "mybot");
-            assert_eq!(
-                token.expose_secret(),
-                "abcdef123",
-                "the oauth: prefix is stripped; twitch-irc adds one"
-            );
+            assert_eq!(token.expose_secret(), "abcdef123", "the oauth: prefix is stripped; twitch-irc adds one");
         }
         _ => panic!("expected a login"),
     }
-    assert_eq!(
-        cfg.accounts["backup"].join_rate,
-        Rate {
-            count: 100,
-            per: Duration::from_secs(10)
-        }
-    );
-    assert!(matches!(
-        cfg.accounts["reader"].credentials,
-        Credentials::Anonymous
-    ));
+    assert_eq!(cfg.accounts["backup"].join_rate, Rate { count: 100, per: Duration::from_secs(10) });
+    assert!(matches!(cfg.accounts["reader"].credentials, Credentials::Anonymous));
 }
 
 #[test]
@@ -113,37 +98,18 @@ fn environment_overrides_the_file_and_says_which_keys() {
     ];
     let (cfg, _d) = load_text(FULL, &env);
     let cfg = cfg.unwrap();
-    assert_eq!(
-        cfg.groups["default"].channels.iter().collect::<Vec<_>>(),
-        ["one", "two"]
-    );
-    assert_eq!(
-        cfg.groups["esports"].channels.len(),
-        3,
-        "other groups are untouched"
-    );
-    assert_eq!(
-        cfg.accounts["default"].credentials.display_login(),
-        "envbot"
-    );
+    assert_eq!(cfg.groups["default"].channels.iter().collect::<Vec<_>>(), ["one", "two"]);
+    assert_eq!(cfg.groups["esports"].channels.len(), 3, "other groups are untouched");
+    assert_eq!(cfg.accounts["default"].credentials.display_login(), "envbot");
     match &cfg.database {
-        DatabaseConfig::Fields {
-            host,
-            port,
-            password,
-            ..
-        } => {
+        DatabaseConfig::Fields { host, port, password, .. } => {
             assert_eq!((host.as_str(), *port), ("envhost", 5433));
             assert_eq!(password.as_ref().unwrap().expose_secret(), "p@ss/w:rd%");
         }
         _ => panic!(),
     }
     assert_eq!(cfg.twitch.server.port, 7000);
-    let o = cfg
-        .env_overrides
-        .iter()
-        .find(|o| o.var == "TWITCH_CHANNELS")
-        .unwrap();
+    let o = cfg.env_overrides.iter().find(|o| o.var == "TWITCH_CHANNELS").unwrap();
     assert_eq!(o.key, "groups.default.channels");
     assert!(o.file_also_set);
 }
@@ -153,10 +119,7 @@ fn environment_creates_the_default_account_and_group_when_the_file_lacks_them() 
     let (cfg, _d) = load_text("[batch]\nmax_rows = 10\n", &[("TWITCH_CHANNELS", "a,b")]);
     let cfg = cfg.unwrap();
     assert_eq!(cfg.groups["default"].accounts, ["default"]);
-    assert!(matches!(
-        cfg.accounts["default"].credentials,
-        Credentials::Anonymous
-    ));
+    assert!(matches!(cfg.accounts["default"].credentials, Credentials::Anonymous));
     assert_eq!(cfg.channels_for("default").len(), 2);
     assert!(!cfg.env_overrides[0].file_also_set);
 }
@@ -165,18 +128,10 @@ fn environment_creates_the_default_account_and_group_when_the_file_lacks_them() 
 fn env_only_mode_requires_the_originals_variables() {
     let err = load(None, &env_of(&[("TWITCH_USERNAME", "bot")])).unwrap_err();
     let text = err.to_string();
-    for var in [
-        "TWITCH_OAUTH_TOKEN",
-        "TWITCH_CHANNELS",
-        "POSTGRES_HOST",
-        "POSTGRES_PASSWORD",
-    ] {
+    for var in ["TWITCH_OAUTH_TOKEN", "TWITCH_CHANNELS", "POSTGRES_HOST", "POSTGRES_PASSWORD"] {
         assert!(text.contains(var), "{text}");
     }
-    assert!(
-        !text.contains("TWITCH_USERNAME:"),
-        "a set variable is not reported: {text}"
-    );
+    assert!(!text.contains("TWITCH_USERNAME:"), "a set variable is not reported: {text}");
     let ok = load(
         None,
         &env_of(&[
@@ -216,43 +171,20 @@ accounts = []
     let p = problems(text, &[]);
     let all = p.join("\n");
     assert!(p.len() >= 7, "{all}");
-    assert!(
-        all.contains("line 3")
-            && all.contains("batch.max_rows")
-            && all.contains("between 1 and 50000"),
-        "{all}"
-    );
-    assert!(
-        all.contains("batch.flush_interval") && all.contains("soon"),
-        "{all}"
-    );
-    assert!(
-        all.contains("accounts.a.username") && all.contains("no oauth_token"),
-        "{all}"
-    );
-    assert!(
-        all.contains("accounts.b.oauth_token") && all.contains("no username"),
-        "{all}"
-    );
-    assert!(
-        all.contains("accounts.c.username") && all.contains("bad name!"),
-        "{all}"
-    );
+    assert!(all.contains("line 3") && all.contains("batch.max_rows") && all.contains("between 1 and 50000"), "{all}");
+    assert!(all.contains("batch.flush_interval") && all.contains("soon"), "{all}");
+    assert!(all.contains("accounts.a.username") && all.contains("no oauth_token"), "{all}");
+    assert!(all.contains("accounts.b.oauth_token") && all.contains("no username"), "{all}");
+    assert!(all.contains("accounts.c.username") && all.contains("bad name!"), "{all}");
     assert!(all.contains("account `x`, which does not exist"), "{all}");
     assert!(all.contains("line 17") && all.contains("not-ok"), "{all}");
-    assert!(
-        all.contains("groups.empty.accounts") && all.contains("is empty"),
-        "{all}"
-    );
+    assert!(all.contains("groups.empty.accounts") && all.contains("is empty"), "{all}");
     assert!(!all.contains("tok\""), "{all}");
 }
 
 #[test]
 fn a_typo_in_an_account_reference_gets_a_suggestion() {
-    let p = problems(
-        "[accounts.backup]\n[groups.g]\naccounts = [\"bakup\"]\n",
-        &[],
-    );
+    let p = problems("[accounts.backup]\n[groups.g]\naccounts = [\"bakup\"]\n", &[]);
     assert!(p[0].contains("did you mean `backup`?"), "{p:?}");
 }
 
@@ -268,10 +200,7 @@ fn a_missing_token_file_is_reported_and_a_present_one_is_read() {
     );
     let p = problems(&text, &[]);
     assert_eq!(p.len(), 1, "{p:?}");
-    assert!(
-        p[0].contains("accounts.b.token_file") && p[0].contains("cannot read"),
-        "{p:?}"
-    );
+    assert!(p[0].contains("accounts.b.token_file") && p[0].contains("cannot read"), "{p:?}");
     let ok = text.split("[accounts.b]").next().unwrap().to_string();
     let (cfg, _d) = load_text(&ok, &[]);
     match &cfg.unwrap().accounts["a"].credentials {
@@ -282,27 +211,19 @@ fn a_missing_token_file_is_reported_and_a_present_one_is_read() {
 
 #[test]
 fn secrets_never_appear_in_errors_or_the_check_report() {
-    let text = "[database]\npassword = \"hunter2\"\n[accounts.a]\nusername = \"bot\"\noauth_token = \"oauth:sekrit 123\"\n";
+    let text =
+        "[database]\npassword = \"hunter2\"\n[accounts.a]\nusername = \"bot\"\noauth_token = \"oauth:sekrit 123\"\n";
     let all = problems(text, &[]).join("\n");
-    assert!(
-        all.contains("oauth_token") && !all.contains("sekrit"),
-        "{all}"
-    );
+    assert!(all.contains("oauth_token") && !all.contains("sekrit"), "{all}");
 
     let (cfg, _d) = load_text(FULL, &[("DATABASE_URL", "postgres://u:dbsekrit@h/db")]);
     let cfg = cfg.unwrap();
     let report = render::render(&cfg);
     for secret in ["hunter2", "abcdef123", "zzz999", "dbsekrit"] {
         assert!(!report.contains(secret), "{secret} in:\n{report}");
-        assert!(
-            !format!("{cfg:?}").contains(secret),
-            "{secret} in Debug output"
-        );
+        assert!(!format!("{cfg:?}").contains(secret), "{secret} in Debug output");
     }
-    assert!(
-        report.contains("[redacted]") && report.contains("from DATABASE_URL"),
-        "{report}"
-    );
+    assert!(report.contains("[redacted]") && report.contains("from DATABASE_URL"), "{report}");
 }
 
 #[test]

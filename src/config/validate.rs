@@ -21,12 +21,10 @@ struct Limits {
     max_rows: i64,
     #[validate(range(min = 1, max = 10_000_000, message = "must be between 1 and 10000000"))]
     queue_capacity: i64,
-    #[validate(range(
-        min = 1,
-        max = 65_535,
-        message = "must be a port number from 1 to 65535"
-    ))]
+    #[validate(range(min = 1, max = 65_535, message = "must be a port number from 1 to 65535"))]
     port: i64,
+    #[validate(range(min = 1_048_576, message = "must be at least 1048576 (1 MiB)"))]
+    spool_max_bytes: i64,
 }
 
 struct Ctx<'a> {
@@ -43,31 +41,16 @@ impl Ctx<'_> {
         match (self.text, span) {
             (Some(text), Some(span)) if span.end > 0 => {
                 let (line, _) = line_col(text, span.start);
-                Location::File {
-                    line: Some(line),
-                    column: None,
-                }
+                Location::File { line: Some(line), column: None }
             }
-            (Some(_), _) => Location::File {
-                line: None,
-                column: None,
-            },
+            (Some(_), _) => Location::File { line: None, column: None },
             (None, _) => Location::None,
         }
     }
 
-    fn problem(
-        &mut self,
-        key: &str,
-        span: Option<std::ops::Range<usize>>,
-        message: impl Into<String>,
-    ) {
+    fn problem(&mut self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
         let location = self.location(key, span);
-        self.problems.push(Problem {
-            key: key.to_string(),
-            location,
-            message: message.into(),
-        });
+        self.problems.push(Problem { key: key.to_string(), location, message: message.into() });
     }
 
     fn duration(
@@ -101,21 +84,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn read_secret_file(
-        &mut self,
-        key: &str,
-        path: &Spanned<std::path::PathBuf>,
-    ) -> Option<SecretString> {
+    fn read_secret_file(&mut self, key: &str, path: &Spanned<std::path::PathBuf>) -> Option<SecretString> {
         match std::fs::read_to_string(path.get_ref()) {
             Ok(s) if !s.trim().is_empty() => Some(SecretString::from(s.trim().to_string())),
             Ok(_) => {
                 self.problem(
                     key,
                     Some(path.span()),
-                    format!(
-                        "`{}` is empty; put the secret in it",
-                        path.get_ref().display()
-                    ),
+                    format!("`{}` is empty; put the secret in it", path.get_ref().display()),
                 );
                 None
             }
@@ -124,9 +100,9 @@ impl Ctx<'_> {
                     key,
                     Some(path.span()),
                     format!(
-                    "cannot read `{}`: {e}; check that the file exists and this user may read it",
-                    path.get_ref().display()
-                ),
+                        "cannot read `{}`: {e}; check that the file exists and this user may read it",
+                        path.get_ref().display()
+                    ),
                 );
                 None
             }
@@ -138,18 +114,12 @@ impl Ctx<'_> {
 /// shape without ever quoting it.
 pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
     let t = raw.trim();
-    let t = if t.len() >= 6 && t[..6].eq_ignore_ascii_case("oauth:") {
-        &t[6..]
-    } else {
-        t
-    };
+    let t = if t.len() >= 6 && t[..6].eq_ignore_ascii_case("oauth:") { &t[6..] } else { t };
     if t.is_empty() {
         return Err("is empty after the `oauth:` prefix; paste the whole token".into());
     }
     if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(
-            "contains spaces or control characters (value hidden); paste the token alone".into(),
-        );
+        return Err("contains spaces or control characters (value hidden); paste the token alone".into());
     }
     Ok(SecretString::from(t.to_string()))
 }
@@ -162,11 +132,7 @@ pub fn validate(
     overrides: Vec<EnvOverride>,
     problems: &mut Vec<Problem>,
 ) -> Option<Config> {
-    let mut cx = Ctx {
-        text,
-        overrides: &overrides,
-        problems,
-    };
+    let mut cx = Ctx { text, overrides: &overrides, problems };
 
     let server = match &file.twitch.server {
         None => ServerAddr::twitch(),
@@ -178,35 +144,20 @@ pub fn validate(
 
     let limits = Limits {
         max_rows: file.batch.max_rows.as_ref().map_or(100, |v| *v.get_ref()),
-        queue_capacity: file
-            .batch
-            .queue_capacity
-            .as_ref()
-            .map_or(100_000, |v| *v.get_ref()),
+        queue_capacity: file.batch.queue_capacity.as_ref().map_or(100_000, |v| *v.get_ref()),
         port: file.database.port.as_ref().map_or(5432, |v| *v.get_ref()),
+        spool_max_bytes: file.batch.spool_max_bytes.as_ref().map_or(1 << 30, |v| *v.get_ref()),
     };
     if let Err(errors) = limits.validate() {
         for (field, errs) in errors.field_errors() {
             let (key, span) = match field.as_ref() {
-                "max_rows" => (
-                    "batch.max_rows",
-                    file.batch.max_rows.as_ref().map(|v| v.span()),
-                ),
-                "queue_capacity" => (
-                    "batch.queue_capacity",
-                    file.batch.queue_capacity.as_ref().map(|v| v.span()),
-                ),
-                _ => (
-                    "database.port",
-                    file.database.port.as_ref().map(|v| v.span()),
-                ),
+                "max_rows" => ("batch.max_rows", file.batch.max_rows.as_ref().map(|v| v.span())),
+                "queue_capacity" => ("batch.queue_capacity", file.batch.queue_capacity.as_ref().map(|v| v.span())),
+                "spool_max_bytes" => ("batch.spool_max_bytes", file.batch.spool_max_bytes.as_ref().map(|v| v.span())),
+                _ => ("database.port", file.database.port.as_ref().map(|v| v.span())),
             };
             for e in errs {
-                let msg = e
-                    .message
-                    .as_deref()
-                    .unwrap_or("is out of range")
-                    .to_string();
+                let msg = e.message.as_deref().unwrap_or("is out of range").to_string();
                 cx.problem(key, span.clone(), msg);
             }
         }
@@ -231,6 +182,19 @@ pub fn validate(
             Duration::from_secs(600),
         ),
         queue_capacity: limits.queue_capacity.clamp(1, 10_000_000) as usize,
+        spool_dir: file
+            .batch
+            .spool_dir
+            .as_ref()
+            .map_or_else(|| BatchConfig::default().spool_dir, |p| p.get_ref().clone()),
+        spool_max_bytes: limits.spool_max_bytes.max(1_048_576) as u64,
+        shutdown_timeout: cx.duration(
+            "batch.shutdown_timeout",
+            &file.batch.shutdown_timeout,
+            BatchConfig::default().shutdown_timeout,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        ),
     };
 
     let reload_default = ReloadConfig::default();
@@ -240,11 +204,7 @@ pub fn validate(
         Some("off") => ReloadMode::Off,
         Some(other) => {
             let span = file.reload.mode.as_ref().map(|m| m.span());
-            cx.problem(
-                "reload.mode",
-                span,
-                format!("`{other}` is not a mode; use \"watch\", \"poll\" or \"off\""),
-            );
+            cx.problem("reload.mode", span, format!("`{other}` is not a mode; use \"watch\", \"poll\" or \"off\""));
             ReloadMode::Watch
         }
     };
@@ -276,11 +236,7 @@ pub fn validate(
         }
         let token = match (&a.oauth_token, &a.token_file) {
             (Some(_), Some(f)) => {
-                cx.problem(
-                    &key("token_file"),
-                    Some(f.span()),
-                    "is set together with oauth_token; keep one of the two",
-                );
+                cx.problem(&key("token_file"), Some(f.span()), "is set together with oauth_token; keep one of the two");
                 None
             }
             (Some(t), None) => Some(t.clone()),
@@ -295,20 +251,13 @@ pub fn validate(
             }
             None => None,
         };
-        let username = a
-            .username
-            .as_ref()
-            .and_then(|u| match normalize_login(u.get_ref()) {
-                Ok(u) => Some(u),
-                Err(e) => {
-                    cx.problem(
-                        &key("username"),
-                        Some(u.span()),
-                        format!("{e} (a bot username is a Twitch login)"),
-                    );
-                    None
-                }
-            });
+        let username = a.username.as_ref().and_then(|u| match normalize_login(u.get_ref()) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                cx.problem(&key("username"), Some(u.span()), format!("{e} (a bot username is a Twitch login)"));
+                None
+            }
+        });
         let token_given = a.oauth_token.is_some() || a.token_file.is_some();
         let credentials = match (&a.username, token_given) {
             (Some(_), true) => match (username, token) {
@@ -336,13 +285,7 @@ pub fn validate(
                 Rate::TWITCH_DEFAULT_JOINS
             }),
         };
-        accounts.insert(
-            name.clone(),
-            AccountConfig {
-                credentials,
-                join_rate,
-            },
-        );
+        accounts.insert(name.clone(), AccountConfig { credentials, join_rate });
     }
 
     let mut groups = BTreeMap::new();
@@ -371,19 +314,12 @@ pub fn validate(
                     .filter(|k| strsim::damerau_levenshtein(k, a.get_ref()) <= 2)
                     .map(|k| format!("did you mean `{k}`?"))
                     .unwrap_or_else(|| {
-                        format!(
-                            "define [accounts.{}] or use one of: {}",
-                            a.get_ref(),
-                            known.join(", ")
-                        )
+                        format!("define [accounts.{}] or use one of: {}", a.get_ref(), known.join(", "))
                     });
                 cx.problem(
                     &key("accounts"),
                     Some(a.span()),
-                    format!(
-                        "names account `{}`, which does not exist; {hint}",
-                        a.get_ref()
-                    ),
+                    format!("names account `{}`, which does not exist; {hint}", a.get_ref()),
                 );
             } else if !names.contains(a.get_ref()) {
                 names.push(a.get_ref().clone());
@@ -402,13 +338,7 @@ pub fn validate(
                 ),
             }
         }
-        groups.insert(
-            name.clone(),
-            GroupConfig {
-                accounts: names,
-                channels,
-            },
-        );
+        groups.insert(name.clone(), GroupConfig { accounts: names, channels });
     }
 
     if !cx.problems.is_empty() {
@@ -427,16 +357,10 @@ pub fn validate(
 }
 
 fn check_table_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         Ok(())
     } else {
-        Err(format!(
-            "`{name}` is not a usable name; use letters, digits, `_` and `-`"
-        ))
+        Err(format!("`{name}` is not a usable name; use letters, digits, `_` and `-`"))
     }
 }
 
@@ -445,18 +369,18 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
     if let Some(url) = &d.url {
         let u = url.expose_secret();
         if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-            cx.problem("database.url", None, "must start with postgres:// or postgresql:// (value hidden because it may hold a password)");
+            cx.problem(
+                "database.url",
+                None,
+                "must start with postgres:// or postgresql:// (value hidden because it may hold a password)",
+            );
             return None;
         }
         return Some(DatabaseConfig::Url(url.clone()));
     }
     let password = match (&d.password, &d.password_file) {
         (Some(_), Some(f)) => {
-            cx.problem(
-                "database.password_file",
-                Some(f.span()),
-                "is set together with password; keep one of the two",
-            );
+            cx.problem("database.password_file", Some(f.span()), "is set together with password; keep one of the two");
             None
         }
         (Some(p), None) => Some(p.clone()),
@@ -464,15 +388,11 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
         (None, None) => None,
     };
     let text = |v: &Option<Spanned<String>>, default: &str| {
-        v.as_ref()
-            .map_or(default.to_string(), |s| s.get_ref().trim().to_string())
+        v.as_ref().map_or(default.to_string(), |s| s.get_ref().trim().to_string())
     };
     Some(DatabaseConfig::Fields {
         host: text(&d.host, "localhost"),
-        port: d
-            .port
-            .as_ref()
-            .map_or(5432, |p| (*p.get_ref()).clamp(1, 65535) as u16),
+        port: d.port.as_ref().map_or(5432, |p| (*p.get_ref()).clamp(1, 65535) as u16),
         name: text(&d.name, "twitch"),
         user: text(&d.user, "postgres"),
         password,

@@ -42,20 +42,13 @@ impl Plan {
         if !parts.is_empty() {
             parts_out.push(format!("parted [{}]", list(&mut parts.into_iter())));
         }
-        for (label, v) in [
-            ("accounts started", &self.start),
-            ("stopped", &self.stop),
-            ("reconnected", &self.restart),
-        ] {
+        for (label, v) in [("accounts started", &self.start), ("stopped", &self.stop), ("reconnected", &self.restart)] {
             if !v.is_empty() {
                 parts_out.push(format!("{label} [{}]", v.join(", ")));
             }
         }
         if !self.join_rate.is_empty() {
-            parts_out.push(format!(
-                "join_rate changed [{}]",
-                list(&mut self.join_rate.keys())
-            ));
+            parts_out.push(format!("join_rate changed [{}]", list(&mut self.join_rate.keys())));
         }
         if self.batch.is_some() {
             parts_out.push("batch settings applied".into());
@@ -87,22 +80,15 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             }
         }
     }
-    p.stop = old
-        .accounts
-        .keys()
-        .filter(|n| !new.accounts.contains_key(*n))
-        .cloned()
-        .collect();
+    p.stop = old.accounts.keys().filter(|n| !new.accounts.contains_key(*n)).cloned().collect();
 
     let (ob, nb) = (&old.batch, &new.batch);
-    if (ob.max_rows, ob.flush_interval) != (nb.max_rows, nb.flush_interval) {
-        p.batch = Some(BatchConfig {
-            queue_capacity: ob.queue_capacity,
-            ..nb.clone()
-        });
+    let live = BatchConfig { spool_dir: ob.spool_dir.clone(), ..nb.clone() };
+    if live != *ob {
+        p.batch = Some(live);
     }
-    if ob.queue_capacity != nb.queue_capacity {
-        p.needs_restart.push("batch.queue_capacity");
+    if ob.spool_dir != nb.spool_dir {
+        p.needs_restart.push("batch.spool_dir");
     }
     if old.database != new.database {
         p.needs_restart.push("database");
@@ -120,9 +106,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::config::{
-        AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, TwitchConfig,
-    };
+    use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, TwitchConfig};
     use crate::twitch::login::ServerAddr;
     use secrecy::SecretString;
     use std::time::Duration;
@@ -131,10 +115,7 @@ mod tests {
         AccountConfig {
             credentials: match token {
                 None => Credentials::Anonymous,
-                Some(t) => Credentials::Login {
-                    username: "bot".into(),
-                    token: SecretString::from(t.to_string()),
-                },
+                Some(t) => Credentials::Login { username: "bot".into(), token: SecretString::from(t.to_string()) },
             },
             join_rate: Rate::TWITCH_DEFAULT_JOINS,
         }
@@ -143,9 +124,7 @@ mod tests {
     fn config(accounts: &[(&str, Option<&str>)], groups: &[(&str, &[&str], &[&str])]) -> Config {
         Config {
             origin: Origin::EnvOnly,
-            twitch: TwitchConfig {
-                server: ServerAddr::twitch(),
-            },
+            twitch: TwitchConfig { server: ServerAddr::twitch() },
             database: DatabaseConfig::Fields {
                 host: "h".into(),
                 port: 5432,
@@ -155,10 +134,7 @@ mod tests {
             },
             batch: BatchConfig::default(),
             reload: ReloadConfig::default(),
-            accounts: accounts
-                .iter()
-                .map(|(n, t)| (n.to_string(), account(*t)))
-                .collect(),
+            accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()
                 .map(|(n, a, c)| {
@@ -187,14 +163,8 @@ mod tests {
 
     #[test]
     fn adding_a_channel_joins_it_without_reconnecting_anyone() {
-        let old = config(
-            &[("a", Some("t")), ("b", None)],
-            &[("g", &["a"], &["x"]), ("h", &["b"], &["y"])],
-        );
-        let new = config(
-            &[("a", Some("t")), ("b", None)],
-            &[("g", &["a"], &["x", "z"]), ("h", &["b"], &["y"])],
-        );
+        let old = config(&[("a", Some("t")), ("b", None)], &[("g", &["a"], &["x"]), ("h", &["b"], &["y"])]);
+        let new = config(&[("a", Some("t")), ("b", None)], &[("g", &["a"], &["x", "z"]), ("h", &["b"], &["y"])]);
         let p = plan(&old, &new);
         assert_eq!(p.channels.len(), 1);
         assert_eq!(p.channels["a"], (set(&["z"]), set(&[])));
@@ -204,20 +174,11 @@ mod tests {
 
     #[test]
     fn a_channel_another_group_still_needs_is_not_parted() {
-        let old = config(
-            &[("a", None)],
-            &[("g", &["a"], &["x", "shared"]), ("h", &["a"], &["shared"])],
-        );
-        let new = config(
-            &[("a", None)],
-            &[("g", &["a"], &["x"]), ("h", &["a"], &["shared"])],
-        );
+        let old = config(&[("a", None)], &[("g", &["a"], &["x", "shared"]), ("h", &["a"], &["shared"])]);
+        let new = config(&[("a", None)], &[("g", &["a"], &["x"]), ("h", &["a"], &["shared"])]);
         assert!(plan(&old, &new).is_empty());
         let gone = config(&[("a", None)], &[("g", &["a"], &["x"])]);
-        assert_eq!(
-            plan(&old, &gone).channels["a"],
-            (set(&[]), set(&["shared"]))
-        );
+        assert_eq!(plan(&old, &gone).channels["a"], (set(&[]), set(&["shared"])));
     }
 
     #[test]
@@ -228,19 +189,17 @@ mod tests {
         assert_eq!(p.start, ["fresh"]);
         assert_eq!(p.stop, ["gone"]);
         assert_eq!(p.restart, ["a"]);
-        assert!(
-            p.summary().contains("accounts started [fresh]")
-                && p.summary().contains("reconnected [a]")
-        );
+        assert!(p.summary().contains("accounts started [fresh]") && p.summary().contains("reconnected [a]"));
     }
 
     #[test]
-    fn batch_settings_apply_live_but_queue_capacity_and_database_need_a_restart() {
+    fn batch_settings_apply_live_but_spool_dir_and_database_need_a_restart() {
         let old = config(&[], &[]);
         let mut new = old.clone();
         new.batch.max_rows = 7;
         new.batch.flush_interval = Duration::from_millis(300);
         new.batch.queue_capacity = 9;
+        new.batch.spool_dir = "/elsewhere".into();
         new.database = DatabaseConfig::Fields {
             host: "elsewhere".into(),
             port: 5432,
@@ -250,21 +209,16 @@ mod tests {
         };
         let p = plan(&old, &new);
         let b = p.batch.unwrap();
-        assert_eq!(
-            (b.max_rows, b.flush_interval, b.queue_capacity),
-            (7, Duration::from_millis(300), old.batch.queue_capacity)
-        );
-        assert_eq!(p.needs_restart, ["batch.queue_capacity", "database"]);
+        assert_eq!((b.max_rows, b.flush_interval, b.queue_capacity), (7, Duration::from_millis(300), 9));
+        assert_eq!(b.spool_dir, old.batch.spool_dir, "the running spool stays where it is");
+        assert_eq!(p.needs_restart, ["batch.spool_dir", "database"]);
     }
 
     #[test]
     fn a_join_rate_change_needs_no_reconnect() {
         let old = config(&[("a", Some("t"))], &[]);
         let mut new = old.clone();
-        new.accounts.get_mut("a").unwrap().join_rate = Rate {
-            count: 50,
-            per: Duration::from_secs(10),
-        };
+        new.accounts.get_mut("a").unwrap().join_rate = Rate { count: 50, per: Duration::from_secs(10) };
         let p = plan(&old, &new);
         assert!(p.restart.is_empty());
         assert_eq!(p.join_rate["a"].count, 50);

@@ -40,11 +40,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts watching `path` as `cfg` says. `current_text` is what the running config was read from.
-    pub fn new(
-        path: &Path,
-        cfg: &ReloadConfig,
-        current_text: Option<String>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(path: &Path, cfg: &ReloadConfig, current_text: Option<String>) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(16);
         let watcher = match cfg.mode {
             ReloadMode::Watch => {
@@ -52,15 +48,17 @@ impl Reloader {
                     Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                     _ => PathBuf::from("."),
                 };
-                let mut w =
-                    notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                        if res.is_ok() {
-                            // Full channel: a re-read is already scheduled.
-                            let _ = tx.try_send(());
-                        }
-                    })?;
+                let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                    if res.is_ok() {
+                        // Full channel: a re-read is already scheduled.
+                        let _ = tx.try_send(());
+                    }
+                })?;
                 w.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| {
-                    anyhow::anyhow!("cannot watch {} for changes ({e}); set [reload] mode = \"poll\" where file events do not work", dir.display())
+                    anyhow::anyhow!(
+                        "cannot watch {} for changes ({e}); set [reload] mode = \"poll\" where file events do not work",
+                        dir.display()
+                    )
                 })?;
                 Some(w)
             }
@@ -115,10 +113,7 @@ impl Reloader {
             Err(e) => {
                 // Mid-swap or deleted: keep running; the next event re-reads.
                 if forced || self.last_text.is_some() {
-                    tracing::warn!(
-                        "cannot read {} ({e}); keeping the running configuration",
-                        self.path.display()
-                    );
+                    tracing::warn!("cannot read {} ({e}); keeping the running configuration", self.path.display());
                     self.stats.failure.fetch_add(1, Ordering::Relaxed);
                 }
                 self.last_text = None;
@@ -133,9 +128,7 @@ impl Reloader {
             Ok(cfg) => Some(cfg),
             Err(e) => {
                 self.stats.failure.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "config reload rejected, the running configuration stays in effect. {e}"
-                );
+                tracing::error!("config reload rejected, the running configuration stays in effect. {e}");
                 None
             }
         }

@@ -5,13 +5,15 @@
 //! or time-partitioned tables can come in behind the same trait.
 
 pub mod postgres;
+pub mod spool;
 pub mod writer;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 /// One chat line (PRIVMSG), ready to store. Columns of `chat_messages`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Twitch's message id (tag `id`); the dedupe key.
     pub message_id: String,
@@ -54,7 +56,7 @@ pub struct ChatMessage {
 }
 
 /// A NOTICE from Twitch about a channel. Rows of `channel_notices`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelNotice {
     /// Channel login, or `*` for a server-wide notice.
     pub channel: String,
@@ -69,7 +71,8 @@ pub struct ChannelNotice {
 /// What the clients hand to the writer.
 // Messages are the common case: boxing them would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     /// A chat message.
     Message(ChatMessage),
@@ -103,6 +106,37 @@ impl Batch {
             Record::Message(m) => self.messages.push(m),
             Record::Notice(n) => self.notices.push(n),
         }
+    }
+
+    /// Builds a batch from records.
+    pub fn from_records(records: impl IntoIterator<Item = Record>) -> Self {
+        let mut b = Batch::default();
+        for r in records {
+            b.push(r);
+        }
+        b
+    }
+
+    /// Back into records (messages, then notices).
+    pub fn into_records(self) -> impl Iterator<Item = Record> {
+        self.messages.into_iter().map(Record::Message).chain(self.notices.into_iter().map(Record::Notice))
+    }
+
+    /// Splits in two halves (for finding a bad row); a single row comes back as `Err`.
+    pub fn split(mut self) -> Result<(Batch, Batch), Batch> {
+        if self.len() < 2 {
+            return Err(self);
+        }
+        let second = if self.messages.len() >= 2 {
+            let half = self.messages.len().div_ceil(2);
+            Batch { messages: self.messages.split_off(half), notices: std::mem::take(&mut self.notices) }
+        } else if self.messages.len() == 1 {
+            Batch { messages: vec![], notices: std::mem::take(&mut self.notices) }
+        } else {
+            let half = self.notices.len() / 2;
+            Batch { messages: vec![], notices: self.notices.split_off(half) }
+        };
+        Ok((self, second))
     }
 
     /// Empties it, keeping capacity.
@@ -140,4 +174,7 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Writes one batch atomically.
     async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError>;
+
+    /// Keeps a row the database refused, with the reason, where a person can look at it.
+    async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError>;
 }

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Batch, Store, StoreError, WriteReport};
+use super::{Batch, Record, Store, StoreError, WriteReport};
 use crate::config::DatabaseConfig;
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -34,13 +34,7 @@ pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions>
 pub fn describe(cfg: &DatabaseConfig) -> String {
     match cfg {
         DatabaseConfig::Url(_) => "database.url".to_string(),
-        DatabaseConfig::Fields {
-            host,
-            port,
-            name,
-            user,
-            ..
-        } => format!("{user}@{host}:{port}/{name}"),
+        DatabaseConfig::Fields { host, port, name, user, .. } => format!("{user}@{host}:{port}/{name}"),
     }
 }
 
@@ -161,5 +155,23 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(classify)?;
         Ok(report)
+    }
+
+    async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
+        let (kind, received_at) = match record {
+            Record::Message(m) => ("chat_message", m.received_at),
+            Record::Notice(n) => ("channel_notice", n.received_at),
+        };
+        // serde_json escapes control characters (NUL included), so the payload is valid text.
+        let payload = serde_json::to_string(record).expect("records serialise");
+        sqlx::query("INSERT INTO dead_letters (kind, payload, error, received_at) VALUES ($1, $2, $3, $4)")
+            .bind(kind)
+            .bind(payload)
+            .bind(error.replace('\0', ""))
+            .bind(received_at)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 }

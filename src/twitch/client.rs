@@ -52,10 +52,9 @@ impl AccountHandle {
     ) -> Self {
         let creds = match &config.credentials {
             Credentials::Anonymous => StaticLoginCredentials::anonymous(),
-            Credentials::Login { username, token } => StaticLoginCredentials::new(
-                username.clone(),
-                Some(token.expose_secret().to_string()),
-            ),
+            Credentials::Login { username, token } => {
+                StaticLoginCredentials::new(username.clone(), Some(token.expose_secret().to_string()))
+            }
         };
         let login = creds.credentials.login.clone();
         pacer_for(&login, config.join_rate);
@@ -73,13 +72,7 @@ impl AccountHandle {
             sender,
             events,
         ));
-        AccountHandle {
-            name: name.to_string(),
-            config: config.clone(),
-            login,
-            commands: tx,
-            task,
-        }
+        AccountHandle { name: name.to_string(), config: config.clone(), login, commands: tx, task }
     }
 
     /// Joins what is new, parts what is gone; keeps the connection.
@@ -153,9 +146,7 @@ async fn drain(
                      with chat:read scope) or remove username and token to log in anonymously. This account is stopped; other accounts keep running.",
                     n.message_text
                 );
-                let _ = events.send(ClientEvent::LoginRejected {
-                    account: name.clone(),
-                });
+                let _ = events.send(ClientEvent::LoginRejected { account: name.clone() });
                 client = None;
             }
             ServerMessage::Notice(n) if convert::is_join_failure(n) => {

@@ -1,9 +1,7 @@
 //! Twitch messages → rows. Pure functions, so every column's mapping is unit-tested.
 
 use chrono::{DateTime, Utc};
-use twitch_irc::message::{
-    Badge, IRCMessage, IRCPrefix, NoticeMessage, PrivmsgMessage, ServerMessage,
-};
+use twitch_irc::message::{Badge, IRCMessage, IRCPrefix, NoticeMessage, PrivmsgMessage, ServerMessage};
 
 use crate::store::{ChannelNotice, ChatMessage, Record};
 
@@ -14,9 +12,7 @@ pub fn to_record(msg: ServerMessage, received_at: DateTime<Utc>) -> Option<Recor
         ServerMessage::Notice(n) => Some(Record::Notice(notice(n, received_at))),
         // twitch-irc hands over a PRIVMSG it could not parse (say, Twitch dropped a tag it
         // requires) as a generic message: keep it rather than lose it.
-        other if other.source().command == "PRIVMSG" => {
-            raw_privmsg(other.source(), received_at).map(Record::Message)
-        }
+        other if other.source().command == "PRIVMSG" => raw_privmsg(other.source(), received_at).map(Record::Message),
         _ => None,
     }
 }
@@ -28,10 +24,7 @@ pub fn raw_privmsg(src: &IRCMessage, received_at: DateTime<Utc>) -> Option<ChatM
     let message_id = tag("id")?;
     let channel = src.params.first()?.trim_start_matches('#').to_string();
     let raw_text = src.params.get(1).cloned().unwrap_or_default();
-    let (text, is_action) = match raw_text
-        .strip_prefix("\u{1}ACTION ")
-        .and_then(|t| t.strip_suffix('\u{1}'))
-    {
+    let (text, is_action) = match raw_text.strip_prefix("\u{1}ACTION ").and_then(|t| t.strip_suffix('\u{1}')) {
         Some(t) => (t.to_string(), true),
         None => (raw_text, false),
     };
@@ -39,10 +32,7 @@ pub fn raw_privmsg(src: &IRCMessage, received_at: DateTime<Utc>) -> Option<ChatM
         .unwrap_or_default()
         .split(',')
         .filter_map(|b| b.split_once('/'))
-        .map(|(n, v)| Badge {
-            name: n.to_string(),
-            version: v.to_string(),
-        })
+        .map(|(n, v)| Badge { name: n.to_string(), version: v.to_string() })
         .collect();
     let has = |names: &[&str]| badges.iter().any(|b| names.contains(&b.name.as_str()));
     let username = match &src.prefix {
@@ -62,9 +52,7 @@ pub fn raw_privmsg(src: &IRCMessage, received_at: DateTime<Utc>) -> Option<ChatM
         color: tag("color"),
         is_mod: has(&["moderator", "broadcaster"]) || tag("mod").as_deref() == Some("1"),
         is_subscriber: has(&["subscriber", "founder"]) || tag("subscriber").as_deref() == Some("1"),
-        bits: tag("bits")
-            .and_then(|b| b.parse::<i64>().ok())
-            .map_or(0, |b| b.clamp(0, i32::MAX as i64) as i32),
+        bits: tag("bits").and_then(|b| b.parse::<i64>().ok()).map_or(0, |b| b.clamp(0, i32::MAX as i64) as i32),
         is_action,
         emotes: tag("emotes"),
         first_msg: tag("first-msg").map(|v| v == "1"),
@@ -111,8 +99,7 @@ pub fn badges_json(badges: &[Badge]) -> String {
 pub fn chat_message(m: PrivmsgMessage, received_at: DateTime<Utc>) -> ChatMessage {
     let has_badge = |names: &[&str]| m.badges.iter().any(|b| names.contains(&b.name.as_str()));
     let is_mod = has_badge(&["moderator", "broadcaster"]) || tag(&m, "mod").as_deref() == Some("1");
-    let is_subscriber =
-        has_badge(&["subscriber", "founder"]) || tag(&m, "subscriber").as_deref() == Some("1");
+    let is_subscriber = has_badge(&["subscriber", "founder"]) || tag(&m, "subscriber").as_deref() == Some("1");
     let first_msg = tag(&m, "first-msg").map(|v| v == "1");
     let color = tag(&m, "color");
     let emotes = tag(&m, "emotes");
@@ -166,13 +153,7 @@ pub fn is_login_rejection(n: &NoticeMessage) -> bool {
 pub fn is_join_failure(n: &NoticeMessage) -> bool {
     matches!(
         n.message_id.as_deref(),
-        Some(
-            "msg_channel_suspended"
-                | "msg_channel_blocked"
-                | "tos_ban"
-                | "msg_room_not_found"
-                | "msg_suspended"
-        )
+        Some("msg_channel_suspended" | "msg_channel_blocked" | "tos_ban" | "msg_room_not_found" | "msg_suspended")
     )
 }
 
@@ -202,10 +183,7 @@ mod tests {
     fn non_numeric_badge_versions_are_kept_as_strings() {
         let m = privmsg("@badge-info=;badges=predictions/blue-1,subscriber/0;color=;display-name=A;emotes=;id=x2;mod=0;room-id=1;subscriber=1;tmi-sent-ts=1594545155039;user-id=2 :a!a@a.tmi.twitch.tv PRIVMSG #c :hi");
         let v: serde_json::Value = serde_json::from_str(&m.badges).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"predictions": "blue-1", "subscriber": 0})
-        );
+        assert_eq!(v, serde_json::json!({"predictions": "blue-1", "subscriber": 0}));
         assert!(m.is_subscriber, "subscriber/0 counts as a subscriber");
     }
 
@@ -220,18 +198,10 @@ mod tests {
         // No badge-info tag: twitch-irc refuses it, we keep it.
         let line = "@badges=moderator/1;color=#FF0000;display-name=Ann;emotes=;id=raw-1;mod=1;room-id=9;subscriber=0;tmi-sent-ts=1594545155039;user-id=5 :ann!ann@ann.tmi.twitch.tv PRIVMSG #chan :\u{1}ACTION hi\u{1}";
         let raw = IRCMessage::parse(line).unwrap();
-        assert!(
-            ServerMessage::try_from(raw.clone()).is_err(),
-            "twitch-irc now parses it; pick another broken line"
-        );
+        assert!(ServerMessage::try_from(raw.clone()).is_err(), "twitch-irc now parses it; pick another broken line");
         let m = raw_privmsg(&raw, Utc::now()).expect("kept");
         assert_eq!(
-            (
-                m.message_id.as_str(),
-                m.channel.as_str(),
-                m.username.as_str(),
-                m.text.as_str()
-            ),
+            (m.message_id.as_str(), m.channel.as_str(), m.username.as_str(), m.text.as_str()),
             ("raw-1", "chan", "ann", "hi")
         );
         assert!(m.is_action && m.is_mod);
@@ -240,15 +210,19 @@ mod tests {
 
     #[test]
     fn login_rejection_and_join_failures_are_recognised() {
+        let ServerMessage::Notice(n) = parse(":tmi.twitch.tv NOTICE * :Login authentication failed") else { panic!() };
+        assert!(is_login_rejection(&n));
         let ServerMessage::Notice(n) =
-            parse(":tmi.twitch.tv NOTICE * :Login authentication failed")
+            parse("@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #gone :This channel has been suspended.")
         else {
             panic!()
         };
-        assert!(is_login_rejection(&n));
-        let ServerMessage::Notice(n) = parse("@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #gone :This channel has been suspended.") else { panic!() };
         assert!(is_join_failure(&n) && !is_login_rejection(&n));
-        let ServerMessage::Notice(n) = parse("@msg-id=msg_banned :tmi.twitch.tv NOTICE #forsen :You are permanently banned from talking in forsen.") else { panic!() };
+        let ServerMessage::Notice(n) = parse(
+            "@msg-id=msg_banned :tmi.twitch.tv NOTICE #forsen :You are permanently banned from talking in forsen.",
+        ) else {
+            panic!()
+        };
         assert!(!is_join_failure(&n), "a chat ban still lets us read");
     }
 }

@@ -12,17 +12,10 @@ pub fn normalize_login(raw: &str) -> Result<String, String> {
         return Err(format!("`{raw}` is empty"));
     }
     if name.len() > 25 {
-        return Err(format!(
-            "`{raw}` is longer than Twitch's 25-character limit"
-        ));
+        return Err(format!("`{raw}` is longer than Twitch's 25-character limit"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
-    {
-        return Err(format!(
-            "`{raw}` contains `{bad}`; Twitch logins use only letters, digits and `_`"
-        ));
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+        return Err(format!("`{raw}` contains `{bad}`; Twitch logins use only letters, digits and `_`"));
     }
     Ok(name)
 }
@@ -41,17 +34,12 @@ pub struct ServerAddr {
 impl ServerAddr {
     /// Twitch's own TLS endpoint.
     pub fn twitch() -> Self {
-        ServerAddr {
-            tls: true,
-            host: "irc.chat.twitch.tv".into(),
-            port: 6697,
-        }
+        ServerAddr { tls: true, host: "irc.chat.twitch.tv".into(), port: 6697 }
     }
 
     /// Parses `ircs://host[:port]` or `irc://host[:port]`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let hint =
-            "write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)";
+        let hint = "write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)";
         let (tls, rest) = if let Some(r) = text.strip_prefix("ircs://") {
             (true, r)
         } else if let Some(r) = text.strip_prefix("irc://") {
@@ -62,9 +50,7 @@ impl ServerAddr {
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("`{text}` has a bad port `{p}`; {hint}"))?;
+                let port = p.parse::<u16>().map_err(|_| format!("`{text}` has a bad port `{p}`; {hint}"))?;
                 (h, port)
             }
             _ => (rest, if tls { 6697 } else { 6667 }),
@@ -73,11 +59,7 @@ impl ServerAddr {
         if host.is_empty() || host.contains('/') {
             return Err(format!("`{text}` has no host; {hint}"));
         }
-        Ok(ServerAddr {
-            tls,
-            host: host.to_string(),
-            port,
-        })
+        Ok(ServerAddr { tls, host: host.to_string(), port })
     }
 }
 
@@ -113,15 +95,9 @@ mod tests {
 
     #[test]
     fn server_addresses_parse_with_default_ports() {
-        assert_eq!(
-            ServerAddr::parse("ircs://irc.chat.twitch.tv:6697").unwrap(),
-            ServerAddr::twitch()
-        );
+        assert_eq!(ServerAddr::parse("ircs://irc.chat.twitch.tv:6697").unwrap(), ServerAddr::twitch());
         let plain = ServerAddr::parse("irc://127.0.0.1:7000").unwrap();
-        assert_eq!(
-            (plain.tls, plain.host.as_str(), plain.port),
-            (false, "127.0.0.1", 7000)
-        );
+        assert_eq!((plain.tls, plain.host.as_str(), plain.port), (false, "127.0.0.1", 7000));
         assert_eq!(ServerAddr::parse("irc://localhost").unwrap().port, 6667);
         assert!(ServerAddr::parse("http://x:1").is_err());
         assert!(ServerAddr::parse("irc://x:notaport").is_err());

@@ -32,11 +32,7 @@ pub fn set_server(addr: ServerAddr) {
 }
 
 fn server() -> ServerAddr {
-    SERVER
-        .read()
-        .expect("server lock")
-        .clone()
-        .unwrap_or_else(ServerAddr::twitch)
+    SERVER.read().expect("server lock").clone().unwrap_or_else(ServerAddr::twitch)
 }
 
 /// The pacer for `login`, created with `rate` or updated to it. All connections of one login
@@ -44,25 +40,17 @@ fn server() -> ServerAddr {
 pub fn pacer_for(login: &str, rate: Rate) -> Arc<JoinPacer> {
     let mut map = PACERS.lock().expect("pacers lock");
     let map = map.get_or_insert_with(HashMap::new);
-    let p = map
-        .entry(login.to_string())
-        .or_insert_with(|| Arc::new(JoinPacer::new(rate)));
+    let p = map.entry(login.to_string()).or_insert_with(|| Arc::new(JoinPacer::new(rate)));
     p.set_rate(rate);
     p.clone()
 }
 
 fn lookup_pacer(login: &str) -> Arc<JoinPacer> {
-    pacer_for_existing(login)
-        .unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
+    pacer_for_existing(login).unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
 }
 
 fn pacer_for_existing(login: &str) -> Option<Arc<JoinPacer>> {
-    PACERS
-        .lock()
-        .expect("pacers lock")
-        .as_ref()?
-        .get(login)
-        .cloned()
+    PACERS.lock().expect("pacers lock").as_ref()?.get(login).cloned()
 }
 
 /// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`.
@@ -74,9 +62,7 @@ pub struct JoinPacer {
 impl JoinPacer {
     /// A pacer allowing `rate`.
     pub fn new(rate: Rate) -> Self {
-        JoinPacer {
-            state: Mutex::new((rate, VecDeque::new())),
-        }
+        JoinPacer { state: Mutex::new((rate, VecDeque::new())) }
     }
 
     /// Changes the allowance (reload of `join_rate`).
@@ -91,10 +77,7 @@ impl JoinPacer {
                 let mut guard = self.state.lock().expect("pacer lock");
                 let (rate, sent) = &mut *guard;
                 let now = Instant::now();
-                while sent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= rate.per)
-                {
+                while sent.front().is_some_and(|t| now.duration_since(*t) >= rate.per) {
                     sent.pop_front();
                 }
                 if sent.len() < rate.count as usize {
@@ -109,14 +92,12 @@ impl JoinPacer {
 }
 
 type Incoming = Box<
-    dyn futures_util::stream::FusedStream<
-            Item = Result<IRCMessage, Either<std::io::Error, IRCParseError>>,
-        > + Unpin
+    dyn futures_util::stream::FusedStream<Item = Result<IRCMessage, Either<std::io::Error, IRCParseError>>>
+        + Unpin
         + Send
         + Sync,
 >;
-type Outgoing =
-    Box<dyn futures_util::Sink<IRCMessage, Error = std::io::Error> + Unpin + Send + Sync>;
+type Outgoing = Box<dyn futures_util::Sink<IRCMessage, Error = std::io::Error> + Unpin + Send + Sync>;
 
 trait Socket: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Socket for T {}
@@ -143,20 +124,14 @@ async fn connect(addr: &ServerAddr) -> std::io::Result<Pin<Box<dyn Socket>>> {
         return Ok(Box::pin(tcp));
     }
     use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-    let roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = ClientConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(std::io::Error::other)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let config = ClientConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = ServerName::try_from(addr.host.clone()).map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
     Ok(Box::pin(tls))
 }
 
@@ -175,22 +150,16 @@ impl Transport for PacedTransport {
             .filter_map(|line| {
                 std::future::ready(match line {
                     Ok(l) if l.trim().is_empty() => None,
-                    Ok(l) => {
-                        Some(IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right))
-                    }
+                    Ok(l) => Some(IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right)),
                     Err(e) => Some(Err(Either::Left(std::io::Error::other(e)))),
                 })
             })
             .fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
         tokio::spawn(write_loop(rx, write));
-        let outgoing = tx.sink_map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended")
-        });
-        Ok(PacedTransport {
-            incoming: Box::new(incoming),
-            outgoing: Box::new(outgoing),
-        })
+        let outgoing =
+            tx.sink_map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended"));
+        Ok(PacedTransport { incoming: Box::new(incoming), outgoing: Box::new(outgoing) })
     }
 
     fn split(self) -> (Self::Incoming, Self::Outgoing) {
@@ -200,10 +169,7 @@ impl Transport for PacedTransport {
 
 /// Writes outgoing lines in order, except that JOINs wait for the account's pacer while
 /// everything else (PONG, PART, PING) goes out at once, so keepalives never queue behind JOINs.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
-    mut w: W,
-) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>, mut w: W) {
     let mut pacer: Option<Arc<JoinPacer>> = None;
     let mut pending: VecDeque<IRCMessage> = VecDeque::new();
     loop {

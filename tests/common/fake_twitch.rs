@@ -76,20 +76,12 @@ impl FakeTwitch {
 
     /// Logins with this token (as sent after `oauth:`) are refused like Twitch refuses them.
     pub fn reject_token(&self, token: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .bad_tokens
-            .insert(token.to_string());
+        self.state.lock().unwrap().bad_tokens.insert(token.to_string());
     }
 
     /// JOINs to this channel get Twitch's "suspended" NOTICE.
     pub fn suspend(&self, channel: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .suspended
-            .insert(channel.to_string());
+        self.state.lock().unwrap().suspended.insert(channel.to_string());
     }
 
     pub fn conns(&self) -> Vec<Conn> {
@@ -100,11 +92,7 @@ impl FakeTwitch {
     pub fn to_channel(&self, channel: &str, line: &str) -> usize {
         let s = self.state.lock().unwrap();
         let mut n = 0;
-        for c in s
-            .conns
-            .iter()
-            .filter(|c| c.open && c.joined.contains(channel))
-        {
+        for c in s.conns.iter().filter(|c| c.open && c.joined.contains(channel)) {
             let _ = c.tx.send(Cmd::Send(line.to_string()));
             n += 1;
         }
@@ -114,11 +102,7 @@ impl FakeTwitch {
     /// Sends `line` to every open connection of `nick`.
     pub fn to_nick(&self, nick: &str, line: &str) {
         let s = self.state.lock().unwrap();
-        for c in s
-            .conns
-            .iter()
-            .filter(|c| c.open && c.nick.as_deref() == Some(nick))
-        {
+        for c in s.conns.iter().filter(|c| c.open && c.nick.as_deref() == Some(nick)) {
             let _ = c.tx.send(Cmd::Send(line.to_string()));
         }
     }
@@ -126,22 +110,14 @@ impl FakeTwitch {
     /// Closes every open connection of `nick` (a dropped connection).
     pub fn drop_nick(&self, nick: &str) {
         let s = self.state.lock().unwrap();
-        for c in s
-            .conns
-            .iter()
-            .filter(|c| c.open && c.nick.as_deref() == Some(nick))
-        {
+        for c in s.conns.iter().filter(|c| c.open && c.nick.as_deref() == Some(nick)) {
             let _ = c.tx.send(Cmd::Close);
         }
     }
 
     /// Channels joined right now by open connections of `nick`.
     pub fn joined_by(&self, nick: &str) -> BTreeSet<String> {
-        self.conns()
-            .into_iter()
-            .filter(|c| c.open && c.nick.as_deref() == Some(nick))
-            .flat_map(|c| c.joined)
-            .collect()
+        self.conns().into_iter().filter(|c| c.open && c.nick.as_deref() == Some(nick)).flat_map(|c| c.joined).collect()
     }
 
     /// Every `JOIN` line received from `nick`'s connections, with when.
@@ -158,38 +134,22 @@ impl FakeTwitch {
     }
 
     /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        cond: impl Fn(&FakeTwitch) -> bool,
-    ) {
+    pub async fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&FakeTwitch) -> bool) {
         let end = Instant::now() + timeout;
         while !cond(self) {
             if Instant::now() > end {
-                panic!(
-                    "timed out waiting for: {what}; connections: {:#?}",
-                    self.summary()
-                );
+                panic!("timed out waiting for: {what}; connections: {:#?}", self.summary());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     fn summary(&self) -> Vec<(usize, Option<String>, bool, BTreeSet<String>)> {
-        self.conns()
-            .into_iter()
-            .map(|c| (c.id, c.nick, c.open, c.joined))
-            .collect()
+        self.conns().into_iter().map(|c| (c.id, c.nick, c.open, c.joined)).collect()
     }
 }
 
-async fn serve(
-    id: usize,
-    sock: TcpStream,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    st: Arc<Mutex<State>>,
-) {
+async fn serve(id: usize, sock: TcpStream, mut rx: mpsc::UnboundedReceiver<Cmd>, st: Arc<Mutex<State>>) {
     let (r, mut w) = sock.into_split();
     let mut lines = BufReader::new(r).lines();
     loop {
@@ -232,16 +192,9 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
         }
         "NICK" => {
             c.nick = Some(rest.to_string());
-            let token = c
-                .pass
-                .as_deref()
-                .and_then(|p| p.strip_prefix("oauth:"))
-                .unwrap_or("");
+            let token = c.pass.as_deref().and_then(|p| p.strip_prefix("oauth:")).unwrap_or("");
             if bad.contains(token) {
-                return vec![
-                    ":tmi.twitch.tv NOTICE * :Login authentication failed".into(),
-                    "\u{0}CLOSE".into(),
-                ];
+                return vec![":tmi.twitch.tv NOTICE * :Login authentication failed".into(), "\u{0}CLOSE".into()];
             }
             let n = rest;
             vec![
@@ -260,16 +213,18 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
             for ch in rest.split(',') {
                 let ch = ch.trim_start_matches('#').to_string();
                 if suspended.contains(&ch) {
-                    out.push(format!("@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #{ch} :This channel has been suspended."));
+                    out.push(format!(
+                        "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #{ch} :This channel has been suspended."
+                    ));
                     continue;
                 }
                 c.joined.insert(ch.clone());
                 out.push(format!(":{nick}!{nick}@{nick}.tmi.twitch.tv JOIN #{ch}"));
                 out.push(format!(":{nick}.tmi.twitch.tv 353 {nick} = #{ch} :{nick}"));
+                out.push(format!(":{nick}.tmi.twitch.tv 366 {nick} #{ch} :End of /NAMES list"));
                 out.push(format!(
-                    ":{nick}.tmi.twitch.tv 366 {nick} #{ch} :End of /NAMES list"
+                    "@emote-only=0;followers-only=-1;r9k=0;room-id=1;slow=0;subs-only=0 :tmi.twitch.tv ROOMSTATE #{ch}"
                 ));
-                out.push(format!("@emote-only=0;followers-only=-1;r9k=0;room-id=1;slow=0;subs-only=0 :tmi.twitch.tv ROOMSTATE #{ch}"));
             }
             out
         }

@@ -2,6 +2,7 @@
 //! started (or `DATABASE_URL`), the fake Twitch server, and the real logger binary.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fake_twitch;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -24,9 +25,8 @@ pub struct TestDb {
 }
 
 fn admin_url() -> String {
-    std::env::var("DATABASE_URL").expect(
-        "DATABASE_URL is not set: run the tests with ./scripts/test.sh, which starts a throwaway PostgreSQL",
-    )
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests with ./scripts/test.sh, which starts a throwaway PostgreSQL")
 }
 
 impl TestDb {
@@ -35,24 +35,12 @@ impl TestDb {
         let admin = PgConnectOptions::from_str(&admin_url()).unwrap();
         let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
         let name = format!("tcl_{}_{}", std::process::id(), rand_suffix());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
         let opts = admin.clone().database(&name);
         let mut url = url::Url::parse(&admin_url()).unwrap();
         url.set_path(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(3)
-            .connect_with(opts.clone())
-            .await
-            .unwrap();
-        TestDb {
-            name,
-            url: url.to_string(),
-            pool,
-            opts,
-        }
+        let pool = PgPoolOptions::new().max_connections(3).connect_with(opts.clone()).await.unwrap();
+        TestDb { name, url: url.to_string(), pool, opts }
     }
 
     /// The original's POSTGRES_* variables for this database.
@@ -63,18 +51,12 @@ impl TestDb {
             ("POSTGRES_PORT".into(), u.port().unwrap_or(5432).to_string()),
             ("POSTGRES_DB".into(), self.name.clone()),
             ("POSTGRES_USER".into(), u.username().to_string()),
-            (
-                "POSTGRES_PASSWORD".into(),
-                u.password().unwrap_or("").to_string(),
-            ),
+            ("POSTGRES_PASSWORD".into(), u.password().unwrap_or("").to_string()),
         ]
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.unwrap()
     }
 
     /// Waits until `sql` (a count) reaches `n`; panics after `timeout`.
@@ -97,10 +79,7 @@ impl TestDb {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{}_{}", nanos, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -128,9 +107,7 @@ pub fn logger_cmd(cwd: &Path) -> Command {
 impl Logger {
     /// Starts `cmd` with stderr captured line by line.
     pub fn spawn(mut cmd: Command) -> Logger {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start logger binary");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
@@ -159,10 +136,7 @@ impl Logger {
         let end = Instant::now() + timeout;
         while !self.log_text().contains(needle) {
             if Instant::now() > end {
-                panic!(
-                    "timed out waiting for log line {needle:?}; log:\n{}",
-                    self.log_text()
-                );
+                panic!("timed out waiting for log line {needle:?}; log:\n{}", self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -170,11 +144,7 @@ impl Logger {
 
     /// Sends a signal (`TERM`, `INT`, `HUP`, `KILL`).
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success());
     }
 
@@ -188,10 +158,7 @@ impl Logger {
                 return status.code().unwrap_or(-1);
             }
             if Instant::now() > end {
-                panic!(
-                    "logger did not exit within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
+                panic!("logger did not exit within {timeout:?}; log:\n{}", self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -222,9 +189,7 @@ pub fn samples() -> Vec<(String, String)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/twitch-irc-samples.txt");
     let text = std::fs::read_to_string(&path)
         .or_else(|_| {
-            std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitch-irc-samples.txt"),
-            )
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitch-irc-samples.txt"))
         })
         .expect("twitch-irc-samples.txt");
     let mut out = vec![];
@@ -240,9 +205,5 @@ pub fn samples() -> Vec<(String, String)> {
 }
 
 pub fn sample(kind: &str) -> String {
-    samples()
-        .into_iter()
-        .find(|(k, _)| k == kind)
-        .unwrap_or_else(|| panic!("no sample {kind}"))
-        .1
+    samples().into_iter().find(|(k, _)| k == kind).unwrap_or_else(|| panic!("no sample {kind}")).1
 }
