@@ -18,6 +18,9 @@ RUN useradd --system --uid 10001 --home-dir /app logger \
 COPY --from=build /src/target/release/twitch-chat-logger /usr/local/bin/twitch-chat-logger
 WORKDIR /app
 USER logger
+ENV HTTP_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD ["twitch-chat-logger", "healthcheck"]
 # No config is baked in: mount ./config to use config/config.toml, or set the original's
 # variables and mount nothing (env-only mode).
 ENTRYPOINT ["twitch-chat-logger"]

@@ -3,11 +3,13 @@
 
 use anyhow::Context;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Origin};
+use crate::http;
+use crate::metrics::{AccountView, Observed};
 use crate::reload::{self, watch::Reloader, Plan};
 use crate::store::postgres::{describe, PgStore};
 use crate::store::writer::{self, Writer};
@@ -27,6 +29,7 @@ pub enum Outcome {
 struct Runtime {
     cfg: Config,
     accounts: BTreeMap<String, AccountHandle>,
+    views: Arc<RwLock<BTreeMap<String, AccountView>>>,
     writer: Writer,
     events: mpsc::UnboundedSender<ClientEvent>,
 }
@@ -41,6 +44,8 @@ impl Runtime {
             self.writer.sender.clone(),
             self.events.clone(),
         );
+        let view = AccountView { stats: handle.stats.clone(), pacer: handle.pacer.clone() };
+        self.views.write().expect("accounts lock").insert(name.to_string(), view);
         self.accounts.insert(name.to_string(), handle);
     }
 
@@ -56,6 +61,9 @@ impl Runtime {
 
         let leaving: Vec<AccountHandle> =
             p.stop.iter().chain(&p.restart).filter_map(|n| self.accounts.remove(n)).collect();
+        for n in &p.stop {
+            self.views.write().expect("accounts lock").remove(n);
+        }
         futures_util::future::join_all(leaving.into_iter().map(AccountHandle::stop)).await;
         for name in p.restart.iter().chain(&p.start) {
             self.start_account(name);
@@ -95,6 +103,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     let mut shutdown = Box::pin(shutdown_signal());
 
     let store = PgStore::connect_lazy(&cfg.database)?;
+    let pool = store.pool().clone();
     let what = describe(&cfg.database);
     tokio::select! {
         r = migrate_with_retry(&store, &what) => r?,
@@ -121,7 +130,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         format!("cannot open the spool directory {} (batch.spool_dir)", cfg.batch.spool_dir.display())
     })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), writer, events: events_tx };
+    let views = Arc::new(RwLock::new(BTreeMap::new()));
+    if let Some(addr) = cfg.http.listen {
+        let observed = Observed {
+            writer: writer.observer(),
+            accounts: views.clone(),
+            reloads: reloader.as_ref().map_or_else(Default::default, |r| r.stats.clone()),
+        };
+        let bound = http::serve(addr, observed, pool).await?;
+        tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
+    }
+    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx };
     for name in rt.cfg.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }

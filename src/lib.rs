@@ -6,6 +6,8 @@
 
 pub mod app;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod reload;
 pub mod store;
 pub mod twitch;

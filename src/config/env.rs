@@ -64,6 +64,10 @@ pub fn apply(
         }
     }
 
+    if let Some(v) = get(env, "HTTP_LISTEN") {
+        note("HTTP_LISTEN", "http.listen".into(), file.http.listen.is_some());
+        file.http.listen = Some(spanned(v.trim().to_string()));
+    }
     if let Some(v) = get(env, "TWITCH_IRC_SERVER") {
         note("TWITCH_IRC_SERVER", "twitch.server".into(), file.twitch.server.is_some());
         file.twitch.server = Some(spanned(v));

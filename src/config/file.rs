@@ -22,6 +22,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub reload: ReloadFile,
     #[serde(default)]
+    pub http: HttpFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
@@ -66,6 +70,21 @@ pub struct ReloadFile {
     pub mode: Option<Spanned<String>>,
     pub poll_interval: Option<Spanned<String>>,
     pub debounce: Option<Spanned<String>>,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub listen: Option<Spanned<String>>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
 }
 
 /// `[accounts.NAME]`
@@ -121,6 +140,11 @@ const KNOWN_KEYS: &[&str] = &[
     "token_file",
     "join_rate",
     "channels",
+    "http",
+    "log",
+    "listen",
+    "level",
+    "format",
 ];
 
 /// Parses the file text. On failure returns one problem with line, column and key, never

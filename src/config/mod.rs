@@ -39,6 +39,10 @@ pub struct Config {
     pub batch: BatchConfig,
     /// `[reload]`
     pub reload: ReloadConfig,
+    /// `[http]`
+    pub http: HttpConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[accounts.NAME]`, by name.
     pub accounts: BTreeMap<String, AccountConfig>,
     /// `[groups.NAME]`, by name.
@@ -153,6 +157,43 @@ impl Default for ReloadConfig {
             debounce: Duration::from_millis(100),
         }
     }
+}
+
+/// `[http]`: the health and metrics listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address to listen on; `None` when set to `"off"`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))) }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins.
+    pub level: String,
+    /// Plain text or JSON lines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// How the file is watched.

@@ -58,6 +58,13 @@ pub fn render(cfg: &Config) -> String {
         format_duration(cfg.reload.poll_interval),
         format_duration(cfg.reload.debounce)
     );
+    let listen = cfg.http.listen.map_or("off".to_string(), |a| a.to_string());
+    let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
+    let format = match cfg.log.format {
+        super::LogFormat::Text => "text",
+        super::LogFormat::Json => "json",
+    };
+    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{format}\"", cfg.log.level);
     for (name, a) in &cfg.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {

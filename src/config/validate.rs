@@ -226,6 +226,47 @@ pub fn validate(
         ),
     };
 
+    let http = match file.http.listen.as_ref() {
+        None => HttpConfig::default(),
+        Some(l) if l.get_ref() == "off" => HttpConfig { listen: None },
+        Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => HttpConfig { listen: Some(a) },
+            Err(_) => {
+                cx.problem(
+                    "http.listen",
+                    Some(l.span()),
+                    format!(
+                    "`{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"",
+                    l.get_ref()
+                ),
+                );
+                HttpConfig::default()
+            }
+        },
+    };
+    let mut log = LogConfig::default();
+    if let Some(level) = &file.log.level {
+        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) => log.level = level.get_ref().clone(),
+            Err(e) => cx.problem(
+                "log.level",
+                Some(level.span()),
+                format!(
+                    "`{}` is not a log filter ({e}); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"",
+                    level.get_ref()
+                ),
+            ),
+        }
+    }
+    match file.log.format.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("text") => {}
+        Some("json") => log.format = LogFormat::Json,
+        Some(other) => {
+            let span = file.log.format.as_ref().map(|f| f.span());
+            cx.problem("log.format", span, format!("`{other}` is not a format; use \"text\" or \"json\""));
+        }
+    }
+
     let database = database(&mut cx, &file);
 
     let mut accounts = BTreeMap::new();
@@ -345,6 +386,8 @@ pub fn validate(
         return None;
     }
     Some(Config {
+        http,
+        log,
         origin,
         twitch: TwitchConfig { server },
         database: database?,

@@ -99,6 +99,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     if old.reload != new.reload {
         p.needs_restart.push("reload");
     }
+    if old.http != new.http {
+        p.needs_restart.push("http");
+    }
+    if old.log != new.log {
+        p.needs_restart.push("log");
+    }
     p
 }
 
@@ -134,6 +140,8 @@ mod tests {
             },
             batch: BatchConfig::default(),
             reload: ReloadConfig::default(),
+            http: Default::default(),
+            log: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()

@@ -53,8 +53,40 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     /// Rows the database refused, kept in the dead-letter place.
     pub dead_lettered: AtomicU64,
-    /// Sum of batch commit times, in microseconds (with `batches`: the mean).
+    /// Sum of batch commit times, in microseconds.
     pub flush_micros: AtomicU64,
+    /// Commit-time histogram: counts per bucket of [`FLUSH_BUCKETS`] (last: above all).
+    pub flush_buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
+    /// Unix time (ms) of the last commit that stored a new message.
+    pub last_stored_ms: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the commit-time histogram buckets.
+pub const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+impl WriterStats {
+    fn observe_flush(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = FLUSH_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(FLUSH_BUCKETS.len());
+        self.flush_buckets[i].fetch_add(1, Relaxed);
+        self.flush_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+}
+
+/// Read-only access to a running writer, for health and metrics.
+#[derive(Clone)]
+pub struct WriterObserver {
+    shared: Arc<Shared>,
+    /// Counters.
+    pub stats: Arc<WriterStats>,
+}
+
+impl WriterObserver {
+    /// Rows waiting in memory and on disk.
+    pub fn backlog(&self) -> Backlog {
+        let st = self.shared.lock();
+        Backlog { queue_rows: st.mem.len(), spool_rows: st.spool.rows(), spool_bytes: st.spool.bytes() }
+    }
 }
 
 /// A point-in-time view of the backlog.
@@ -177,10 +209,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Rows waiting in memory and on disk.
-    pub fn backlog(&self) -> Backlog {
-        let st = self.shared.lock();
-        Backlog { queue_rows: st.mem.len(), spool_rows: st.spool.rows(), spool_bytes: st.spool.bytes() }
+    /// A read-only view for health and metrics.
+    pub fn observer(&self) -> WriterObserver {
+        WriterObserver { shared: self.shared.clone(), stats: self.stats.clone() }
     }
 
     /// Applies new live settings.
@@ -378,7 +409,10 @@ async fn write_out(store: &dyn Store, shared: &Shared, pending: &mut VecDeque<Ba
                 s.duplicates.fetch_add(report.duplicates, Relaxed);
                 s.notices_stored.fetch_add(report.notices_inserted, Relaxed);
                 s.batches.fetch_add(1, Relaxed);
-                s.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                s.observe_flush(started.elapsed());
+                if report.messages_inserted > 0 {
+                    s.last_stored_ms.store(chrono::Utc::now().timestamp_millis() as u64, Relaxed);
+                }
                 if matches!(source, Source::Spool(_)) {
                     s.replayed.fetch_add(batch.len() as u64, Relaxed);
                 }

@@ -1,19 +1,23 @@
 //! One running Twitch account: a twitch-irc client, and the task that drains its unbounded
-//! incoming channel into our bounded writer queue.
+//! incoming channel into our writer queue at once.
 
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use std::collections::{BTreeSet, HashSet};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use twitch_irc::login::StaticLoginCredentials;
 use twitch_irc::message::ServerMessage;
 use twitch_irc::{ClientConfig, TwitchIRCClient};
 
 use super::convert;
-use super::transport::{pacer_for, PacedTransport};
-use crate::config::{AccountConfig, Credentials};
+use super::transport::{pacer_for, JoinPacer, PacedTransport};
+use crate::config::{AccountConfig, Credentials, Rate};
 use crate::store::writer::RecordSender;
+use crate::store::Record;
 
 type Client = TwitchIRCClient<PacedTransport, StaticLoginCredentials>;
 
@@ -22,6 +26,21 @@ type Client = TwitchIRCClient<PacedTransport, StaticLoginCredentials>;
 pub enum ClientEvent {
     /// Twitch refused the account's credentials; the client has stopped for good.
     LoginRejected { account: String },
+}
+
+/// Counters of one account, for metrics and readiness.
+#[derive(Debug, Default)]
+pub struct AccountStats {
+    /// Chat messages received.
+    pub messages: AtomicU64,
+    /// Notices received.
+    pub notices: AtomicU64,
+    /// Channels the config wants.
+    pub channels_wanted: AtomicU64,
+    /// Of those, channels Twitch confirmed joined (refreshed every few seconds).
+    pub channels_joined: AtomicU64,
+    /// Stopped on purpose (login rejected): not counted against readiness.
+    pub stopped: AtomicBool,
 }
 
 enum Command {
@@ -35,11 +54,16 @@ pub struct AccountHandle {
     pub name: String,
     /// The config it runs with.
     pub config: AccountConfig,
-    /// The login on the wire (`justinfan…` when anonymous): the JOIN pacer's key.
-    login: String,
+    /// Counters.
+    pub stats: Arc<AccountStats>,
+    /// The login's pacer (also counts its connections).
+    pub pacer: Arc<JoinPacer>,
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
+
+/// How often the joined-channel count is refreshed from twitch-irc.
+const JOINED_REFRESH: Duration = Duration::from_secs(2);
 
 impl AccountHandle {
     /// Connects and joins `channels` (JOINs are paced by the transport).
@@ -56,23 +80,22 @@ impl AccountHandle {
                 StaticLoginCredentials::new(username.clone(), Some(token.expose_secret().to_string()))
             }
         };
-        let login = creds.credentials.login.clone();
-        pacer_for(&login, config.join_rate);
+        let pacer = pacer_for(&creds.credentials.login, config.join_rate);
         let mut client_config = ClientConfig::new_simple(creds);
         client_config.tracing_identifier = Some(name.to_string().into());
         let (incoming, client) = Client::new(client_config);
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Command::SetChannels(channels));
-        let task = tokio::spawn(drain(
-            name.to_string(),
-            config.credentials.display_login().to_string(),
-            client,
-            incoming,
-            rx,
+        let stats = Arc::new(AccountStats::default());
+        let ctx = Drain {
+            name: name.to_string(),
+            login: config.credentials.display_login().to_string(),
             sender,
             events,
-        ));
-        AccountHandle { name: name.to_string(), config: config.clone(), login, commands: tx, task }
+            stats: stats.clone(),
+        };
+        let task = tokio::spawn(ctx.run(client, incoming, rx));
+        AccountHandle { name: name.to_string(), config: config.clone(), stats, pacer, commands: tx, task }
     }
 
     /// Joins what is new, parts what is gone; keeps the connection.
@@ -81,8 +104,8 @@ impl AccountHandle {
     }
 
     /// Changes JOIN pacing without reconnecting.
-    pub fn set_join_rate(&self, rate: crate::config::Rate) {
-        pacer_for(&self.login, rate);
+    pub fn set_join_rate(&self, rate: Rate) {
+        self.pacer.set_rate(rate);
     }
 
     /// Whether the client still runs (false after a rejected login).
@@ -97,80 +120,120 @@ impl AccountHandle {
     }
 }
 
-async fn drain(
+struct Drain {
     name: String,
     login: String,
-    client: Client,
-    mut incoming: mpsc::UnboundedReceiver<ServerMessage>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
     sender: RecordSender,
     events: mpsc::UnboundedSender<ClientEvent>,
-) {
-    let mut client = Some(client);
-    if let Some(c) = &client {
-        c.connect().await;
-    }
-    // Channels already reported as unjoinable, so each is reported once.
-    let mut reported: HashSet<String> = HashSet::new();
-    loop {
-        let msg = tokio::select! {
-            biased;
-            cmd = commands.recv(), if client.is_some() => {
-                match cmd {
-                    Some(Command::SetChannels(ch)) => {
-                        if let Some(c) = &client {
-                            if let Err(e) = c.set_wanted_channels(ch.into_iter().collect()) {
-                                tracing::error!(account = %name, "invalid channel list: {e}");
+    stats: Arc<AccountStats>,
+}
+
+impl Drain {
+    async fn run(
+        self,
+        client: Client,
+        mut incoming: mpsc::UnboundedReceiver<ServerMessage>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        client.connect().await;
+        let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+        let tracker = tokio::spawn(track_joined(client.clone(), wanted_rx, self.stats.clone()));
+        // The only other clone lives in `tracker`, which is aborted before ours is dropped.
+        let mut client = Some((client, tracker));
+        // Channels already reported as unjoinable, so each is reported once.
+        let mut reported: HashSet<String> = HashSet::new();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                cmd = commands.recv(), if client.is_some() => {
+                    match cmd {
+                        Some(Command::SetChannels(ch)) => {
+                            if let Some((c, _)) = &client {
+                                self.stats.channels_wanted.store(ch.len() as u64, Relaxed);
+                                if let Err(e) = c.set_wanted_channels(ch.iter().cloned().collect()) {
+                                    tracing::error!(account = %self.name, "invalid channel list: {e}");
+                                }
+                                wanted_tx.send_replace(ch);
                             }
                         }
-                    }
-                    Some(Command::Stop) | None => {
                         // Dropping the client closes its connections; `incoming` then yields
                         // what was already read and ends.
-                        client = None;
+                        Some(Command::Stop) | None => close(&mut client),
+                    }
+                    continue;
+                }
+                m = incoming.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let received_at = Utc::now();
+            match &msg {
+                ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
+                    tracing::error!(
+                        account = %self.name,
+                        "Twitch rejected the login of account `{}` (user {}): \"{}\". Check its oauth_token (an IRC token for this \
+                         user, with chat:read scope) or remove username and token to log in anonymously. This account is \
+                         stopped; other accounts keep running.",
+                        self.name,
+                        self.login,
+                        n.message_text
+                    );
+                    self.stats.stopped.store(true, Relaxed);
+                    let _ = self.events.send(ClientEvent::LoginRejected { account: self.name.clone() });
+                    close(&mut client);
+                }
+                ServerMessage::Notice(n) if convert::is_join_failure(n) => {
+                    let channel = n.channel_login.clone().unwrap_or_default();
+                    if reported.insert(channel.clone()) {
+                        tracing::warn!(account = %self.name, channel = %channel,
+                            "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
+                            n.message_text, n.message_id.as_deref().unwrap_or(""));
                     }
                 }
-                continue;
+                ServerMessage::Join(j) if client.is_some() => {
+                    reported.remove(&j.channel_login);
+                }
+                ServerMessage::Reconnect(_) => {
+                    tracing::info!(account = %self.name, "server asked to reconnect; reconnecting and rejoining");
+                }
+                _ => {}
             }
-            m = incoming.recv() => match m {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        let received_at = Utc::now();
-        match &msg {
-            ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
-                tracing::error!(
-                    account = %name,
-                    "Twitch rejected the login of account `{name}` (user {login}): \"{}\". Check its oauth_token (an IRC token for this user, \
-                     with chat:read scope) or remove username and token to log in anonymously. This account is stopped; other accounts keep running.",
-                    n.message_text
-                );
-                let _ = events.send(ClientEvent::LoginRejected { account: name.clone() });
-                client = None;
-            }
-            ServerMessage::Notice(n) if convert::is_join_failure(n) => {
-                let channel = n.channel_login.clone().unwrap_or_default();
-                if reported.insert(channel.clone()) {
-                    tracing::warn!(account = %name, channel = %channel, "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
-                        n.message_text, n.message_id.as_deref().unwrap_or(""));
+            if let Some(rec) = convert::to_record(msg, received_at) {
+                match &rec {
+                    Record::Message(_) => self.stats.messages.fetch_add(1, Relaxed),
+                    Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
+                };
+                if self.sender.send(rec).await.is_err() {
+                    tracing::error!(account = %self.name, "the writer has stopped; this client stops too");
+                    break;
                 }
             }
-            ServerMessage::Join(j) if client.is_some() => {
-                reported.remove(&j.channel_login);
-                tracing::debug!(account = %name, channel = %j.channel_login, "joined");
-            }
-            ServerMessage::Reconnect(_) => {
-                tracing::info!(account = %name, "server asked to reconnect; reconnecting and rejoining");
-            }
-            _ => {}
         }
-        if let Some(rec) = convert::to_record(msg, received_at) {
-            if sender.send(rec).await.is_err() {
-                tracing::error!(account = %name, "the writer has stopped; this client stops too");
-                break;
-            }
-        }
+        close(&mut client);
+        tracing::debug!(account = %self.name, "client stopped; its messages are handed to the writer");
     }
-    tracing::debug!(account = %name, "client stopped; its messages are handed to the writer");
+}
+
+fn close(client: &mut Option<(Client, JoinHandle<()>)>) {
+    if let Some((c, tracker)) = client.take() {
+        tracker.abort();
+        drop(c);
+    }
+}
+
+/// Keeps `channels_joined` current from twitch-irc's own view (which drops a failed
+/// connection's channels until they are rejoined).
+async fn track_joined(client: Client, mut wanted: watch::Receiver<BTreeSet<String>>, stats: Arc<AccountStats>) {
+    loop {
+        let channels: Vec<String> = wanted.borrow_and_update().iter().cloned().collect();
+        let mut joined = 0;
+        for ch in channels {
+            if client.get_channel_status(ch).await.1 {
+                joined += 1;
+            }
+        }
+        stats.channels_joined.store(joined, Relaxed);
+        let _ = tokio::time::timeout(JOINED_REFRESH, wanted.changed()).await;
+    }
 }

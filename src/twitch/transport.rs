@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -45,6 +46,11 @@ pub fn pacer_for(login: &str, rate: Rate) -> Arc<JoinPacer> {
     p.clone()
 }
 
+/// The pacer of `login`, if one was registered.
+pub fn existing_pacer(login: &str) -> Option<Arc<JoinPacer>> {
+    pacer_for_existing(login)
+}
+
 fn lookup_pacer(login: &str) -> Arc<JoinPacer> {
     pacer_for_existing(login).unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
 }
@@ -53,16 +59,28 @@ fn pacer_for_existing(login: &str) -> Option<Arc<JoinPacer>> {
     PACERS.lock().expect("pacers lock").as_ref()?.get(login).cloned()
 }
 
-/// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`.
+/// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`. It also counts the
+/// login's connections and waiting JOINs, for metrics and readiness.
 #[derive(Debug)]
 pub struct JoinPacer {
     state: Mutex<(Rate, VecDeque<Instant>)>,
+    /// Connections open now.
+    pub open: AtomicI64,
+    /// Connections ever opened (reconnects = this − 1).
+    pub opened: AtomicU64,
+    /// JOINs waiting for a slot.
+    pub pending: AtomicI64,
 }
 
 impl JoinPacer {
     /// A pacer allowing `rate`.
     pub fn new(rate: Rate) -> Self {
-        JoinPacer { state: Mutex::new((rate, VecDeque::new())) }
+        JoinPacer {
+            state: Mutex::new((rate, VecDeque::new())),
+            open: AtomicI64::new(0),
+            opened: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
+        }
     }
 
     /// Changes the allowance (reload of `join_rate`).
@@ -183,32 +201,47 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut rx: futures_channel::mpsc::Unboun
             m = rx.next() => match m {
                 None => break,
                 Some(m) => match m.command.as_str() {
-                    "NICK" => {
-                        pacer = Some(lookup_pacer(m.params.first().map_or("", String::as_str)));
+                    "NICK" if pacer.is_none() => {
+                        let p = lookup_pacer(m.params.first().map_or("", String::as_str));
+                        p.open.fetch_add(1, Relaxed);
+                        p.opened.fetch_add(1, Relaxed);
+                        pacer = Some(p);
                         m
                     }
                     "JOIN" => {
-                        if pacer.is_none() {
-                            pacer = Some(Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)));
-                        }
+                        let p = pacer.get_or_insert_with(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)));
+                        p.pending.fetch_add(1, Relaxed);
                         pending.push_back(m);
                         continue;
                     }
                     "PART" => {
                         // A PART overtakes a JOIN of the same channel still waiting: drop that JOIN.
+                        let before = pending.len();
                         pending.retain(|j| j.params.first() != m.params.first());
+                        if let Some(p) = &pacer {
+                            p.pending.fetch_sub((before - pending.len()) as i64, Relaxed);
+                        }
                         m
                     }
                     _ => m,
                 },
             },
-            _ = next_join => pending.pop_front().expect("a JOIN is pending"),
+            _ = next_join => {
+                if let Some(p) = &pacer {
+                    p.pending.fetch_sub(1, Relaxed);
+                }
+                pending.pop_front().expect("a JOIN is pending")
+            }
         };
         let mut raw = line.as_raw_irc();
         raw.push_str("\r\n");
         if w.write_all(raw.as_bytes()).await.is_err() || w.flush().await.is_err() {
             break;
         }
+    }
+    if let Some(p) = &pacer {
+        p.pending.fetch_sub(pending.len() as i64, Relaxed);
+        p.open.fetch_sub(1, Relaxed);
     }
     let _ = w.shutdown().await;
 }

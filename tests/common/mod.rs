@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use fake_twitch::{privmsg, FakeTwitch};
 
 /// A database of the test's own.
@@ -100,6 +101,8 @@ pub fn logger_cmd(cwd: &Path) -> Command {
         }
     }
     c.env("RUST_LOG", "info,twitch_chat_logger=debug");
+    // Many loggers run at once in tests: each takes a free port.
+    c.env("HTTP_LISTEN", "127.0.0.1:0");
     c.current_dir(cwd);
     c
 }

@@ -1,0 +1,179 @@
+//! What the process exposes about itself: the [`Observed`] state shared with the HTTP
+//! listener, and its Prometheus rendering. Values are read at scrape time from the counters the
+//! writer, clients and transport keep anyway, so the hot path pays nothing extra.
+//! Labels are account names (bounded by the config), never channels or users.
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+
+use crate::reload::watch::ReloadStats;
+use crate::store::writer::{WriterObserver, FLUSH_BUCKETS};
+use crate::twitch::client::AccountStats;
+use crate::twitch::transport::JoinPacer;
+
+/// One running account as the observers see it.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    /// Its counters.
+    pub stats: Arc<AccountStats>,
+    /// Its login's connection and JOIN counters.
+    pub pacer: Arc<JoinPacer>,
+}
+
+/// Everything health and metrics read. Cheap to clone.
+#[derive(Clone)]
+pub struct Observed {
+    /// The writer.
+    pub writer: WriterObserver,
+    /// Running accounts by name (kept current across reloads).
+    pub accounts: Arc<RwLock<BTreeMap<String, AccountView>>>,
+    /// Config reload outcomes.
+    pub reloads: Arc<ReloadStats>,
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observed")
+    }
+}
+
+impl Observed {
+    /// Accounts that are neither connected nor deliberately stopped.
+    pub fn accounts_not_ready(&self) -> Vec<String> {
+        let accounts = self.accounts.read().expect("accounts lock");
+        accounts
+            .iter()
+            .filter(|(_, a)| !a.stats.stopped.load(Relaxed) && a.pacer.open.load(Relaxed) <= 0)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("twitch_logger");
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("metrics encode to a String");
+        out
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl prometheus_client::collector::Collector for Observed {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.writer.stats;
+        let e = &mut enc;
+        let accounts = self.accounts.read().expect("accounts lock").clone();
+        let received: u64 = accounts.values().map(|a| a.stats.messages.load(Relaxed)).sum();
+        let notices: u64 = accounts.values().map(|a| a.stats.notices.load(Relaxed)).sum();
+
+        // Per kind, summed over accounts (per-account detail below).
+        let mut fam =
+            e.encode_descriptor("messages_received", "Rows received from Twitch, by kind", None, MetricType::Counter)?;
+        for (kind, v) in [("message", received), ("notice", notices)] {
+            ConstCounter::new(v).encode(fam.encode_family(&[("kind", kind)])?)?;
+        }
+        let mut fam =
+            e.encode_descriptor("messages_stored", "Rows newly stored, by kind", None, MetricType::Counter)?;
+        for (kind, v) in [("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))] {
+            ConstCounter::new(v).encode(fam.encode_family(&[("kind", kind)])?)?;
+        }
+        counter(
+            e,
+            "duplicates_skipped",
+            "Messages already stored (same message_id), skipped",
+            s.duplicates.load(Relaxed),
+        )?;
+        counter(e, "batches_flushed", "Batches committed", s.batches.load(Relaxed))?;
+        counter(e, "write_failures", "Failed write attempts (each retried)", s.failed_attempts.load(Relaxed))?;
+        counter(e, "spooled_rows", "Rows written to the on-disk spool", s.spooled.load(Relaxed))?;
+        counter(e, "replayed_rows", "Rows written to the database from the spool", s.replayed.load(Relaxed))?;
+        counter(
+            e,
+            "dead_lettered_rows",
+            "Rows the database refused, kept in dead_letters",
+            s.dead_lettered.load(Relaxed),
+        )?;
+        counter(e, "dropped_rows", "Rows dropped because the spool was full", s.dropped.load(Relaxed))?;
+
+        let mut buckets = Vec::with_capacity(FLUSH_BUCKETS.len());
+        let mut cumulative = 0;
+        for (i, upper) in FLUSH_BUCKETS.iter().enumerate() {
+            cumulative += s.flush_buckets[i].load(Relaxed);
+            buckets.push((*upper, cumulative));
+        }
+        let count = cumulative + s.flush_buckets[FLUSH_BUCKETS.len()].load(Relaxed);
+        buckets.push((f64::INFINITY, count));
+        let sum = s.flush_micros.load(Relaxed) as f64 / 1e6;
+        e.encode_descriptor("batch_flush_seconds", "Time to commit one batch", None, MetricType::Histogram)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+
+        let backlog = self.writer.backlog();
+        gauge(e, "queue_rows", "Rows waiting in memory", backlog.queue_rows as i64)?;
+        gauge(e, "spool_rows", "Rows waiting in the on-disk spool", backlog.spool_rows as i64)?;
+        gauge(e, "spool_bytes", "Bytes of the on-disk spool", backlog.spool_bytes as i64)?;
+        gauge(
+            e,
+            "last_stored_message_timestamp_seconds",
+            "Unix time of the last commit that stored a new message (0: none yet)",
+            (s.last_stored_ms.load(Relaxed) / 1000) as i64,
+        )?;
+
+        let mut fam = e.encode_descriptor("config_reloads", "Config reloads, by result", None, MetricType::Counter)?;
+        for (result, v) in
+            [("success", self.reloads.success.load(Relaxed)), ("failure", self.reloads.failure.load(Relaxed))]
+        {
+            ConstCounter::new(v).encode(fam.encode_family(&[("result", result)])?)?;
+        }
+
+        type Get = fn(&AccountView) -> i64;
+        let per_account: [(&str, &str, MetricType, Get); 8] = [
+            ("account_messages_received", "Chat messages received", MetricType::Counter, |a| {
+                a.stats.messages.load(Relaxed) as i64
+            }),
+            ("account_connections", "Open IRC connections", MetricType::Gauge, |a| a.pacer.open.load(Relaxed)),
+            ("account_reconnects", "Connections opened after the first", MetricType::Counter, |a| {
+                (a.pacer.opened.load(Relaxed) as i64 - 1).max(0)
+            }),
+            ("account_channels_wanted", "Channels the config assigns", MetricType::Gauge, |a| {
+                a.stats.channels_wanted.load(Relaxed) as i64
+            }),
+            ("account_channels_joined", "Channels Twitch confirmed joined", MetricType::Gauge, |a| {
+                a.stats.channels_joined.load(Relaxed) as i64
+            }),
+            ("account_joins_pending", "JOINs waiting for the pacer", MetricType::Gauge, |a| {
+                a.pacer.pending.load(Relaxed).max(0)
+            }),
+            ("account_stopped", "1 when the account was stopped (login rejected)", MetricType::Gauge, |a| {
+                a.stats.stopped.load(Relaxed) as i64
+            }),
+            ("account_up", "1 when connected or deliberately stopped", MetricType::Gauge, |a| {
+                (a.stats.stopped.load(Relaxed) || a.pacer.open.load(Relaxed) > 0) as i64
+            }),
+        ];
+        for (name, help, kind, get) in per_account {
+            let mut fam = e.encode_descriptor(name, help, None, kind)?;
+            for (account, view) in &accounts {
+                let labels = [("account", account.as_str())];
+                match kind {
+                    MetricType::Counter => ConstCounter::new(get(view) as u64).encode(fam.encode_family(&labels)?)?,
+                    _ => ConstGauge::new(get(view)).encode(fam.encode_family(&labels)?)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! Running it: health, readiness and metrics over HTTP, JSON logs, the Docker healthcheck
+//! command, and the Docker files (checked without a Docker engine).
+
+mod common;
+
+use common::cluster::Cluster;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+const ANON: &str = "justinfan12345";
+
+/// The listener's address, from its start-up line.
+async fn http_addr(logger: &Logger) -> String {
+    logger.wait_log("health and metrics on http://", 15 * SEC).await;
+    let log = logger.log_text();
+    let rest = log.split("health and metrics on http://").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric {name_and_labels} in:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_report_what_runs() {
+    let (cluster, fake) = (Cluster::start_new(), FakeTwitch::start().await);
+    fake.reject_token("bad");
+    let spool = tempfile::tempdir().unwrap();
+    let (dir, path) = config_dir(&format!(
+        "[twitch]\nserver = \"{}\"\n[batch]\nflush_interval = \"100ms\"\nspool_dir = \"{}\"\n[accounts.default]\n[accounts.broken]\nusername = \"brokenbot\"\noauth_token = \"bad\"\n[groups.g]\naccounts = [\"default\"]\nchannels = [\"chan\", \"other\"]\n[groups.b]\naccounts = [\"broken\"]\nchannels = [\"chan\"]\n",
+        fake.url(),
+        spool.path().display()
+    ));
+    let mut cmd = logger_cmd(dir.path());
+    cmd.arg("--config").arg(&path).env("DATABASE_URL", cluster.url());
+    let logger = Logger::spawn(cmd);
+    let addr = http_addr(&logger).await;
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    fake.wait_for("joined", 10 * SEC, |f| f.joined_by(ANON).len() == 2).await;
+    logger.wait_log("rejected the login", 5 * SEC).await;
+
+    for i in 0..3 {
+        fake.to_channel("chan", &privmsg("chan", &format!("m-{i}"), "Quin", "hi"));
+    }
+    fake.to_channel("chan", &privmsg("chan", "m-0", "Quin", "duplicate"));
+    // The rejected account is deliberately stopped: it does not make the logger unready.
+    let mut ready = (0, String::new());
+    for _ in 0..50 {
+        ready = get(&addr, "/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = get(&addr, "/metrics").await.1;
+        if m.contains("twitch_logger_messages_stored_total{kind=\"message\"} 3")
+            && m.contains("twitch_logger_account_channels_joined{account=\"default\"} 2")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&m, "twitch_logger_messages_received_total{kind=\"message\"}"), 4.0);
+    assert_eq!(metric(&m, "twitch_logger_messages_stored_total{kind=\"message\"}"), 3.0);
+    assert_eq!(metric(&m, "twitch_logger_duplicates_skipped_total"), 1.0);
+    assert_eq!(metric(&m, "twitch_logger_account_connections{account=\"default\"}"), 1.0);
+    assert_eq!(metric(&m, "twitch_logger_account_channels_wanted{account=\"default\"}"), 2.0);
+    assert_eq!(metric(&m, "twitch_logger_account_channels_joined{account=\"default\"}"), 2.0);
+    assert_eq!(metric(&m, "twitch_logger_account_stopped{account=\"broken\"}"), 1.0);
+    assert_eq!(metric(&m, "twitch_logger_account_up{account=\"broken\"}"), 1.0);
+    assert_eq!(metric(&m, "twitch_logger_queue_rows"), 0.0);
+    assert!(metric(&m, "twitch_logger_batch_flush_seconds_count") >= 1.0);
+    assert!(metric(&m, "twitch_logger_last_stored_message_timestamp_seconds") > 1.7e9);
+    assert!(!m.contains("channel=\"") && !m.contains("\"chan\""), "no per-channel labels");
+
+    // A reload is counted; an invalid one too.
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("[batch]", "[batch]\nbogus = 1")).unwrap();
+    logger.wait_log("config reload rejected", 3 * SEC).await;
+    let m = get(&addr, "/metrics").await.1;
+    assert_eq!(metric(&m, "twitch_logger_config_reloads_total{result=\"failure\"}"), 1.0);
+
+    // Database down: not ready, still healthy; rows spool.
+    cluster.stop();
+    fake.to_channel("chan", &privmsg("chan", "m-9", "Quin", "while down"));
+    let mut r = (0, String::new());
+    for _ in 0..50 {
+        r = get(&addr, "/readyz").await;
+        if r.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(r.0, 503);
+    assert!(r.1.contains("database unreachable"), "{}", r.1);
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+
+    // The Docker HEALTHCHECK command against this listener.
+    let hc = |listen: &str| {
+        let mut c = logger_cmd(dir.path());
+        c.arg("--config").arg(&path).arg("healthcheck").env("HTTP_LISTEN", listen);
+        c.output().unwrap().status.code()
+    };
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("bogus = 1\n", "")).unwrap();
+    assert_eq!(hc(&addr), Some(0));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    assert_eq!(hc(&closed), Some(1));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_without_secrets() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let (dir, path) = config_dir(&format!(
+        "[twitch]\nserver = \"{}\"\n[log]\nformat = \"json\"\n[accounts.default]\nusername = \"jbot\"\noauth_token = \"jsonsekrit\"\n[groups.g]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
+        fake.url()
+    ));
+    let mut cmd = logger_cmd(dir.path());
+    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url).env("RUST_LOG", "debug");
+    let mut logger = Logger::spawn(cmd);
+    fake.wait_for("joined", 10 * SEC, |f| f.joined_by("jbot").contains("chan")).await;
+    logger.signal("TERM");
+    assert_eq!(logger.wait_exit(10 * SEC).await, 0);
+    let log = logger.log_text();
+    assert!(log.lines().count() > 5);
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+    assert!(!log.contains("jsonsekrit"));
+}
+
+#[test]
+fn the_compose_file_parses_and_names_what_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let doc = &yaml_rust2::YamlLoader::load_from_str(&text).expect("docker-compose.yml is YAML")[0];
+    let logger = &doc["services"]["logger"];
+    let db = &doc["services"]["db"];
+    assert!(!db["healthcheck"]["test"].is_badvalue(), "the database has a healthcheck");
+    assert_eq!(logger["depends_on"]["db"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(logger["restart"].as_str(), Some("unless-stopped"));
+    assert_eq!(logger["build"].as_str(), Some("."));
+    assert!(root.join("Dockerfile").exists());
+    let volumes: Vec<&str> = logger["volumes"].as_vec().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let config_mount = volumes.iter().find(|v| v.contains(":/app/config")).expect("config mount");
+    assert_eq!(*config_mount, "./config:/app/config:ro", "the directory, read-only");
+    assert!(root.join("config/config.toml").exists());
+    let env = &logger["environment"];
+    for var in [
+        "TWITCH_USERNAME",
+        "TWITCH_OAUTH_TOKEN",
+        "TWITCH_CHANNELS",
+        "POSTGRES_HOST",
+        "POSTGRES_PORT",
+        "POSTGRES_DB",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+    ] {
+        assert!(!env[var].is_badvalue(), "{var} is passed through");
+    }
+    assert_eq!(env["HTTP_LISTEN"].as_str(), Some("0.0.0.0:8080"));
+    let ports: Vec<&str> = logger["ports"].as_vec().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert!(ports.iter().any(|p| p.ends_with(":8080")), "{ports:?}");
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("healthcheck"));
+    assert!(dockerfile.contains("USER "), "runs as a non-root user");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("cargo build --release --locked"), "the README documents the Dockerfile's build command");
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target") && ignore.lines().any(|l| l.contains(".env")));
+}
