@@ -37,8 +37,11 @@ pg_start_throwaway() {
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale >"$PG_TMP/initdb.log" 2>&1 \
     || { cat "$PG_TMP/initdb.log" >&2; return 1; }
   PG_PORT=$(pg_free_port)
+  # Tests trade durability for speed; the benchmark (PG_DURABLE=1) measures stock settings.
+  local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ -n "${PG_DURABLE:-}" ] && durability=""
   $PG_RUN_AS "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/server.log" -w -t 60 start \
-    -o "-p $PG_PORT -k $PG_TMP -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-p $PG_PORT -k $PG_TMP -c listen_addresses=127.0.0.1 -c max_connections=300 $durability ${PG_EXTRA_OPTS:-}" \
     >/dev/null || { cat "$PG_TMP/server.log" >&2; return 1; }
   export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/postgres"
   export PG_BIN PG_RUN_AS PG_TMP PG_PORT

@@ -11,6 +11,11 @@ use twitch_chat_logger::config::{self, env::process_env, render::render, LogConf
 use twitch_chat_logger::http;
 use twitch_chat_logger::store::postgres::{describe, PgStore};
 
+// Many small allocations from several threads (twitch-irc's parse, our rows): glibc's malloc
+// spent over 40% of the logger's CPU under load; mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Logs Twitch chat into PostgreSQL.
 #[derive(Parser)]
 #[command(version, about)]

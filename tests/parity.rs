@@ -136,9 +136,9 @@ async fn a_message_seen_twice_is_stored_once_and_notices_are_stored() {
 }
 
 #[tokio::test]
-async fn sigterm_writes_everything_received_then_exits_zero() {
+async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    // A long flush interval: without the shutdown flush nothing would be stored.
+    // A long flush interval: without the size trigger and the shutdown flush nothing would be stored.
     let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
@@ -147,21 +147,25 @@ async fn sigterm_writes_everything_received_then_exits_zero() {
     cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
     let mut logger = Logger::spawn(cmd);
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by("justinfan12345").contains("chan")).await;
-    for i in 0..12 {
+    // Four rows: below max_rows, so they wait for the (10 minute) timer.
+    for i in 0..4 {
         fake.to_channel("chan", &privmsg("chan", &format!("s-{i}"), "Carol", &format!("msg {i}")));
     }
-    // Two full batches go out by size; two rows wait for the (10 minute) timer.
-    db.wait_count("SELECT count(*) FROM chat_messages", 10, 10 * SEC).await;
-    assert_eq!(
-        db.count("SELECT count(DISTINCT xmin::text) FROM chat_messages").await,
-        2,
-        "one transaction per batch of 5"
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 0, "flushed before max_rows or the interval");
+    // The fifth reaches max_rows: one transaction with all five.
+    fake.to_channel("chan", &privmsg("chan", "s-4", "Carol", "msg 4"));
+    db.wait_count("SELECT count(*) FROM chat_messages", 5, 5 * SEC).await;
+    assert_eq!(db.count("SELECT count(DISTINCT xmin::text) FROM chat_messages").await, 1, "one transaction per batch");
+    // Two more wait; SIGTERM writes them.
+    for i in 5..7 {
+        fake.to_channel("chan", &privmsg("chan", &format!("s-{i}"), "Carol", &format!("msg {i}")));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 10);
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 5);
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
-    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 12);
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 7);
 }
 
 #[tokio::test]

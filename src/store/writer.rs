@@ -27,6 +27,8 @@ use crate::config::BatchConfig;
 
 /// How long a batch may keep failing before it and the memory backlog go to disk.
 pub const SPILL_AFTER: Duration = Duration::from_secs(2);
+/// Largest batch taken when rows have piled up beyond `max_rows`.
+pub const BULK_ROWS: usize = 5000;
 /// Capacity of the hand-off channel from clients to intake (intake empties it continuously).
 const HANDOFF: usize = 8192;
 /// Longest a single database write may take before it counts as failed.
@@ -112,12 +114,15 @@ struct State {
     closed: bool,
     /// Shutdown deadline: past it, what is not written goes to the spool.
     deadline: Option<Instant>,
+    /// The last write failed (cleared by the next success): intake spools instead of waiting.
+    db_failing: bool,
     capacity: usize,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    room: Notify,
     stats: Arc<WriterStats>,
 }
 
@@ -127,14 +132,35 @@ impl Shared {
     }
 
     /// Intake: rows to memory while there is room and nothing is spooled, else to the spool.
-    fn accept(&self, rows: &mut Vec<Record>) {
-        let mut st = self.lock();
-        if !st.spooling {
-            let room = st.capacity.saturating_sub(st.mem.len()).min(rows.len());
-            let rest = rows.split_off(room);
-            st.mem.extend(rows.drain(..));
-            *rows = rest;
+    /// With memory full but the database writing fine (it is just behind), intake waits up to
+    /// [`SPILL_AFTER`] for room: the pause travels back to the sockets, which is cheaper than a
+    /// trip through the disk. A failing database, or a longer wait, sends the rest to the spool.
+    async fn accept(&self, rows: &mut Vec<Record>) {
+        let give_up = Instant::now() + SPILL_AFTER;
+        loop {
+            let room_freed = self.room.notified();
+            {
+                let mut st = self.lock();
+                if !st.spooling {
+                    let room = st.capacity.saturating_sub(st.mem.len()).min(rows.len());
+                    let rest = rows.split_off(room);
+                    st.mem.extend(rows.drain(..));
+                    *rows = rest;
+                }
+                let wait = !rows.is_empty() && !st.spooling && !st.db_failing && !st.closed && Instant::now() < give_up;
+                if !wait {
+                    drop(st);
+                    self.spool_rest(rows);
+                    return;
+                }
+            }
+            self.wake.notify_one();
+            let _ = tokio::time::timeout_at(give_up, room_freed).await;
         }
+    }
+
+    fn spool_rest(&self, rows: &mut Vec<Record>) {
+        let mut st = self.lock();
         if !rows.is_empty() {
             if !st.spooling {
                 tracing::warn!(
@@ -160,6 +186,11 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// The flusher took rows out of memory.
+    fn freed(&self) {
+        self.room.notify_waiters();
+    }
+
     fn note_dropped(&self, n: usize) {
         if n > 0 {
             let before = self.stats.dropped.fetch_add(n as u64, Relaxed);
@@ -183,6 +214,8 @@ impl Shared {
                 st.mem.clear();
                 st.spooling = true;
                 pending.clear();
+                drop(st);
+                self.freed();
                 self.stats.spooled.fetch_add((rows.len() - dropped) as u64, Relaxed);
                 self.note_dropped(dropped);
                 true
@@ -252,9 +285,11 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer>
             spool,
             closed: false,
             deadline: None,
+            db_failing: false,
             capacity: cfg.queue_capacity,
         }),
         wake: Notify::new(),
+        room: Notify::new(),
         stats: stats.clone(),
     });
     let (tx, rx) = mpsc::channel(HANDOFF);
@@ -267,7 +302,7 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer>
 async fn intake(mut rx: mpsc::Receiver<Record>, shared: Arc<Shared>) {
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 1024).await > 0 {
-        shared.accept(&mut buf);
+        shared.accept(&mut buf).await;
     }
     shared.lock().closed = true;
     shared.wake.notify_one();
@@ -319,9 +354,12 @@ async fn next_batch(
             let s = settings.borrow_and_update();
             (s.max_rows, s.flush_interval)
         };
+        // A flush starts when `max_rows` rows wait; if more have piled up meanwhile (the
+        // database is the bottleneck), they go in the same batch: fewer, larger transactions.
+        let bulk = max_rows.max(BULK_ROWS);
         if let Some((seq, rows)) = replay.as_mut() {
             if !rows.is_empty() {
-                let n = rows.len().min(max_rows);
+                let n = rows.len().min(bulk);
                 return Some((Batch::from_records(rows.drain(..n)), Source::Spool(*seq)));
             }
         }
@@ -340,8 +378,11 @@ async fn next_batch(
                 let age =
                     chrono::Utc::now().signed_duration_since(front_received_at(front)).to_std().unwrap_or_default();
                 if st.mem.len() >= max_rows || st.closed || age >= interval {
-                    let n = st.mem.len().min(max_rows);
-                    return Some((Batch::from_records(st.mem.drain(..n)), Source::Memory));
+                    let n = st.mem.len().min(bulk);
+                    let batch = Batch::from_records(st.mem.drain(..n));
+                    drop(st);
+                    shared.freed();
+                    return Some((batch, Source::Memory));
                 }
                 Some(Instant::now() + (interval - age))
             } else if st.spooling {
@@ -416,6 +457,7 @@ async fn write_out(store: &dyn Store, shared: &Shared, pending: &mut VecDeque<Ba
                 if matches!(source, Source::Spool(_)) {
                     s.replayed.fetch_add(batch.len() as u64, Relaxed);
                 }
+                shared.lock().db_failing = false;
                 if failures > 0 {
                     tracing::info!(attempts = failures + 1, "the database is back; writing again");
                     failures = 0;
@@ -471,6 +513,8 @@ async fn fail(
     backoff: &mut Duration,
 ) -> Option<Outcome> {
     shared.stats.failed_attempts.fetch_add(1, Relaxed);
+    shared.lock().db_failing = true;
+    shared.freed();
     *failures += 1;
     let since = *failing_since.get_or_insert_with(Instant::now);
     if *failures == 1 || failures.is_multiple_of(20) {

@@ -88,6 +88,7 @@ impl AccountHandle {
         let _ = tx.send(Command::SetChannels(channels));
         let stats = Arc::new(AccountStats::default());
         let ctx = Drain {
+            pacer: pacer.clone(),
             name: name.to_string(),
             login: config.credentials.display_login().to_string(),
             sender,
@@ -121,6 +122,7 @@ impl AccountHandle {
 }
 
 struct Drain {
+    pacer: Arc<JoinPacer>,
     name: String,
     login: String,
     sender: RecordSender,
@@ -142,9 +144,18 @@ impl Drain {
         let mut client = Some((client, tracker));
         // Channels already reported as unjoinable, so each is reported once.
         let mut reported: HashSet<String> = HashSet::new();
+        let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+        let mut taken_since_check = 0u64;
         loop {
             let msg = tokio::select! {
                 biased;
+                _ = idle_check.tick() => {
+                    if taken_since_check == 0 && incoming.is_empty() {
+                        self.pacer.reset_in_flight();
+                    }
+                    taken_since_check = 0;
+                    continue;
+                }
                 cmd = commands.recv(), if client.is_some() => {
                     match cmd {
                         Some(Command::SetChannels(ch)) => {
@@ -168,6 +179,10 @@ impl Drain {
                 },
             };
             let received_at = Utc::now();
+            taken_since_check += 1;
+            if !matches!(msg, ServerMessage::Whisper(_)) {
+                self.pacer.drained(1);
+            }
             match &msg {
                 ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
                     tracing::error!(

@@ -75,34 +75,52 @@ fn clean(s: String) -> String {
     }
 }
 
-fn tag(m: &PrivmsgMessage, name: &str) -> Option<String> {
-    m.source.tags.0.get(name).filter(|v| !v.is_empty()).cloned()
-}
-
 /// Badges as a JSON object, badge → version: a number where the version is one (as the
-/// original stored `{"subscriber":12}`), else the string, so nothing is lost.
+/// original stored `{"subscriber":12}`), else the string, so nothing is lost. Written straight
+/// into a string: this runs once per message.
 pub fn badges_json(badges: &[Badge]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = badges
-        .iter()
-        .map(|b| {
-            let v = match b.version.parse::<i64>() {
-                Ok(n) => serde_json::Value::from(n),
-                Err(_) => serde_json::Value::from(b.version.clone()),
-            };
-            (b.name.clone(), v)
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    let mut out = String::with_capacity(2 + badges.len() * 24);
+    out.push('{');
+    for (i, b) in badges.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, &b.name);
+        out.push(':');
+        let numeric = !b.version.is_empty()
+            && b.version.len() < 18
+            && b.version.bytes().all(|c| c.is_ascii_digit())
+            && (b.version == "0" || !b.version.starts_with('0'));
+        if numeric {
+            out.push_str(&b.version);
+        } else {
+            push_json_str(&mut out, &b.version);
+        }
+    }
+    out.push('}');
+    out
 }
 
-/// Maps a PRIVMSG to a `chat_messages` row.
-pub fn chat_message(m: PrivmsgMessage, received_at: DateTime<Utc>) -> ChatMessage {
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
+}
+
+/// Maps a PRIVMSG to a `chat_messages` row. Takes the message apart (moves, no copies).
+pub fn chat_message(mut m: PrivmsgMessage, received_at: DateTime<Utc>) -> ChatMessage {
+    let mut tags = std::mem::take(&mut m.source.tags.0);
+    let mut tag = |name: &str| tags.remove(name).filter(|v| !v.is_empty());
     let has_badge = |names: &[&str]| m.badges.iter().any(|b| names.contains(&b.name.as_str()));
-    let is_mod = has_badge(&["moderator", "broadcaster"]) || tag(&m, "mod").as_deref() == Some("1");
-    let is_subscriber = has_badge(&["subscriber", "founder"]) || tag(&m, "subscriber").as_deref() == Some("1");
-    let first_msg = tag(&m, "first-msg").map(|v| v == "1");
-    let color = tag(&m, "color");
-    let emotes = tag(&m, "emotes");
+    let is_mod = has_badge(&["moderator", "broadcaster"]) || tag("mod").as_deref() == Some("1");
+    let is_subscriber = has_badge(&["subscriber", "founder"]) || tag("subscriber").as_deref() == Some("1");
+    let first_msg = tag("first-msg").map(|v| v == "1");
+    let color = tag("color");
+    let emotes = tag("emotes");
     let badges = badges_json(&m.badges);
     let (reply_parent_msg_id, reply_parent_user_login) = match m.reply_parent {
         Some(p) => (Some(p.message_id), Some(p.reply_parent_user.login)),
@@ -185,6 +203,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&m.badges).unwrap();
         assert_eq!(v, serde_json::json!({"predictions": "blue-1", "subscriber": 0}));
         assert!(m.is_subscriber, "subscriber/0 counts as a subscriber");
+    }
+
+    #[test]
+    fn badges_json_matches_serde_json_for_odd_names_and_versions() {
+        let b = |n: &str, v: &str| Badge { name: n.into(), version: v.into() };
+        let got = badges_json(&[b("subscriber", "12"), b("pre\"d", "blue-1"), b("x", "007"), b("y", "0")]);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v, serde_json::json!({"subscriber": 12, "pre\"d": "blue-1", "x": "007", "y": 0}));
+        assert_eq!(badges_json(&[]), "{}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
@@ -70,7 +70,15 @@ pub struct JoinPacer {
     pub opened: AtomicU64,
     /// JOINs waiting for a slot.
     pub pending: AtomicI64,
+    /// Lines read from the login's sockets that its client has not taken yet (twitch-irc's
+    /// channels in between are unbounded; this bounds them).
+    pub in_flight: AtomicI64,
+    room: tokio::sync::Notify,
 }
+
+/// Most lines a login may have between its sockets and its client: past this, reading pauses
+/// until the client catches up, so twitch-irc's unbounded channels stay small.
+pub const IN_FLIGHT_LIMIT: i64 = 4096;
 
 impl JoinPacer {
     /// A pacer allowing `rate`.
@@ -80,6 +88,33 @@ impl JoinPacer {
             open: AtomicI64::new(0),
             opened: AtomicU64::new(0),
             pending: AtomicI64::new(0),
+            in_flight: AtomicI64::new(0),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The client took `n` lines.
+    pub fn drained(&self, n: i64) {
+        if self.in_flight.fetch_sub(n, Relaxed) >= IN_FLIGHT_LIMIT {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// The client saw its pipeline idle: whatever the count says, nothing is in flight. (Lines
+    /// lost with a dropped connection would otherwise leave the count too high for good.)
+    pub fn reset_in_flight(&self) {
+        if self.in_flight.swap(0, Relaxed) != 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    async fn wait_for_room(&self) {
+        while self.in_flight.load(Relaxed) >= IN_FLIGHT_LIMIT {
+            let notified = self.room.notified();
+            if self.in_flight.load(Relaxed) < IN_FLIGHT_LIMIT {
+                break;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
         }
     }
 
@@ -164,17 +199,13 @@ impl Transport for PacedTransport {
     async fn new() -> Result<Self, std::io::Error> {
         let socket = connect(&server()).await?;
         let (read, write) = tokio::io::split(socket);
-        let incoming = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE))
-            .filter_map(|line| {
-                std::future::ready(match line {
-                    Ok(l) if l.trim().is_empty() => None,
-                    Ok(l) => Some(IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right)),
-                    Err(e) => Some(Err(Either::Left(std::io::Error::other(e)))),
-                })
-            })
-            .fuse();
+        // The login is known once NICK goes out; the reader needs its in-flight counter.
+        let link: Arc<OnceLock<Arc<JoinPacer>>> = Arc::default();
+        let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(read_loop(read, lines_tx, link.clone()));
+        let incoming = futures_util::stream::poll_fn(move |cx| lines_rx.poll_recv(cx)).fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
-        tokio::spawn(write_loop(rx, write));
+        tokio::spawn(write_loop(rx, write, link));
         let outgoing =
             tx.sink_map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended"));
         Ok(PacedTransport { incoming: Box::new(incoming), outgoing: Box::new(outgoing) })
@@ -185,9 +216,50 @@ impl Transport for PacedTransport {
     }
 }
 
+type Line = Result<IRCMessage, Either<std::io::Error, IRCParseError>>;
+
+/// Reads and parses lines, pausing while the login has [`IN_FLIGHT_LIMIT`] lines its client
+/// has not taken yet.
+async fn read_loop<R: AsyncRead + Unpin>(
+    read: R,
+    tx: tokio::sync::mpsc::Sender<Line>,
+    link: Arc<OnceLock<Arc<JoinPacer>>>,
+) {
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        if let Some(p) = link.get() {
+            p.wait_for_room().await;
+        }
+        let next = tokio::select! {
+            l = lines.next() => l,
+            _ = tx.closed() => return,
+        };
+        let item = match next {
+            None => return,
+            Some(Ok(l)) if l.trim().is_empty() => continue,
+            Some(Ok(l)) => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
+            Some(Err(e)) => Err(Either::Left(std::io::Error::other(e))),
+        };
+        // twitch-irc forwards every line to the client except whispers it de-duplicates.
+        if let (Ok(m), Some(p)) = (&item, link.get()) {
+            if m.command != "WHISPER" {
+                p.in_flight.fetch_add(1, Relaxed);
+            }
+        }
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Writes outgoing lines in order, except that JOINs wait for the account's pacer while
 /// everything else (PONG, PART, PING) goes out at once, so keepalives never queue behind JOINs.
-async fn write_loop<W: AsyncWrite + Unpin>(mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>, mut w: W) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
+    mut w: W,
+    link: Arc<OnceLock<Arc<JoinPacer>>>,
+) {
     let mut pacer: Option<Arc<JoinPacer>> = None;
     let mut pending: VecDeque<IRCMessage> = VecDeque::new();
     loop {
@@ -205,6 +277,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut rx: futures_channel::mpsc::Unboun
                         let p = lookup_pacer(m.params.first().map_or("", String::as_str));
                         p.open.fetch_add(1, Relaxed);
                         p.opened.fetch_add(1, Relaxed);
+                        let _ = link.set(p.clone());
                         pacer = Some(p);
                         m
                     }

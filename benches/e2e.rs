@@ -1,0 +1,453 @@
+//! End-to-end benchmark: a fake Twitch server on loopback floods realistic tagged PRIVMSGs at
+//! the real logger binary, which writes to a real PostgreSQL; in the same run, the database-only
+//! limit and a 100-row `INSERT … VALUES` baseline writer store the same rows. Prints figures.
+//!
+//! Run: `./scripts/bench.sh` (starts a throwaway PostgreSQL), options after `--`:
+//!   --messages N (1000000)  --accounts A (4)  --channels C (20)  --mode flood|quiet|both (both)
+//!   --quiet-seconds S (30)  --quiet-channels Q (1000)  --quiet-rate R (1000 msg/s)
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
+use twitch_chat_logger::store::{Batch, ChatMessage, Store};
+
+struct Args {
+    messages: usize,
+    accounts: usize,
+    channels: usize,
+    mode: String,
+    quiet_seconds: u64,
+    quiet_channels: usize,
+    quiet_rate: usize,
+}
+
+fn args() -> Option<Args> {
+    let raw: Vec<String> = std::env::args().collect();
+    // `cargo test --all-targets` builds and runs this without `--bench`: do nothing then.
+    if !raw.iter().any(|a| a == "--bench") {
+        println!("e2e benchmark: run it with ./scripts/bench.sh (or cargo bench --bench e2e)");
+        return None;
+    }
+    let get = |name: &str, default: &str| -> String {
+        raw.iter().position(|a| a == name).and_then(|i| raw.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+    };
+    Some(Args {
+        messages: get("--messages", "1000000").parse().unwrap(),
+        accounts: get("--accounts", "4").parse().unwrap(),
+        channels: get("--channels", "20").parse().unwrap(),
+        mode: get("--mode", "both"),
+        quiet_seconds: get("--quiet-seconds", "30").parse().unwrap(),
+        quiet_channels: get("--quiet-channels", "1000").parse().unwrap(),
+        quiet_rate: get("--quiet-rate", "1000").parse().unwrap(),
+    })
+}
+
+/// A line as Twitch sends it; `ts` is when it leaves the server (ms), `i` makes it unique.
+fn line(channel: &str, i: usize, ts: i64) -> String {
+    let user = format!("viewer{}", i % 5000);
+    format!(
+        "@badge-info=subscriber/14;badges=subscriber/12,premium/1;client-nonce=9b4f3c2a1d;color=#1E90FF;display-name=Viewer{u};emotes=25:0-4;first-msg=0;flags=;id=bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d;mod=0;returning-chatter=0;room-id=123456;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id={uid};user-type= :{user}!{user}@{user}.tmi.twitch.tv PRIVMSG #{channel} :Kappa that play was something else, gg {i}\r\n",
+        u = i % 5000,
+        uid = 100000 + i % 5000,
+    )
+}
+
+/// The fake server: handshake, JOIN confirmations, and a per-connection writer the flood uses.
+#[derive(Clone, Default)]
+struct Server {
+    /// channel → writer of the connection that joined it
+    joined: Arc<Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>>,
+}
+
+impl Server {
+    async fn start(&self) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                sock.set_nodelay(true).ok();
+                let (r, mut w) = sock.into_split();
+                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+                tokio::spawn(async move {
+                    while let Some(buf) = rx.recv().await {
+                        if w.write_all(&buf).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let joined = me.joined.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(r).lines();
+                    let mut nick = String::new();
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        let (cmd, rest) = l.split_once(' ').unwrap_or((&l, ""));
+                        let reply = match cmd {
+                            "NICK" => {
+                                nick = rest.to_string();
+                                format!(":tmi.twitch.tv 001 {nick} :Welcome, GLHF!\r\n:tmi.twitch.tv 376 {nick} :>\r\n")
+                            }
+                            "JOIN" => {
+                                let ch = rest.trim_start_matches('#').to_string();
+                                joined.lock().unwrap().insert(ch.clone(), tx.clone());
+                                format!(":{nick}!{nick}@{nick}.tmi.twitch.tv JOIN #{ch}\r\n")
+                            }
+                            "PING" => ":tmi.twitch.tv PONG tmi.twitch.tv\r\n".to_string(),
+                            _ => continue,
+                        };
+                        if tx.send(reply.into_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn joined(&self) -> usize {
+        self.joined.lock().unwrap().len()
+    }
+
+    fn writer(&self, channel: &str) -> mpsc::Sender<Vec<u8>> {
+        self.joined.lock().unwrap()[channel].clone()
+    }
+}
+
+async fn fresh_db(admin: &str, name: &str) -> (PgPool, String) {
+    let opts = PgConnectOptions::from_str(admin).unwrap();
+    let mut conn = opts.connect().await.unwrap();
+    for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+    }
+    let mut url = url::Url::parse(admin).unwrap();
+    url.set_path(name);
+    let pool = PgPoolOptions::new().max_connections(4).connect(url.as_str()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    (pool, url.to_string())
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the ")", field 1 is state: utime and stime are fields 12 and 13 here.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+fn rss_now(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM chat_messages").fetch_one(pool).await.unwrap()
+}
+
+/// p50 and p99 of commit time − sent time, in ms (needs track_commit_timestamp = on).
+async fn latency(pool: &PgPool) -> Option<(f64, f64)> {
+    sqlx::query_as::<_, (Option<f64>, Option<f64>)>(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l)
+         FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - sent_at) * 1000 AS l FROM chat_messages) x",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()
+    .and_then(|(a, b)| Some((a?, b?)))
+}
+
+struct Logger {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], join_rate: &str) -> Logger {
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!(
+        "[twitch]\nserver = \"irc://127.0.0.1:{port}\"\n[http]\nlisten = \"off\"\n[batch]\nspool_dir = \"{}\"\n",
+        dir.path().join("spool").display()
+    );
+    for (i, (name, channels)) in accounts.iter().enumerate() {
+        let list: Vec<String> = channels.iter().map(|c| format!("\"{c}\"")).collect();
+        toml.push_str(&format!(
+            "[accounts.{name}]\nusername = \"{name}\"\noauth_token = \"tok{i}\"\njoin_rate = \"{join_rate}\"\n[groups.{name}]\naccounts = [\"{name}\"]\nchannels = [{}]\n",
+            list.join(",")
+        ));
+    }
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_twitch-chat-logger"))
+        .arg("--config")
+        .arg(&path)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .current_dir(dir.path())
+        .spawn()
+        .expect("logger binary");
+    Logger { child, _dir: dir }
+}
+
+fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| ChatMessage {
+            message_id: format!("bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d"),
+            channel: format!("chan{}", i % channels),
+            room_id: Some("123456".into()),
+            user_id: Some(format!("{}", 100000 + i % 5000)),
+            username: format!("viewer{}", i % 5000),
+            display_name: Some(format!("Viewer{}", i % 5000)),
+            text: format!("Kappa that play was something else, gg {i}"),
+            badges: r#"{"premium":1,"subscriber":12}"#.into(),
+            color: Some("#1E90FF".into()),
+            is_mod: false,
+            is_subscriber: true,
+            bits: 0,
+            is_action: false,
+            emotes: Some("25:0-4".into()),
+            first_msg: Some(false),
+            reply_parent_msg_id: None,
+            reply_parent_user_login: None,
+            sent_at: now,
+            received_at: now,
+        })
+        .collect()
+}
+
+/// The database-only limit: the same rows, 5000-row set-based batches with dedupe, on
+/// `conns` connections at once (our store's own insert).
+async fn db_only(admin: &str, all: &[ChatMessage], conns: usize) -> f64 {
+    let (pool, _) = fresh_db(admin, &format!("bench_limit_{conns}")).await;
+    let store = Arc::new(PgStore::new(pool));
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let all = Arc::new(all.to_vec());
+    for _ in 0..conns {
+        let (store, next, all) = (store.clone(), next.clone(), all.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(2000, Ordering::Relaxed);
+                if start >= all.len() {
+                    break;
+                }
+                // Below PgStore's two-connection threshold: one transaction per task.
+                let batch = Batch { messages: all[start..(start + 2000).min(all.len())].to_vec(), notices: vec![] };
+                store.write(&batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    all.len() as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// The original's way: 100-row multi-row INSERT … VALUES … ON CONFLICT DO NOTHING, one connection.
+async fn baseline(admin: &str, all: &[ChatMessage]) -> f64 {
+    let (pool, _) = fresh_db(admin, "bench_baseline").await;
+    let t0 = Instant::now();
+    for chunk in all.chunks(100) {
+        let mut qb = sqlx::QueryBuilder::new(
+            "INSERT INTO chat_messages (message_id, channel, user_id, username, display_name, text, badges, color, is_mod, is_subscriber, bits, sent_at, received_at) ",
+        );
+        qb.push_values(chunk, |mut b, m| {
+            b.push_bind(&m.message_id)
+                .push_bind(&m.channel)
+                .push_bind(&m.user_id)
+                .push_bind(&m.username)
+                .push_bind(&m.display_name)
+                .push_bind(&m.text)
+                .push_bind(serde_json::from_str::<serde_json::Value>(&m.badges).unwrap())
+                .push_bind(&m.color)
+                .push_bind(m.is_mod)
+                .push_bind(m.is_subscriber)
+                .push_bind(m.bits)
+                .push_bind(m.sent_at)
+                .push_bind(m.received_at);
+        });
+        qb.push(" ON CONFLICT (message_id) DO NOTHING");
+        qb.build().execute(&pool).await.unwrap();
+    }
+    all.len() as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn flood(a: &Args, admin: &str) {
+    let n = a.messages;
+    println!("== flood: {n} messages, {} accounts, {} channels", a.accounts, a.channels);
+    let server = Server::default();
+    let port = server.start().await;
+    let (pool, url) = fresh_db(admin, "bench_logger").await;
+    let channels: Vec<String> = (0..a.channels).map(|i| format!("chan{i}")).collect();
+    let accounts: Vec<(String, Vec<String>)> = (0..a.accounts)
+        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(a.accounts).cloned().collect()))
+        .collect();
+    let logger = start_logger(port, &url, &accounts, "1000/1s");
+    let pid = logger.child.id();
+    while server.joined() < a.channels {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    // One sender per channel group (connection), round-robin over its channels.
+    let mut senders = Vec::new();
+    for (k, (_, chans)) in accounts.iter().enumerate() {
+        let writers: Vec<(String, mpsc::Sender<Vec<u8>>)> =
+            chans.iter().map(|c| (c.clone(), server.writer(c))).collect();
+        let per = n / a.accounts + usize::from(k < n % a.accounts);
+        let offset = k;
+        let step = a.accounts;
+        senders.push(tokio::spawn(async move {
+            let mut j = 0;
+            while j < per {
+                let ts = Utc::now().timestamp_millis();
+                let mut buf = Vec::with_capacity(256 * 600);
+                let (ch, w) = &writers[(j / 256) % writers.len()];
+                for _ in 0..256.min(per - j) {
+                    buf.extend_from_slice(line(ch, offset + j * step, ts).as_bytes());
+                    j += 1;
+                }
+                w.send(buf).await.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let sent_in = t0.elapsed();
+    let mut peak_rss_seen = 0;
+    loop {
+        let c = count(&pool).await;
+        peak_rss_seen = peak_rss_seen.max(rss_now(pid));
+        if c as usize >= n || t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = t0.elapsed();
+    let (cpu1, hwm) = proc_usage(pid);
+    let stored = count(&pool).await as usize;
+    let rate = stored as f64 / took.as_secs_f64();
+    let cpu_us = (cpu1 - cpu0) * 1e6 / stored.max(1) as f64;
+    let lat = latency(&pool).await;
+    drop(logger);
+    println!("server sent {n} lines in {:.2} s", sent_in.as_secs_f64());
+    println!("end to end:        {rate:>10.0} msg/s  ({stored} stored in {:.2} s)", took.as_secs_f64());
+    println!("messages lost:     {:>10}", n - stored.min(n));
+    println!("logger CPU:        {cpu_us:>10.2} µs/msg ({:.1} s CPU)", cpu1 - cpu0);
+    println!("logger peak RSS:   {:>10.1} MiB", hwm as f64 / 1024.0);
+    if let Some((p50, p99)) = lat {
+        println!("latency send→commit: p50 {p50:.0} ms, p99 {p99:.0} ms (under flood: includes queueing)");
+    }
+    if std::env::var("BENCH_SKIP_BASELINES").is_ok() {
+        return;
+    }
+    let all = rows(n, a.channels);
+    let limit1 = db_only(admin, &all, 1).await;
+    let limit2 = db_only(admin, &all, 2).await;
+    let limit = limit1.max(limit2);
+    println!("database-only limit: {limit1:>8.0} rows/s on 1 connection, {limit2:.0} on 2 (set-based, dedupe-safe)");
+    let base = baseline(admin, &all).await;
+    println!("baseline writer:   {base:>10.0} rows/s (100-row INSERT … VALUES, like the original)");
+    println!("ratio end-to-end / database-only limit: {:.2} (target ≥ 0.6)", rate / limit);
+    println!("ratio end-to-end / baseline writer:     {:.2} (target ≥ 2)", rate / base);
+}
+
+async fn quiet(a: &Args, admin: &str) {
+    let (chs, rate, secs) = (a.quiet_channels, a.quiet_rate, a.quiet_seconds);
+    println!("== quiet: {chs} channels over {} accounts, {rate} msg/s for {secs} s", a.accounts);
+    let server = Server::default();
+    let port = server.start().await;
+    let (pool, url) = fresh_db(admin, "bench_quiet").await;
+    let channels: Vec<String> = (0..chs).map(|i| format!("q{i}")).collect();
+    let accounts: Vec<(String, Vec<String>)> = (0..a.accounts)
+        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(a.accounts).cloned().collect()))
+        .collect();
+    let logger = start_logger(port, &url, &accounts, "1000/1s");
+    let pid = logger.child.id();
+    let t_join = Instant::now();
+    while server.joined() < chs {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(t_join.elapsed() < Duration::from_secs(120), "only {} of {chs} joined", server.joined());
+    }
+    println!("joined {chs} channels in {:.1} s", t_join.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writers: Vec<(String, mpsc::Sender<Vec<u8>>)> =
+        channels.iter().map(|c| (c.clone(), server.writer(c))).collect();
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    let total = rate * secs as usize;
+    let tick = Duration::from_millis(10);
+    let per_tick = rate / 100;
+    let mut i = 0;
+    let mut next = tokio::time::Instant::now();
+    while i < total {
+        next += tick;
+        tokio::time::sleep_until(next).await;
+        let ts = Utc::now().timestamp_millis();
+        for _ in 0..per_tick {
+            let (ch, w) = &writers[(i * 7919) % writers.len()];
+            let _ = w.try_send(line(ch, i, ts).into_bytes());
+            i += 1;
+        }
+    }
+    let window = t0.elapsed();
+    let (cpu1, _) = proc_usage(pid);
+    let rss = rss_now(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = count(&pool).await as usize;
+    let lat = latency(&pool).await;
+    let (_, hwm) = proc_usage(pid);
+    drop(logger);
+    println!("stored {stored} of {total} (lost {})", total - stored.min(total));
+    println!("logger CPU:  {:.2} % of one core", (cpu1 - cpu0) / window.as_secs_f64() * 100.0);
+    println!("logger RSS:  {:.1} MiB now, {:.1} MiB peak", rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    if let Some((p50, p99)) = lat {
+        println!(
+            "latency send→commit: p50 {p50:.0} ms, p99 {p99:.0} ms (flush_interval 1500 ms; target p99 ≤ 1600 ms)"
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(a) = args() else { return };
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench.sh starts a throwaway PostgreSQL)");
+    let _: Option<DateTime<Utc>> = None;
+    if a.mode == "flood" || a.mode == "both" {
+        flood(&a, &admin).await;
+    }
+    if a.mode == "quiet" || a.mode == "both" {
+        quiet(&a, &admin).await;
+    }
+}
