@@ -140,6 +140,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         let bound = http::serve(addr, observed, pool).await?;
         tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
     }
+    transport::set_record_sink(Some(writer.sender.clone()));
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx };
     for name in rt.cfg.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
@@ -185,6 +186,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) {
     futures_util::future::join_all(accounts.into_values().map(AccountHandle::stop)).await;
     let stats = writer.stats.clone();
+    // The readers' copies went with their connections; this is the last one besides the writer's.
+    transport::set_record_sink(None);
     writer.finish().await;
     use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(

@@ -77,7 +77,11 @@ impl prometheus_client::collector::Collector for Observed {
         let s = &self.writer.stats;
         let e = &mut enc;
         let accounts = self.accounts.read().expect("accounts lock").clone();
-        let received: u64 = accounts.values().map(|a| a.stats.messages.load(Relaxed)).sum();
+        // Accounts that share a login (anonymous ones) share its counters: count each login once.
+        let mut logins: Vec<&Arc<JoinPacer>> = accounts.values().map(|a| &a.pacer).collect();
+        logins.sort_by_key(|p| Arc::as_ptr(p));
+        logins.dedup_by_key(|p| Arc::as_ptr(p));
+        let received: u64 = logins.iter().map(|p| p.messages.load(Relaxed)).sum();
         let notices: u64 = accounts.values().map(|a| a.stats.notices.load(Relaxed)).sum();
 
         // Per kind, summed over accounts (per-account detail below).
@@ -142,7 +146,7 @@ impl prometheus_client::collector::Collector for Observed {
         type Get = fn(&AccountView) -> i64;
         let per_account: [(&str, &str, MetricType, Get); 8] = [
             ("account_messages_received", "Chat messages received", MetricType::Counter, |a| {
-                a.stats.messages.load(Relaxed) as i64
+                a.pacer.messages.load(Relaxed) as i64
             }),
             ("account_connections", "Open IRC connections", MetricType::Gauge, |a| a.pacer.open.load(Relaxed)),
             ("account_reconnects", "Connections opened after the first", MetricType::Counter, |a| {

@@ -31,8 +31,6 @@ pub enum ClientEvent {
 /// Counters of one account, for metrics and readiness.
 #[derive(Debug, Default)]
 pub struct AccountStats {
-    /// Chat messages received.
-    pub messages: AtomicU64,
     /// Notices received.
     pub notices: AtomicU64,
     /// Channels the config wants.
@@ -216,7 +214,7 @@ impl Drain {
             }
             if let Some(rec) = convert::to_record(msg, received_at) {
                 match &rec {
-                    Record::Message(_) => self.stats.messages.fetch_add(1, Relaxed),
+                    Record::Message(_) => self.pacer.messages.fetch_add(1, Relaxed),
                     Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
                 };
                 if self.sender.send(rec).await.is_err() {

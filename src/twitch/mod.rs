@@ -1,7 +1,9 @@
 //! Twitch side: login names and server address ([`login`]), our connection type with JOIN
-//! pacing ([`transport`]), one client per account ([`client`]) and message → row mapping
+//! pacing, which also parses chat lines itself ([`transport`], [`chatline`]), one client per
+//! account for everything else ([`client`]), and the remaining message → row mapping
 //! ([`convert`]).
 
+pub mod chatline;
 pub mod client;
 pub mod convert;
 pub mod login;

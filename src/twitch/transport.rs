@@ -21,10 +21,21 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
 use twitch_irc::transport::Transport;
 
+use super::chatline;
 use super::login::ServerAddr;
 use crate::config::Rate;
+use crate::store::writer::RecordSender;
+use crate::store::Record;
+use chrono::Utc;
 
 static SERVER: RwLock<Option<ServerAddr>> = RwLock::new(None);
+static RECORDS: RwLock<Option<RecordSender>> = RwLock::new(None);
+
+/// Where chat lines parsed by the readers go (the writer's queue); `None` at shutdown, so the
+/// writer can see its last sender go.
+pub fn set_record_sink(sink: Option<RecordSender>) {
+    *RECORDS.write().expect("sink lock") = sink;
+}
 static PACERS: Mutex<Option<HashMap<String, Arc<JoinPacer>>>> = Mutex::new(None);
 
 /// Sets where new connections go (existing ones are not moved).
@@ -70,6 +81,8 @@ pub struct JoinPacer {
     pub opened: AtomicU64,
     /// JOINs waiting for a slot.
     pub pending: AtomicI64,
+    /// Chat messages read on this login's connections.
+    pub messages: AtomicU64,
     /// Lines read from the login's sockets that its client has not taken yet (twitch-irc's
     /// channels in between are unbounded; this bounds them).
     pub in_flight: AtomicI64,
@@ -88,6 +101,7 @@ impl JoinPacer {
             open: AtomicI64::new(0),
             opened: AtomicU64::new(0),
             pending: AtomicI64::new(0),
+            messages: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             room: tokio::sync::Notify::new(),
         }
@@ -226,6 +240,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     link: Arc<OnceLock<Arc<JoinPacer>>>,
 ) {
     let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    let records = RECORDS.read().expect("sink lock").clone();
     loop {
         if let Some(p) = link.get() {
             p.wait_for_room().await;
@@ -237,6 +252,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let item = match next {
             None => return,
             Some(Ok(l)) if l.trim().is_empty() => continue,
+            Some(Ok(l)) if records.is_some() && chatline::is_privmsg(&l) => {
+                match chatline::parse_privmsg(l.trim_end_matches('\r'), Utc::now()) {
+                    Some(row) => {
+                        if let Some(p) = link.get() {
+                            p.messages.fetch_add(1, Relaxed);
+                        }
+                        let sink = records.as_ref().expect("checked above");
+                        // Bounded: when the writer's queue is full this waits, and so does the socket.
+                        if sink.send(Record::Message(row)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
+                }
+            }
             Some(Ok(l)) => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
             Some(Err(e)) => Err(Either::Left(std::io::Error::other(e))),
         };
