@@ -3,7 +3,6 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 use validator::Validate;
@@ -440,9 +439,4 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
         user: text(&d.user, "postgres"),
         password,
     })
-}
-
-/// For tests and `check`: the path used in error output.
-pub fn display_path(p: Option<&Path>) -> String {
-    p.map_or_else(|| "(environment)".to_string(), |p| p.display().to_string())
 }

@@ -50,8 +50,6 @@ enum Command {
 pub struct AccountHandle {
     /// Account name from the config.
     pub name: String,
-    /// The config it runs with.
-    pub config: AccountConfig,
     /// Counters.
     pub stats: Arc<AccountStats>,
     /// The login's pacer (also counts its connections).
@@ -94,7 +92,7 @@ impl AccountHandle {
             stats: stats.clone(),
         };
         let task = tokio::spawn(ctx.run(client, incoming, rx));
-        AccountHandle { name: name.to_string(), config: config.clone(), stats, pacer, commands: tx, task }
+        AccountHandle { name: name.to_string(), stats, pacer, commands: tx, task }
     }
 
     /// Joins what is new, parts what is gone; keeps the connection.

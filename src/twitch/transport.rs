@@ -57,11 +57,6 @@ pub fn pacer_for(login: &str, rate: Rate) -> Arc<JoinPacer> {
     p.clone()
 }
 
-/// The pacer of `login`, if one was registered.
-pub fn existing_pacer(login: &str) -> Option<Arc<JoinPacer>> {
-    pacer_for_existing(login)
-}
-
 fn lookup_pacer(login: &str) -> Arc<JoinPacer> {
     pacer_for_existing(login).unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
 }
