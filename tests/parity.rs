@@ -279,10 +279,26 @@ async fn a_suspended_channel_is_reported_once_and_the_others_still_log() {
     logger.wait_log("cannot join #gone", 5 * SEC).await;
     fake.to_channel("chan", &privmsg("chan", "s-1", "Fay", "still here"));
     db.wait_count("SELECT count(*) FROM chat_messages", 1, 10 * SEC).await;
-    tokio::time::sleep(SEC).await;
+    // Past the unconfirmed-JOIN check too: still one report.
+    tokio::time::sleep(12 * SEC).await;
+    assert!(!logger.log_text().contains("#gone is still not joined"));
     let joins_of_gone = fake.join_lines("loggerbot").iter().filter(|(_, l)| l == "JOIN #gone").count();
     assert_eq!(joins_of_gone, 1, "retried the suspended channel");
     assert_eq!(logger.log_text().matches("cannot join #gone").count(), 1);
+}
+
+#[tokio::test]
+async fn a_channel_twitch_never_confirms_is_reported_once() {
+    let (db, fake, dir) = (TestDb::new().await, FakeTwitch::start().await, tempfile::tempdir().unwrap());
+    fake.ghost("nosuchchannel");
+    let logger = Logger::spawn(env_only(&db, &fake, dir.path(), "nosuchchannel,chan", "tok"));
+    fake.wait_for("joined chan", 10 * SEC, |f| f.joined_by("loggerbot").contains("chan")).await;
+    logger.wait_log("#nosuchchannel is still not joined", 20 * SEC).await;
+    tokio::time::sleep(3 * SEC).await;
+    assert_eq!(logger.log_text().matches("#nosuchchannel is still not joined").count(), 1);
+    assert!(!logger.log_text().contains("#chan is still not joined"));
+    let joins = fake.join_lines("loggerbot").iter().filter(|(_, l)| l == "JOIN #nosuchchannel").count();
+    assert_eq!(joins, 1, "not retried in a loop");
 }
 
 #[tokio::test]

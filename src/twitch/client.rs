@@ -3,12 +3,13 @@
 
 use chrono::Utc;
 use secrecy::ExposeSecret;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use twitch_irc::login::StaticLoginCredentials;
 use twitch_irc::message::ServerMessage;
 use twitch_irc::{ClientConfig, TwitchIRCClient};
@@ -39,6 +40,19 @@ pub struct AccountStats {
     pub channels_joined: AtomicU64,
     /// Stopped on purpose (login rejected): not counted against readiness.
     pub stopped: AtomicBool,
+    /// Channels reported as unjoinable, so each is reported once (until it is joined).
+    reported: std::sync::Mutex<HashSet<String>>,
+}
+
+impl AccountStats {
+    /// True the first time `channel` is reported.
+    fn report(&self, channel: &str) -> bool {
+        self.reported.lock().expect("reported lock").insert(channel.to_string())
+    }
+
+    fn joined(&self, channel: &str) {
+        self.reported.lock().expect("reported lock").remove(channel);
+    }
 }
 
 enum Command {
@@ -135,11 +149,15 @@ impl Drain {
     ) {
         client.connect().await;
         let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
-        let tracker = tokio::spawn(track_joined(client.clone(), wanted_rx, self.stats.clone()));
+        let tracker = tokio::spawn(track_joined(
+            client.clone(),
+            wanted_rx,
+            self.stats.clone(),
+            self.pacer.clone(),
+            self.name.clone(),
+        ));
         // The only other clone lives in `tracker`, which is aborted before ours is dropped.
         let mut client = Some((client, tracker));
-        // Channels already reported as unjoinable, so each is reported once.
-        let mut reported: HashSet<String> = HashSet::new();
         let mut idle_check = tokio::time::interval(Duration::from_secs(1));
         let mut taken_since_check = 0u64;
         loop {
@@ -196,15 +214,13 @@ impl Drain {
                 }
                 ServerMessage::Notice(n) if convert::is_join_failure(n) => {
                     let channel = n.channel_login.clone().unwrap_or_default();
-                    if reported.insert(channel.clone()) {
+                    if self.stats.report(&channel) {
                         tracing::warn!(account = %self.name, channel = %channel,
                             "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
                             n.message_text, n.message_id.as_deref().unwrap_or(""));
                     }
                 }
-                ServerMessage::Join(j) if client.is_some() => {
-                    reported.remove(&j.channel_login);
-                }
+                ServerMessage::Join(j) if client.is_some() => self.stats.joined(&j.channel_login),
                 ServerMessage::Reconnect(_) => {
                     tracing::info!(account = %self.name, "server asked to reconnect; reconnecting and rejoining");
                 }
@@ -233,17 +249,41 @@ fn close(client: &mut Option<(Client, JoinHandle<()>)>) {
     }
 }
 
+/// A channel still not joined this long after the last JOIN left the pacer is reported
+/// (Twitch says nothing when a channel does not exist).
+pub const UNCONFIRMED_JOIN: Duration = Duration::from_secs(10);
+
 /// Keeps `channels_joined` current from twitch-irc's own view (which drops a failed
-/// connection's channels until they are rejoined).
-async fn track_joined(client: Client, mut wanted: watch::Receiver<BTreeSet<String>>, stats: Arc<AccountStats>) {
+/// connection's channels until they are rejoined), and reports, once, channels whose JOIN was
+/// never confirmed.
+async fn track_joined(
+    client: Client,
+    mut wanted: watch::Receiver<BTreeSet<String>>,
+    stats: Arc<AccountStats>,
+    pacer: Arc<JoinPacer>,
+    account: String,
+) {
+    let mut missing_since: HashMap<String, Instant> = HashMap::new();
     loop {
         let channels: Vec<String> = wanted.borrow_and_update().iter().cloned().collect();
         let mut joined = 0;
-        for ch in channels {
-            if client.get_channel_status(ch).await.1 {
+        // JOINs still waiting for the pacer are not late yet.
+        let joins_queued = pacer.pending.load(Relaxed) > 0;
+        let now = Instant::now();
+        for ch in &channels {
+            if client.get_channel_status(ch.clone()).await.1 {
                 joined += 1;
+                missing_since.remove(ch);
+            } else if !joins_queued {
+                let since = *missing_since.entry(ch.clone()).or_insert(now);
+                if now.duration_since(since) >= UNCONFIRMED_JOIN && stats.report(ch) {
+                    tracing::warn!(account = %account, channel = %ch,
+                        "#{ch} is still not joined {}s after its JOIN: Twitch did not confirm it (no such channel, or a ban). \
+                         Not retried until the next reconnect; check the name in the config.", UNCONFIRMED_JOIN.as_secs());
+                }
             }
         }
+        missing_since.retain(|ch, _| channels.contains(ch));
         stats.channels_joined.store(joined, Relaxed);
         let _ = tokio::time::timeout(JOINED_REFRESH, wanted.changed()).await;
     }

@@ -31,6 +31,7 @@ struct State {
     conns: Vec<Conn>,
     bad_tokens: HashSet<String>,
     suspended: HashSet<String>,
+    ghosts: HashSet<String>,
 }
 
 /// The server. Dropping it stops accepting.
@@ -82,6 +83,11 @@ impl FakeTwitch {
     /// JOINs to this channel get Twitch's "suspended" NOTICE.
     pub fn suspend(&self, channel: &str) {
         self.state.lock().unwrap().suspended.insert(channel.to_string());
+    }
+
+    /// JOINs to this channel get no answer at all, as for a channel that does not exist.
+    pub fn ghost(&self, channel: &str) {
+        self.state.lock().unwrap().ghosts.insert(channel.to_string());
     }
 
     pub fn conns(&self) -> Vec<Conn> {
@@ -180,6 +186,7 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
     let mut s = st.lock().unwrap();
     let bad = s.bad_tokens.clone();
     let suspended = s.suspended.clone();
+    let ghosts = s.ghosts.clone();
     let c = &mut s.conns[id];
     c.lines.push((Instant::now(), line.to_string()));
     let nick = c.nick.clone().unwrap_or_default();
@@ -212,6 +219,9 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
             let mut out = vec![];
             for ch in rest.split(',') {
                 let ch = ch.trim_start_matches('#').to_string();
+                if ghosts.contains(&ch) {
+                    continue;
+                }
                 if suspended.contains(&ch) {
                     out.push(format!(
                         "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #{ch} :This channel has been suspended."
