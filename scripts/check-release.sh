@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -q 'cargo build --release --locked' Dockerfile
+# The Dockerfile's dependency layer builds from Cargo.toml with stand-in sources: every target
+# the manifest names must have one there, or `docker build` fails before compiling anything.
+for target in $(grep -E '^(path|name) *=' Cargo.toml | sed -n 's/^name *= *"\(.*\)"/\1/p' | tail -n +2); do
+  grep -q "benches/$target.rs" Dockerfile || { echo "Dockerfile: no stand-in for bench target $target"; exit 1; }
+done
 cargo build --release --locked
 bin=target/release/twitch-chat-logger
 "$bin" --help >/dev/null

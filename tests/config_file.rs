@@ -131,3 +131,18 @@ fn the_example_configs_pass_check() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("environment only"), "{out}");
 }
+
+#[tokio::test]
+async fn an_environment_variable_overriding_the_file_wins_and_says_so_at_start_up() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let (dir, path) = config_dir(&format!(
+        "[twitch]\nserver = \"{}\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"fromfile\"]\n",
+        fake.url()
+    ));
+    let mut cmd = logger_cmd(dir.path());
+    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url).env("TWITCH_CHANNELS", "#FromEnv");
+    let logger = Logger::spawn(cmd);
+    fake.wait_for("env channel joined", 10 * SEC, |f| f.joined_by("justinfan12345").contains("fromenv")).await;
+    assert!(!fake.joined_by("justinfan12345").contains("fromfile"));
+    logger.wait_log("TWITCH_CHANNELS overrides `groups.default.channels` from the config file", SEC).await;
+}
