@@ -16,7 +16,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[tokio::test]
 async fn two_accounts_get_their_own_connections_and_a_shared_channel_is_stored_once() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         r##"
 [twitch]
 server = "{}"
@@ -37,9 +37,7 @@ channels = ["b1", "shared"]
 "##,
         fake.url()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let _logger = Logger::spawn(cmd);
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("both accounts joined", 10 * SEC, |f| {
         f.joined_by("alphabot").len() == 2 && f.joined_by("betabot").len() == 2
     })
@@ -135,13 +133,15 @@ fn the_example_configs_pass_check() {
 #[tokio::test]
 async fn an_environment_variable_overriding_the_file_wins_and_says_so_at_start_up() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"fromfile\"]\n",
         fake.url()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url).env("TWITCH_CHANNELS", "#FromEnv");
-    let logger = Logger::spawn(cmd);
+    let logger = Logger::spawn({
+        let mut cmd = file_mode(&path, &db.url);
+        cmd.env("TWITCH_CHANNELS", "#FromEnv");
+        cmd
+    });
     fake.wait_for("env channel joined", 10 * SEC, |f| f.joined_by("justinfan12345").contains("fromenv")).await;
     assert!(!fake.joined_by("justinfan12345").contains("fromfile"));
     logger.wait_log("TWITCH_CHANNELS overrides `groups.default.channels` from the config file", SEC).await;

@@ -69,14 +69,12 @@ fn send(fake: &FakeTwitch, prefix: &str, range: std::ops::Range<usize>) {
 #[tokio::test]
 async fn an_outage_longer_than_the_memory_queue_loses_nothing_and_keeps_arrival_order() {
     let (cluster, fake) = (Cluster::start_new(), FakeTwitch::start().await);
-    let (dir, path) = config_dir(&config(
+    let (_dir, path) = config_dir(&config(
         &fake,
         &cluster.spool_dir(),
         "max_rows = 10\nflush_interval = \"100ms\"\nqueue_capacity = 20",
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", cluster.url());
-    let mut logger = Logger::spawn(cmd);
+    let mut logger = Logger::spawn(file_mode(&path, &cluster.url()));
     fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     let db = pool(&cluster.url()).await;
     send(&fake, "o", 0..30);
@@ -127,12 +125,8 @@ async fn wait_for_empty_spool(dir: &Path) {
 #[tokio::test]
 async fn kill_9_during_an_outage_then_a_restart_replays_the_spool() {
     let (cluster, fake) = (Cluster::start_new(), FakeTwitch::start().await);
-    let (dir, path) = config_dir(&config(&fake, &cluster.spool_dir(), "max_rows = 10\nflush_interval = \"100ms\""));
-    let start = || {
-        let mut cmd = logger_cmd(dir.path());
-        cmd.arg("--config").arg(&path).env("DATABASE_URL", cluster.url());
-        Logger::spawn(cmd)
-    };
+    let (_dir, path) = config_dir(&config(&fake, &cluster.spool_dir(), "max_rows = 10\nflush_interval = \"100ms\""));
+    let start = || Logger::spawn(file_mode(&path, &cluster.url()));
     let logger = start();
     fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     cluster.stop();
@@ -164,10 +158,8 @@ async fn kill_9_during_an_outage_then_a_restart_replays_the_spool() {
 async fn rows_postgres_refuses_are_dead_lettered_and_the_rest_stored() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     let spool = tempfile::tempdir().unwrap();
-    let (dir, path) = config_dir(&config(&fake, spool.path(), "max_rows = 100\nflush_interval = \"300ms\""));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let mut logger = Logger::spawn(cmd);
+    let (_dir, path) = config_dir(&config(&fake, spool.path(), "max_rows = 100\nflush_interval = \"300ms\""));
+    let mut logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     db.wait_count("SELECT count(*) FROM pg_tables WHERE tablename = 'dead_letters'", 1, 5 * SEC).await;
     // A rule the data can break (as a schema change or a stricter column would).
@@ -214,10 +206,8 @@ async fn sigterm_with_a_backlog_writes_it_to_the_database_or_the_spool() {
     // Neither trigger fires (max_rows above what is sent, a 10 minute interval): at SIGTERM the
     // memory queue holds all 3500 rows.
     let batch = "max_rows = 4000\nflush_interval = \"10m\"\nqueue_capacity = 4000";
-    let (dir, path) = config_dir(&config(&fake, spool.path(), batch));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let mut logger = Logger::spawn(cmd);
+    let (_dir, path) = config_dir(&config(&fake, spool.path(), batch));
+    let mut logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     send(&fake, "t", 0..3500);
     tokio::time::sleep(SEC).await;
@@ -231,12 +221,8 @@ async fn sigterm_with_a_backlog_writes_it_to_the_database_or_the_spool() {
     // Database down: within shutdown_timeout the backlog goes to the spool; the next start writes it.
     let (cluster, fake) = (Cluster::start_new(), FakeTwitch::start().await);
     let batch = "max_rows = 1000\nflush_interval = \"10m\"\nshutdown_timeout = \"1s\"";
-    let (dir, path) = config_dir(&config(&fake, &cluster.spool_dir(), batch));
-    let start = || {
-        let mut cmd = logger_cmd(dir.path());
-        cmd.arg("--config").arg(&path).env("DATABASE_URL", cluster.url());
-        Logger::spawn(cmd)
-    };
+    let (_dir, path) = config_dir(&config(&fake, &cluster.spool_dir(), batch));
+    let start = || Logger::spawn(file_mode(&path, &cluster.url()));
     let mut logger = start();
     fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     cluster.stop();
@@ -261,14 +247,12 @@ async fn sigterm_with_a_backlog_writes_it_to_the_database_or_the_spool() {
 async fn a_second_account_covers_a_dropped_connection_with_no_gap_and_no_duplicate() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     let spool = tempfile::tempdir().unwrap();
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[batch]\nspool_dir = \"{}\"\nflush_interval = \"100ms\"\n[accounts.main]\n[accounts.backup]\nusername = \"backupbot\"\noauth_token = \"b\"\n[groups.g]\naccounts = [\"main\", \"backup\"]\nchannels = [\"chan\"]\n",
         fake.url(),
         spool.path().display()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let _logger = Logger::spawn(cmd);
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("both joined", 10 * SEC, |f| {
         f.joined_by(ANON).contains("chan") && f.joined_by("backupbot").contains("chan")
     })

@@ -50,9 +50,7 @@ async fn health_readiness_and_metrics_report_what_runs() {
         fake.url(),
         spool.path().display()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", cluster.url());
-    let logger = Logger::spawn(cmd);
+    let logger = Logger::spawn(file_mode(&path, &cluster.url()));
     let addr = http_addr(&logger).await;
     assert_eq!(get(&addr, "/healthz").await.0, 200);
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by(ANON).len() == 2).await;
@@ -132,12 +130,12 @@ async fn health_readiness_and_metrics_report_what_runs() {
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_without_secrets() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[log]\nformat = \"json\"\n[accounts.default]\nusername = \"jbot\"\noauth_token = \"jsonsekrit\"\n[groups.g]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url).env("RUST_LOG", "debug");
+    let mut cmd = file_mode(&path, &db.url);
+    cmd.env("RUST_LOG", "debug");
     let mut logger = Logger::spawn(cmd);
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by("jbot").contains("chan")).await;
     logger.signal("TERM");

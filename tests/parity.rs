@@ -143,9 +143,7 @@ async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
         "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
-    let mut cmd = logger_cmd(_dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let mut logger = Logger::spawn(cmd);
+    let mut logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by("justinfan12345").contains("chan")).await;
     // Four rows: below max_rows, so they wait for the (10 minute) timer.
     for i in 0..4 {
@@ -171,13 +169,11 @@ async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
 #[tokio::test]
 async fn a_quiet_channel_is_flushed_by_time() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 1000\nflush_interval = \"200ms\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let _logger = Logger::spawn(cmd);
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("joined", 10 * SEC, |f| f.joined_by("justinfan12345").contains("chan")).await;
     let t0 = Instant::now();
     for i in 0..3 {
@@ -251,14 +247,12 @@ async fn the_token_is_sent_with_exactly_one_oauth_prefix_and_never_logged() {
 async fn joins_are_paced_per_account() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     let channels: Vec<String> = (0..12).map(|i| format!("\"pace{i}\"")).collect();
-    let (dir, path) = config_dir(&format!(
+    let (_dir, path) = config_dir(&format!(
         "[twitch]\nserver = \"{}\"\n[accounts.default]\njoin_rate = \"5/1s\"\n[groups.default]\naccounts = [\"default\"]\nchannels = [{}]\n",
         fake.url(),
         channels.join(",")
     ));
-    let mut cmd = logger_cmd(dir.path());
-    cmd.arg("--config").arg(&path).env("DATABASE_URL", &db.url);
-    let _logger = Logger::spawn(cmd);
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
     fake.wait_for("all 12 joined", 15 * SEC, |f| f.joined_by("justinfan12345").len() == 12).await;
     let joins = fake.join_lines("justinfan12345");
     assert_eq!(joins.len(), 12);

@@ -107,6 +107,13 @@ pub fn logger_cmd(cwd: &Path) -> Command {
     c
 }
 
+/// The logger reading `path` (working directory: the file's folder) and writing to `db_url`.
+pub fn file_mode(path: &Path, db_url: &str) -> Command {
+    let mut c = logger_cmd(path.parent().expect("config in a folder"));
+    c.arg("--config").arg(path).env("DATABASE_URL", db_url);
+    c
+}
+
 impl Logger {
     /// Starts `cmd` with stderr captured line by line.
     pub fn spawn(mut cmd: Command) -> Logger {
