@@ -167,6 +167,14 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// One batch in one transaction, never split over two connections (the benchmark's
+    /// database-only limit uses this to control the connection count itself).
+    pub async fn write_one(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
+        self.write_part(&batch.messages, &batch.notices).await
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
