@@ -379,7 +379,9 @@ async fn flood(a: &Args, admin: &str) {
     let limit1 = db_only(admin, &all, 1).await;
     let limit2 = db_only(admin, &all, 2).await;
     let limit = limit1.max(limit2);
-    println!("database-only limit: {limit1:>8.0} rows/s on 1 connection, {limit2:.0} on 2 (5000-row UNNEST … ON CONFLICT)");
+    println!(
+        "database-only limit: {limit1:>8.0} rows/s on 1 connection, {limit2:.0} on 2 (5000-row UNNEST … ON CONFLICT)"
+    );
     let base = baseline(admin, &all).await;
     println!("baseline writer:   {base:>10.0} rows/s (100-row INSERT … VALUES, like the original)");
     println!("ratio end-to-end / database-only limit: {:.2} (target ≥ 0.6)", rate / limit);

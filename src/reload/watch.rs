@@ -42,29 +42,38 @@ impl Reloader {
     /// Starts watching `path` as `cfg` says. `current_text` is what the running config was read from.
     pub fn new(path: &Path, cfg: &ReloadConfig, current_text: Option<String>) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(16);
-        let watcher = match cfg.mode {
+        let mut mode = cfg.mode;
+        let watcher = match mode {
             ReloadMode::Watch => {
                 let dir = match path.parent() {
                     Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                     _ => PathBuf::from("."),
                 };
-                let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                let watched = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                     if res.is_ok() {
                         // Full channel: a re-read is already scheduled.
                         let _ = tx.try_send(());
                     }
-                })?;
-                w.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot watch {} for changes ({e}); set [reload] mode = \"poll\" where file events do not work",
-                        dir.display()
-                    )
-                })?;
-                Some(w)
+                })
+                .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+                match watched {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        // Out of inotify watches, or a filesystem without events: poll instead
+                        // of giving up live reload.
+                        tracing::warn!(
+                            "cannot watch {} for changes ({e}); polling it every {:?} instead (set [reload] mode = \"poll\" to silence this)",
+                            dir.display(),
+                            cfg.poll_interval
+                        );
+                        mode = ReloadMode::Poll;
+                        None
+                    }
+                }
             }
             ReloadMode::Poll | ReloadMode::Off => None,
         };
-        let poll = (cfg.mode == ReloadMode::Poll).then(|| {
+        let poll = (mode == ReloadMode::Poll).then(|| {
             let mut i = tokio::time::interval(cfg.poll_interval);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
