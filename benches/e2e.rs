@@ -305,17 +305,33 @@ async fn baseline(admin: &str, all: &[ChatMessage]) -> f64 {
     all.len() as f64 / t0.elapsed().as_secs_f64()
 }
 
+struct Setup {
+    server: Server,
+    pool: PgPool,
+    channels: Vec<String>,
+    accounts: Vec<(String, Vec<String>)>,
+    logger: Logger,
+}
+
+/// A fake server, a fresh database and the logger, with `n_channels` spread over `n_accounts`
+/// (at a verified bot's JOIN rate, so that joining is not what is measured).
+async fn setup(admin: &str, db: &str, prefix: &str, n_channels: usize, n_accounts: usize) -> Setup {
+    let server = Server::default();
+    let port = server.start().await;
+    let (pool, url) = fresh_db(admin, db).await;
+    let channels: Vec<String> = (0..n_channels).map(|i| format!("{prefix}{i}")).collect();
+    let accounts: Vec<(String, Vec<String>)> = (0..n_accounts)
+        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(n_accounts).cloned().collect()))
+        .collect();
+    let logger = start_logger(port, &url, &accounts, "1000/1s");
+    Setup { server, pool, channels, accounts, logger }
+}
+
 async fn flood(a: &Args, admin: &str) {
     let n = a.messages;
     println!("== flood: {n} messages, {} accounts, {} channels", a.accounts, a.channels);
-    let server = Server::default();
-    let port = server.start().await;
-    let (pool, url) = fresh_db(admin, "bench_logger").await;
-    let channels: Vec<String> = (0..a.channels).map(|i| format!("chan{i}")).collect();
-    let accounts: Vec<(String, Vec<String>)> = (0..a.accounts)
-        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(a.accounts).cloned().collect()))
-        .collect();
-    let logger = start_logger(port, &url, &accounts, "1000/1s");
+    let Setup { server, pool, accounts, logger, .. } =
+        setup(admin, "bench_logger", "chan", a.channels, a.accounts).await;
     let pid = logger.child.id();
     while server.joined() < a.channels {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -391,14 +407,7 @@ async fn flood(a: &Args, admin: &str) {
 async fn quiet(a: &Args, admin: &str) {
     let (chs, rate, secs) = (a.quiet_channels, a.quiet_rate, a.quiet_seconds);
     println!("== quiet: {chs} channels over {} accounts, {rate} msg/s for {secs} s", a.accounts);
-    let server = Server::default();
-    let port = server.start().await;
-    let (pool, url) = fresh_db(admin, "bench_quiet").await;
-    let channels: Vec<String> = (0..chs).map(|i| format!("q{i}")).collect();
-    let accounts: Vec<(String, Vec<String>)> = (0..a.accounts)
-        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(a.accounts).cloned().collect()))
-        .collect();
-    let logger = start_logger(port, &url, &accounts, "1000/1s");
+    let Setup { server, pool, channels, logger, .. } = setup(admin, "bench_quiet", "q", chs, a.accounts).await;
     let pid = logger.child.id();
     let t_join = Instant::now();
     while server.joined() < chs {

@@ -68,6 +68,21 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
+/// A counter with one label, one series per `(label value, count)`.
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> std::fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in series {
+        ConstCounter::new(*v).encode(fam.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
@@ -85,16 +100,20 @@ impl prometheus_client::collector::Collector for Observed {
         let notices: u64 = accounts.values().map(|a| a.stats.notices.load(Relaxed)).sum();
 
         // Per kind, summed over accounts (per-account detail below).
-        let mut fam =
-            e.encode_descriptor("messages_received", "Rows received from Twitch, by kind", None, MetricType::Counter)?;
-        for (kind, v) in [("message", received), ("notice", notices)] {
-            ConstCounter::new(v).encode(fam.encode_family(&[("kind", kind)])?)?;
-        }
-        let mut fam =
-            e.encode_descriptor("messages_stored", "Rows newly stored, by kind", None, MetricType::Counter)?;
-        for (kind, v) in [("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))] {
-            ConstCounter::new(v).encode(fam.encode_family(&[("kind", kind)])?)?;
-        }
+        counter_family(
+            e,
+            "messages_received",
+            "Rows received from Twitch, by kind",
+            "kind",
+            &[("message", received), ("notice", notices)],
+        )?;
+        counter_family(
+            e,
+            "messages_stored",
+            "Rows newly stored, by kind",
+            "kind",
+            &[("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))],
+        )?;
         counter(
             e,
             "duplicates_skipped",
@@ -136,12 +155,14 @@ impl prometheus_client::collector::Collector for Observed {
             (s.last_stored_ms.load(Relaxed) / 1000) as i64,
         )?;
 
-        let mut fam = e.encode_descriptor("config_reloads", "Config reloads, by result", None, MetricType::Counter)?;
-        for (result, v) in
-            [("success", self.reloads.success.load(Relaxed)), ("failure", self.reloads.failure.load(Relaxed))]
-        {
-            ConstCounter::new(v).encode(fam.encode_family(&[("result", result)])?)?;
-        }
+        let (ok, failed) = (self.reloads.success.load(Relaxed), self.reloads.failure.load(Relaxed));
+        counter_family(
+            e,
+            "config_reloads",
+            "Config reloads, by result",
+            "result",
+            &[("success", ok), ("failure", failed)],
+        )?;
 
         type Get = fn(&AccountView) -> i64;
         let per_account: [(&str, &str, MetricType, Get); 8] = [
