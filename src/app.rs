@@ -57,6 +57,8 @@ impl Runtime {
         new.twitch = self.cfg.twitch.clone();
         new.reload = self.cfg.reload.clone();
         new.batch.spool_dir = self.cfg.batch.spool_dir.clone();
+        new.http = self.cfg.http.clone();
+        new.log = self.cfg.log.clone();
         self.cfg = new;
 
         let leaving: Vec<AccountHandle> =
