@@ -29,6 +29,19 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
     (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
+/// GETs `path` every 100 ms until `done` holds (5 s at most); returns the last answer.
+async fn get_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        last = get(addr, path).await;
+        if done(last.0, &last.1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
 fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
@@ -61,26 +74,14 @@ async fn health_readiness_and_metrics_report_what_runs() {
     }
     fake.to_channel("chan", &privmsg("chan", "m-0", "Quin", "duplicate"));
     // The rejected account is deliberately stopped: it does not make the logger unready.
-    let mut ready = (0, String::new());
-    for _ in 0..50 {
-        ready = get(&addr, "/readyz").await;
-        if ready.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = get_until(&addr, "/readyz", |code, _| code == 200).await;
     assert_eq!(ready.0, 200, "{}", ready.1);
 
-    let mut m = String::new();
-    for _ in 0..50 {
-        m = get(&addr, "/metrics").await.1;
-        if m.contains("twitch_logger_messages_stored_total{kind=\"message\"} 3")
+    let (_, m) = get_until(&addr, "/metrics", |_, m| {
+        m.contains("twitch_logger_messages_stored_total{kind=\"message\"} 3")
             && m.contains("twitch_logger_account_channels_joined{account=\"default\"} 2")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(metric(&m, "twitch_logger_messages_received_total{kind=\"message\"}"), 4.0);
     assert_eq!(metric(&m, "twitch_logger_messages_stored_total{kind=\"message\"}"), 3.0);
     assert_eq!(metric(&m, "twitch_logger_duplicates_skipped_total"), 1.0);
@@ -103,14 +104,7 @@ async fn health_readiness_and_metrics_report_what_runs() {
     // Database down: not ready, still healthy; rows spool.
     cluster.stop();
     fake.to_channel("chan", &privmsg("chan", "m-9", "Quin", "while down"));
-    let mut r = (0, String::new());
-    for _ in 0..50 {
-        r = get(&addr, "/readyz").await;
-        if r.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = get_until(&addr, "/readyz", |code, _| code == 503).await;
     assert_eq!(r.0, 503);
     assert!(r.1.contains("database unreachable"), "{}", r.1);
     assert_eq!(get(&addr, "/healthz").await.0, 200);

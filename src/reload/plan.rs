@@ -87,24 +87,16 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     if live != *ob {
         p.batch = Some(live);
     }
-    if ob.spool_dir != nb.spool_dir {
-        p.needs_restart.push("batch.spool_dir");
-    }
-    if old.database != new.database {
-        p.needs_restart.push("database");
-    }
-    if old.twitch != new.twitch {
-        p.needs_restart.push("twitch.server");
-    }
-    if old.reload != new.reload {
-        p.needs_restart.push("reload");
-    }
-    if old.http != new.http {
-        p.needs_restart.push("http");
-    }
-    if old.log != new.log {
-        p.needs_restart.push("log");
-    }
+    // Settings the running process cannot change live.
+    let restart_only = [
+        ("batch.spool_dir", ob.spool_dir != nb.spool_dir),
+        ("database", old.database != new.database),
+        ("twitch.server", old.twitch != new.twitch),
+        ("reload", old.reload != new.reload),
+        ("http", old.http != new.http),
+        ("log", old.log != new.log),
+    ];
+    p.needs_restart = restart_only.iter().filter(|(_, changed)| *changed).map(|(key, _)| *key).collect();
     p
 }
 

@@ -78,7 +78,7 @@ pub fn parse_privmsg(line: &str, received_at: DateTime<Utc>) -> Option<ChatMessa
         user_id: opt(t.user_id),
         username: nick.to_string(),
         display_name: opt(t.display_name),
-        text: clean(text),
+        text: strip_nul(text.to_string()),
         badges: badges_json(&pairs),
         color: opt(t.color),
         is_mod: t.is_mod || has(&["moderator", "broadcaster"]),
@@ -120,14 +120,7 @@ fn parse_tags(tags: &str) -> Tags<'_> {
 }
 
 fn opt(v: Option<&str>) -> Option<String> {
-    v.filter(|v| !v.is_empty()).map(|v| {
-        let s = unescape(v);
-        if s.contains('\0') {
-            s.replace('\0', "")
-        } else {
-            s
-        }
-    })
+    v.filter(|v| !v.is_empty()).map(|v| strip_nul(unescape(v)))
 }
 
 /// IRCv3 tag value escapes: `\:` `;`, `\s` space, `\\` `\`, `\r`, `\n`; others drop the `\`.
@@ -156,11 +149,11 @@ fn unescape(v: &str) -> String {
 }
 
 /// PostgreSQL `text` cannot hold NUL; a stray one must not sink the batch.
-fn clean(s: &str) -> String {
+pub(crate) fn strip_nul(s: String) -> String {
     if s.contains('\0') {
         s.replace('\0', "")
     } else {
-        s.to_string()
+        s
     }
 }
 

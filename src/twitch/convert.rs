@@ -20,21 +20,12 @@ pub fn to_record(msg: ServerMessage, received_at: DateTime<Utc>) -> Option<Recor
     }
 }
 
-/// PostgreSQL `text` cannot hold NUL; a stray one must not sink the batch.
-fn clean(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "")
-    } else {
-        s
-    }
-}
-
 /// Maps a NOTICE to a `channel_notices` row (`*` for server-wide notices).
 pub fn notice(n: NoticeMessage, received_at: DateTime<Utc>) -> ChannelNotice {
     ChannelNotice {
         channel: n.channel_login.unwrap_or_else(|| "*".to_string()),
         msg_id: n.message_id,
-        message: clean(n.message_text),
+        message: chatline::strip_nul(n.message_text),
         received_at,
     }
 }
