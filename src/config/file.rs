@@ -61,6 +61,7 @@ pub struct BatchFile {
     pub spool_dir: Option<Spanned<PathBuf>>,
     pub spool_max_bytes: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub durable_within: Option<Spanned<String>>,
 }
 
 /// `[reload]`
@@ -132,6 +133,7 @@ const KNOWN_KEYS: &[&str] = &[
     "spool_dir",
     "spool_max_bytes",
     "shutdown_timeout",
+    "durable_within",
     "mode",
     "poll_interval",
     "debounce",

@@ -123,6 +123,9 @@ pub struct BatchConfig {
     pub spool_max_bytes: u64,
     /// On SIGTERM, how long to keep writing to the database before spooling the rest.
     pub shutdown_timeout: Duration,
+    /// Bound on the time from reading a row to having it committed or on disk in the spool,
+    /// whatever the database does: a write still waiting past it counts as failed.
+    pub durable_within: Duration,
 }
 
 impl Default for BatchConfig {
@@ -134,6 +137,7 @@ impl Default for BatchConfig {
             spool_dir: PathBuf::from("data/spool"),
             spool_max_bytes: 1 << 30,
             shutdown_timeout: Duration::from_secs(10),
+            durable_within: Duration::from_secs(5),
         }
     }
 }

@@ -39,13 +39,14 @@ pub fn render(cfg: &Config) -> String {
     let b = &cfg.batch;
     let _ = writeln!(
         out,
-        "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}\nspool_dir = \"{}\"\nspool_max_bytes = {}\nshutdown_timeout = \"{}\"",
+        "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}\nspool_dir = \"{}\"\nspool_max_bytes = {}\nshutdown_timeout = \"{}\"\ndurable_within = \"{}\"",
         b.max_rows,
         format_duration(b.flush_interval),
         b.queue_capacity,
         b.spool_dir.display(),
         b.spool_max_bytes,
-        format_duration(b.shutdown_timeout)
+        format_duration(b.shutdown_timeout),
+        format_duration(b.durable_within)
     );
     let mode = match cfg.reload.mode {
         ReloadMode::Watch => "watch",

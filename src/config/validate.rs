@@ -194,7 +194,25 @@ pub fn validate(
             Duration::ZERO,
             Duration::from_secs(3600),
         ),
+        durable_within: cx.duration(
+            "batch.durable_within",
+            &file.batch.durable_within,
+            BatchConfig::default().durable_within,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        ),
     };
+    if batch.durable_within <= batch.flush_interval {
+        cx.problem(
+            "batch.durable_within",
+            file.batch.durable_within.as_ref().map(|v| v.span()),
+            format!(
+                "({}) must be longer than batch.flush_interval ({}): rows wait up to flush_interval in memory before their first write",
+                super::duration::format_duration(batch.durable_within),
+                super::duration::format_duration(batch.flush_interval)
+            ),
+        );
+    }
 
     let reload_default = ReloadConfig::default();
     let mode = match file.reload.mode.as_ref().map(|m| m.get_ref().as_str()) {
