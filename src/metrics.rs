@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
 use crate::reload::watch::ReloadStats;
-use crate::store::writer::{WriterObserver, FLUSH_BUCKETS};
+use crate::store::writer::{WriterObserver, WriterStats, FLUSH_BUCKETS};
 use crate::twitch::client::AccountStats;
 use crate::twitch::transport::JoinPacer;
 
@@ -83,6 +83,18 @@ fn counter_family(
     Ok(())
 }
 
+/// The commit-time histogram. prometheus-client takes per-bucket counts and accumulates them
+/// itself: handing it cumulative counts would count each flush once per bucket above it.
+fn flush_histogram(enc: &mut DescriptorEncoder, s: &WriterStats) -> std::fmt::Result {
+    let mut buckets: Vec<(f64, u64)> =
+        FLUSH_BUCKETS.iter().enumerate().map(|(i, upper)| (*upper, s.flush_buckets[i].load(Relaxed))).collect();
+    buckets.push((f64::INFINITY, s.flush_buckets[FLUSH_BUCKETS.len()].load(Relaxed)));
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    let sum = s.flush_micros.load(Relaxed) as f64 / 1e6;
+    enc.encode_descriptor("batch_flush_seconds", "Time to commit one batch", None, MetricType::Histogram)?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+}
+
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
@@ -132,17 +144,7 @@ impl prometheus_client::collector::Collector for Observed {
         )?;
         counter(e, "dropped_rows", "Rows dropped because the spool was full", s.dropped.load(Relaxed))?;
 
-        let mut buckets = Vec::with_capacity(FLUSH_BUCKETS.len());
-        let mut cumulative = 0;
-        for (i, upper) in FLUSH_BUCKETS.iter().enumerate() {
-            cumulative += s.flush_buckets[i].load(Relaxed);
-            buckets.push((*upper, cumulative));
-        }
-        let count = cumulative + s.flush_buckets[FLUSH_BUCKETS.len()].load(Relaxed);
-        buckets.push((f64::INFINITY, count));
-        let sum = s.flush_micros.load(Relaxed) as f64 / 1e6;
-        e.encode_descriptor("batch_flush_seconds", "Time to commit one batch", None, MetricType::Histogram)?
-            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        flush_histogram(e, s)?;
 
         let backlog = self.writer.backlog();
         gauge(e, "queue_rows", "Rows waiting in memory", backlog.queue_rows as i64)?;
@@ -200,5 +202,62 @@ impl prometheus_client::collector::Collector for Observed {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct Flushes(WriterStats);
+
+    impl std::fmt::Debug for Flushes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Flushes")
+        }
+    }
+
+    impl prometheus_client::collector::Collector for Flushes {
+        fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+            flush_histogram(&mut enc, &self.0)
+        }
+    }
+
+    fn exposition(took: &[Duration]) -> String {
+        let stats = WriterStats::default();
+        for t in took {
+            stats.observe_flush(*t);
+        }
+        let mut registry = Registry::with_prefix("twitch_logger");
+        registry.register_collector(Box::new(Flushes(stats)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    fn series(text: &str, name: &str) -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn one_fast_flush_is_counted_once_in_every_bucket_and_the_count() {
+        let text = exposition(&[Duration::from_micros(500)]);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_count"), 1);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"0.001\"}"), 1);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"5.0\"}"), 1);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"+Inf\"}"), 1);
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_end_at_the_count() {
+        let took = [0.0005, 0.02, 0.02, 0.3, 9.0].map(Duration::from_secs_f64);
+        let text = exposition(&took);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"0.001\"}"), 1);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"0.025\"}"), 3);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"1.0\"}"), 4);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_bucket{le=\"+Inf\"}"), 5);
+        assert_eq!(series(&text, "twitch_logger_batch_flush_seconds_count"), 5);
     }
 }

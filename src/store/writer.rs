@@ -67,7 +67,7 @@ pub struct WriterStats {
 pub const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 impl WriterStats {
-    fn observe_flush(&self, took: Duration) {
+    pub(crate) fn observe_flush(&self, took: Duration) {
         let secs = took.as_secs_f64();
         let i = FLUSH_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(FLUSH_BUCKETS.len());
         self.flush_buckets[i].fetch_add(1, Relaxed);
