@@ -20,42 +20,50 @@ use tokio::sync::mpsc;
 use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
 use twitch_chat_logger::store::{Batch, ChatMessage};
 
+/// End-to-end benchmark of the logger (see the module doc).
+#[derive(clap::Parser)]
 struct Args {
+    /// Set by `cargo bench`; without it (`cargo test --all-targets`) the benchmark does nothing.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Messages in the flood.
+    #[arg(long, default_value_t = 1_000_000)]
     messages: usize,
+    /// Logged-in accounts reading the flood.
+    #[arg(long, default_value_t = 4)]
     accounts: usize,
+    /// Channels the flood is spread over.
+    #[arg(long, default_value_t = 20)]
     channels: usize,
+    /// flood, quiet or both.
+    #[arg(long, default_value = "both", value_parser = ["flood", "quiet", "both"])]
     mode: String,
+    /// Length of the quiet run.
+    #[arg(long, default_value_t = 30)]
     quiet_seconds: u64,
+    /// Channels joined in the quiet run.
+    #[arg(long, default_value_t = 1000)]
     quiet_channels: usize,
+    /// Messages per second in the quiet run.
+    #[arg(long, default_value_t = 1000)]
     quiet_rate: usize,
 }
 
 fn args() -> Option<Args> {
-    let raw: Vec<String> = std::env::args().collect();
-    // `cargo test --all-targets` builds and runs this without `--bench`: do nothing then.
-    if !raw.iter().any(|a| a == "--bench") {
+    use clap::Parser;
+    let a = Args::parse();
+    if !a.bench {
         println!("e2e benchmark: run it with ./scripts/bench.sh (or cargo bench --bench e2e)");
         return None;
     }
-    let get = |name: &str, default: &str| -> String {
-        raw.iter().position(|a| a == name).and_then(|i| raw.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
-    };
-    Some(Args {
-        messages: get("--messages", "1000000").parse().unwrap(),
-        accounts: get("--accounts", "4").parse().unwrap(),
-        channels: get("--channels", "20").parse().unwrap(),
-        mode: get("--mode", "both"),
-        quiet_seconds: get("--quiet-seconds", "30").parse().unwrap(),
-        quiet_channels: get("--quiet-channels", "1000").parse().unwrap(),
-        quiet_rate: get("--quiet-rate", "1000").parse().unwrap(),
-    })
+    Some(a)
 }
 
 /// A line as Twitch sends it; `ts` is when it leaves the server (ms), `i` makes it unique.
 fn line(channel: &str, i: usize, ts: i64) -> String {
     let user = format!("viewer{}", i % 5000);
     format!(
-        "@badge-info=subscriber/14;badges=subscriber/12,premium/1;client-nonce=9b4f3c2a1d;color=#1E90FF;display-name=Viewer{u};emotes=25:0-4;first-msg=0;flags=;id=bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d;mod=0;returning-chatter=0;room-id=123456;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id={uid};user-type= :{user}!{user}@{user}.tmi.twitch.tv PRIVMSG #{channel} :Kappa that play was something else, gg {i}\r\n",
+        "@badge-info=subscriber/14;badges=subscriber/12,premium/1;client-nonce=9b4f3c2a1d;color=#1E90FF;display-name=Viewer{u};emotes=25:0-4;first-msg=0;flags=;id={i:08x}-5f1c-4a2e-9d1e-3c7b2a1f0e9d;mod=0;returning-chatter=0;room-id=123456;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id={uid};user-type= :{user}!{user}@{user}.tmi.twitch.tv PRIVMSG #{channel} :Kappa that play was something else, gg {i}\r\n",
         u = i % 5000,
         uid = 100000 + i % 5000,
     )
@@ -221,7 +229,7 @@ fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
     let now = Utc::now();
     (0..n)
         .map(|i| ChatMessage {
-            message_id: format!("bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d"),
+            message_id: format!("{i:08x}-5f1c-4a2e-9d1e-3c7b2a1f0e9d"),
             channel: format!("chan{}", i % channels),
             room_id: Some("123456".into()),
             user_id: Some(format!("{}", 100000 + i % 5000)),
