@@ -190,3 +190,28 @@ fn the_compose_file_parses_and_names_what_exists() {
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target") && ignore.lines().any(|l| l.contains(".env")));
 }
+
+#[test]
+fn the_systemd_unit_runs_a_real_subcommand_and_outlasts_the_shutdown_flush() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rel = "deploy/systemd/twitch-chat-logger.service";
+    let unit = std::fs::read_to_string(root.join(rel)).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains(rel), "the README points at the unit");
+    let key = |k: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k}= missing from the unit"))
+            .to_string()
+    };
+    let exec = key("ExecStart");
+    assert!(exec.contains("twitch-chat-logger run --config "), "{exec}");
+    let stop: u64 = key("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    let default = twitch_chat_logger::config::BatchConfig::default().shutdown_timeout.as_secs();
+    assert!(stop > default, "systemd would SIGKILL ({stop}s) before the shutdown flush ends ({default}s)");
+    let no_restart = key("RestartPreventExitStatus");
+    for code in ["2", "3"] {
+        assert!(no_restart.split_whitespace().any(|c| c == code), "exit {code} must not restart-loop");
+    }
+    assert!(key("ExecReload").contains("-HUP"), "systemctl reload re-reads the config");
+}
