@@ -3,6 +3,7 @@
 //! account for everything else ([`client`]), and the remaining message → row mapping
 //! ([`convert`]).
 
+pub mod auth;
 pub mod chatline;
 pub mod client;
 pub mod convert;
