@@ -505,9 +505,10 @@ impl TokenManager {
             }
             let now = Instant::now();
             let backoff_until = inner.backoff.lock().expect("backoff lock").waiting();
-            let refresh_at = self.refresh_due_at();
+            let refresh_in = self.refresh_due_in();
+            let refresh_at = refresh_in.map(|d| now + d);
             if backoff_until.is_none() {
-                if refresh_at.is_some_and(|t| t <= now) {
+                if refresh_in == Some(Duration::ZERO) {
                     let generation = self.generation();
                     let _ = self.refresh_once(generation, "it expires soon").await;
                     continue;
@@ -528,6 +529,7 @@ impl TokenManager {
             for t in [Some(next_validate), refresh_at, backoff_until].into_iter().flatten() {
                 wake = wake.min(t.max(backoff_until.unwrap_or(t)));
             }
+            tracing::trace!(account = %inner.account, wake_in = ?wake.saturating_duration_since(now), refresh_in = ?refresh_at.map(|t| t.saturating_duration_since(now)), "token maintenance sleeps");
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = inner.changed.notified() => {}
@@ -654,21 +656,21 @@ impl TokenManager {
         self.inner.tokens.lock().expect("tokens lock").generation
     }
 
-    /// When the next refresh is due (refresh credentials and a known expiry only).
-    fn refresh_due_at(&self) -> Option<Instant> {
+    /// How long until the next refresh is due (zero: now); refresh credentials and a known
+    /// expiry only. Computed in whole wall-clock milliseconds, so "due" cannot recede by
+    /// sub-millisecond rounding and spin the caller.
+    fn refresh_due_in(&self) -> Option<Duration> {
         self.inner.refresh.as_ref()?;
         let t = self.inner.tokens.lock().expect("tokens lock");
-        let now = Instant::now();
         if t.access.is_none() {
-            return Some(now);
+            return Some(Duration::ZERO);
         }
         let expires = t.expires_ms?;
-        let lifetime = Duration::from_millis((expires - t.obtained_ms).max(0) as u64);
-        let ahead = self.inner.timing.refresh_ahead.min(lifetime / 4);
-        let remaining = Duration::from_millis((expires - now_ms()).max(0) as u64);
-        let mut due = now + remaining.saturating_sub(ahead);
+        let lifetime = (expires - t.obtained_ms).max(0);
+        let ahead = (self.inner.timing.refresh_ahead.as_millis() as i64).min(lifetime / 4);
+        let mut due = Duration::from_millis((expires - ahead - now_ms()).max(0) as u64);
         if let Some(last) = t.last_refresh {
-            due = due.max(last + self.inner.timing.retry_first);
+            due = due.max((last + self.inner.timing.retry_first).saturating_duration_since(Instant::now()));
         }
         Some(due)
     }
@@ -835,7 +837,7 @@ impl LoginCredentials for TokenManager {
                 tokio::time::sleep(self.inner.timing.retry_max).await;
                 return Err(e);
             }
-            let due = self.refresh_due_at().is_some_and(|t| t <= Instant::now());
+            let due = self.refresh_due_in() == Some(Duration::ZERO);
             if due {
                 let usable = self.usable();
                 let backing_off = self.inner.backoff.lock().expect("backoff lock").waiting().is_some();
