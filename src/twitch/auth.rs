@@ -14,9 +14,9 @@
 //! auth server is only quoted after redaction.
 
 use async_trait::async_trait;
-use hyper::body::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -62,9 +62,15 @@ impl AuthEndpoint {
     }
 
     /// Parses `https://host[:port][/path]` or `http://…`; the error says how to write it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, String> {
         let hint = "write it as https://id.twitch.tv/oauth2 (or http://127.0.0.1:PORT/oauth2 for a local proxy)";
-        let uri: Uri = text.trim().parse().map_err(|_| format!("`{text}` is not a URL; {hint}"))?;
+        // Whatever precedes `@` may be a password: never quote it.
+        let shown = match raw.rsplit_once('@') {
+            Some((_, after)) => format!("…@{after}"),
+            None => raw.to_string(),
+        };
+        let text = shown.as_str();
+        let uri: Uri = raw.trim().parse().map_err(|_| format!("`{text}` is not a URL; {hint}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -73,7 +79,7 @@ impl AuthEndpoint {
         let authority = uri.authority().ok_or_else(|| format!("`{text}` has no host; {hint}"))?;
         // A user:password@ part would end up in logs; the endpoints need none.
         if authority.as_str().contains('@') {
-            return Err(format!("`{}` carries credentials before `@`; remove them; {hint}", uri.host().unwrap_or("")));
+            return Err(format!("`{text}` carries credentials before `@`; remove them; {hint}"));
         }
         if uri.query().is_some() {
             return Err(format!("`{text}` has a query (`?…`); {hint}"));
@@ -341,7 +347,8 @@ impl AuthError {
     }
 }
 
-const NO_REFRESH_HINT: &str = "Put a new token for this user in oauth_token/token_file and reload, or configure client_id, \
+const NO_REFRESH_HINT: &str =
+    "Put a new token for this user in oauth_token/token_file and reload, or configure client_id, \
      client_secret and refresh_token so the logger renews it itself.";
 
 /// One account's token source; cheap to clone (shared state). See the module doc.
@@ -482,6 +489,16 @@ impl TokenManager {
         })
     }
 
+    /// The login every token is checked against (the account's `username`).
+    pub fn username(&self) -> &str {
+        &self.inner.username
+    }
+
+    /// Whether the token can be renewed (refresh credentials configured).
+    pub fn can_refresh(&self) -> bool {
+        self.inner.refresh.is_some()
+    }
+
     /// The counters for `/metrics`.
     pub fn stats(&self) -> Arc<AuthStats> {
         self.inner.stats.clone()
@@ -517,9 +534,7 @@ impl TokenManager {
                     match self.validate().await {
                         Ok(_) => next_validate = Instant::now() + inner.timing.validate_every,
                         Err(e) if e.is_fatal() => {}
-                        Err(_) => {
-                            next_validate = inner.backoff.lock().expect("backoff lock").waiting().unwrap_or(now)
-                        }
+                        Err(_) => next_validate = inner.backoff.lock().expect("backoff lock").waiting().unwrap_or(now),
                     }
                     continue;
                 }
@@ -551,12 +566,15 @@ impl TokenManager {
                     continue;
                 }
             };
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(inner.http.uri("/validate"))
-                .header("Authorization", format!("OAuth {}", access.expose_secret()))
-                .body(Full::new(Bytes::new()))
-                .expect("valid request");
+            let Ok(mut auth) = http::HeaderValue::from_str(&format!("OAuth {}", access.expose_secret())) else {
+                inner.stats.set_validation(LastValidation::Unreachable);
+                let e = HttpError::Malformed("the access token has characters an HTTP header cannot carry".into());
+                return Err(self.transient("validate", e));
+            };
+            auth.set_sensitive(true);
+            let mut req = Request::new(Full::new(Bytes::new()));
+            *req.uri_mut() = inner.http.uri("/validate");
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth);
             let answer = inner.http.send(req).await;
             match answer {
                 Ok((StatusCode::OK, body)) => {
@@ -588,6 +606,12 @@ impl TokenManager {
                         tracing::warn!(account = %inner.account,
                             "the token of account `{}` lacks the chat:read scope (it has: {}); Twitch may refuse its IRC login. \
                              Create a token with chat:read.", inner.account, v.scopes.join(" "));
+                    }
+                    if let (None, Some(left)) = (&inner.refresh, v.expires_in.filter(|s| *s < 86_400)) {
+                        tracing::warn!(account = %inner.account,
+                            "the token of account `{}` expires in {}h{:02}m and cannot be renewed (no client_id, client_secret \
+                             and refresh_token): put a new token in oauth_token/token_file before then, or configure them.",
+                            inner.account, left / 3600, left % 3600 / 60);
                     }
                     tracing::debug!(account = %inner.account, login = %v.login, expires_in = ?v.expires_in, "token validated");
                     return Ok(v);
@@ -712,12 +736,11 @@ impl TokenManager {
             .append_pair("grant_type", "refresh_token")
             .append_pair("refresh_token", refresh.expose_secret())
             .finish();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(inner.http.uri("/token"))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(body)))
-            .expect("valid request");
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = inner.http.uri("/token");
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-www-form-urlencoded"));
         let answer = inner.http.send(req).await;
         let fail = |stats: &AuthStats| stats.refresh_failures.fetch_add(1, Relaxed);
         match answer {
@@ -884,7 +907,8 @@ fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, HttpError> {
         refresh_token: Option<SecretString>,
         expires_in: Option<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| HttpError::Malformed(json_problem("the token answer", &e)))?;
+    let raw: Raw =
+        serde_json::from_slice(body).map_err(|e| HttpError::Malformed(json_problem("the token answer", &e)))?;
     let access = raw.access_token.ok_or_else(|| HttpError::Malformed("the token answer has no access_token".into()))?;
     check_token_shape(&access, "access_token")?;
     if let Some(r) = &raw.refresh_token {
@@ -907,7 +931,15 @@ fn parse_validation(body: &[u8]) -> Result<Validation, HttpError> {
     let login = raw.login.ok_or_else(|| HttpError::Malformed("the validate answer has no login".into()))?;
     let login = crate::twitch::login::normalize_login(&login)
         .map_err(|_| HttpError::Malformed("the validate answer's login is not a Twitch login".into()))?;
-    Ok(Validation { login, expires_in: expires(raw.expires_in)?, scopes: raw.scopes.unwrap_or_default() })
+    // Scopes end up in a log line: keep only scope-shaped ones.
+    let scopes = raw
+        .scopes
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| (1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || ":_.-".contains(c)))
+        .take(64)
+        .collect();
+    Ok(Validation { login, expires_in: expires(raw.expires_in)?, scopes })
 }
 
 /// `expires_in` seconds; absent or 0 (Twitch's "does not expire") is `None`.
@@ -926,7 +958,9 @@ fn expires(v: Option<serde_json::Value>) -> Result<Option<u64>, HttpError> {
 fn check_token_shape(t: &SecretString, field: &str) -> Result<(), HttpError> {
     let s = t.expose_secret();
     if s.is_empty() || s.chars().count() > MAX_TOKEN_LEN || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(HttpError::Malformed(format!("{field} is empty, too long or contains spaces or control characters")));
+        return Err(HttpError::Malformed(format!(
+            "{field} is empty, too long or contains spaces or control characters"
+        )));
     }
     Ok(())
 }
@@ -956,8 +990,7 @@ fn server_message(body: &[u8], secrets: &[&str]) -> String {
     for s in secrets.iter().filter(|s| !s.is_empty()) {
         m = m.replace(s, "[redacted]");
     }
-    let words: Vec<&str> =
-        m.split_whitespace().map(|w| if w.chars().count() > 24 { "[…]" } else { w }).collect();
+    let words: Vec<&str> = m.split_whitespace().map(|w| if w.chars().count() > 24 { "[…]" } else { w }).collect();
     words.join(" ").chars().filter(|c| !c.is_control()).take(120).collect()
 }
 
@@ -1035,6 +1068,7 @@ impl StateStore {
                 }
             },
         };
+        self.tighten_mode(account);
         let saved: FromDisk = match serde_json::from_slice(&text) {
             Ok(s) => s,
             Err(e) => {
@@ -1065,6 +1099,19 @@ impl StateStore {
         }
         tracing::info!(account = %account, "using the saved token state `{path}`");
         Some(saved)
+    }
+
+    /// A state file others may read (restored from a backup, copied by hand) goes back to 0600.
+    fn tighten_mode(&self, account: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(&self.path) else { return };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let fixed = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600));
+            tracing::warn!(account = %account, "the token state `{}` had mode {mode:o}, readable by other users: {}",
+                self.path.display(), match fixed { Ok(()) => "set it to 600".to_string(),
+                    Err(e) => format!("cannot set it to 600 ({e}); do it by hand") });
+        }
     }
 
     /// Writes the state atomically; on failure says so once and goes on in memory.
@@ -1158,8 +1205,9 @@ impl Http {
         Http { endpoint, timeout, tls }
     }
 
-    fn uri(&self, tail: &str) -> String {
-        format!("{}{tail}", self.endpoint.path)
+    fn uri(&self, tail: &str) -> Uri {
+        // The path came out of a parsed URI, so it stays one.
+        format!("{}{tail}", self.endpoint.path).parse().expect("a parsed path plus a fixed tail is a URI")
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), HttpError> {
@@ -1177,7 +1225,8 @@ impl Http {
                 Box::new(tls.connect(name, tcp).await.map_err(HttpError::Tls)?)
             }
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(HttpError::Http)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(HttpError::Http)?;
         let conn = AbortOnDrop(tokio::spawn(conn));
         req.headers_mut().insert(http::header::HOST, e.host_header().parse().expect("host is a valid header"));
         let resp = sender.send_request(req).await.map_err(HttpError::Http)?;
@@ -1226,6 +1275,8 @@ mod tests {
         assert!(AuthEndpoint::parse("ftp://x/y").is_err());
         let e = AuthEndpoint::parse("https://user:hunter2@id.twitch.tv/oauth2").unwrap_err();
         assert!(!e.contains("hunter2") && e.contains("credentials"), "{e}");
+        let e = AuthEndpoint::parse("htps:/user:hunter2@bad host").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
         assert!(AuthEndpoint::parse("https://id.twitch.tv/oauth2?x=1").is_err());
     }
 

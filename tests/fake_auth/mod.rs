@@ -186,11 +186,8 @@ async fn token(State(st): State<Arc<Mutex<St>>>, body: Bytes) -> Response {
             Some(login) => {
                 s.issued += 1;
                 let n = s.issued;
-                let expires_in = if s.next_expires_in.len() > 1 {
-                    s.next_expires_in.remove(0)
-                } else {
-                    s.next_expires_in[0]
-                };
+                let expires_in =
+                    if s.next_expires_in.len() > 1 { s.next_expires_in.remove(0) } else { s.next_expires_in[0] };
                 let access = format!("acc{n}x{:016x}", rand());
                 let refresh = format!("ref{n}y{:032x}", (rand() as u128) << 64 | rand() as u128);
                 s.secrets.push(access.clone());
@@ -229,13 +226,14 @@ async fn validate(State(st): State<Arc<Mutex<St>>>, headers: HeaderMap) -> Respo
     let now = Instant::now();
     let (status, body) = match s.access.get(&token).filter(|a| a.expires_at > now) {
         Some(a) => {
-            let scopes: Vec<String> = a.scopes.iter().map(|x| format!("\"{x}\"")).collect();
-            let body = format!(
-                r#"{{"client_id":"{CLIENT_ID}","login":"{}","scopes":[{}],"user_id":"141981764","expires_in":{}}}"#,
-                a.login,
-                scopes.join(","),
-                (a.expires_at - now).as_secs()
-            );
+            let body = serde_json::json!({
+                "client_id": CLIENT_ID,
+                "login": a.login,
+                "scopes": a.scopes,
+                "user_id": "141981764",
+                "expires_in": (a.expires_at - now).as_secs(),
+            })
+            .to_string();
             (StatusCode::OK, body)
         }
         None => (StatusCode::UNAUTHORIZED, r#"{"status":401,"message":"invalid access token"}"#.to_string()),
