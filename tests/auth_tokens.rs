@@ -3,6 +3,10 @@
 //! and checks that no access token, refresh token or client secret appears in it.
 
 mod fake_auth;
+// The shared fake IRC server, included as is (tests/common/mod.rs also wants a database).
+#[path = "common/fake_twitch.rs"]
+#[allow(dead_code)]
+mod fake_twitch;
 
 use fake_auth::{FakeAuth, Mode, CLIENT_ID, CLIENT_SECRET};
 use secrecy::SecretString;
@@ -42,11 +46,15 @@ impl Capture {
     fn start() -> Self {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = BufWriter(buf.clone());
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .finish();
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
+        // As in main.rs: twitch-irc's TRACE lines echo the IRC wire, PASS included.
+        let as_the_binary = tracing_subscriber::filter::filter_fn(|m| {
+            !(m.target().starts_with("twitch_irc") && *m.level() == tracing::Level::TRACE)
+        });
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || w.clone());
+        let sub = tracing_subscriber::registry()
+            .with(layer.with_filter(as_the_binary).with_filter(tracing_subscriber::filter::LevelFilter::TRACE));
         Capture { buf, extra: Mutex::new(String::new()), _guard: tracing::subscriber::set_default(sub) }
     }
 
@@ -548,5 +556,42 @@ async fn a_token_without_chat_read_is_warned_about_once() {
     assert_eq!(cap.count("lacks the chat:read scope"), 1, "{}", cap.text());
     assert!(!cap.text().contains("FAKE LOG"));
     assert!(!cap.text().contains("cannot be renewed"), "30 days left: no expiry warning yet");
+    cap.assert_no_secret(&fake.secrets());
+}
+
+#[tokio::test]
+async fn the_next_irc_connection_sends_the_renewed_token_as_pass() {
+    use twitch_chat_logger::twitch::login::ServerAddr;
+    use twitch_chat_logger::twitch::transport::{set_server, PacedTransport};
+    let cap = Capture::start();
+    let fake = FakeAuth::start().await;
+    let irc = fake_twitch::FakeTwitch::start().await;
+    set_server(ServerAddr::parse(&irc.url()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    fake.add_access("wireaccesstoken00003", USER, 3);
+    fake.add_refresh("wirerefreshtoken0001", USER);
+    fake.set_next_expires_in(&[3600]);
+    let m = TokenManager::new(settings(&fake, dir.path(), Some("wireaccesstoken00003"), Some("wirerefreshtoken0001")))
+        .unwrap();
+    let runner = tokio::spawn({
+        let m = m.clone();
+        async move { m.run().await }
+    });
+    let config = twitch_irc::ClientConfig::new_simple(m.clone());
+    let (_incoming, client) = twitch_irc::TwitchIRCClient::<PacedTransport, TokenManager>::new(config);
+    client.join("somechannel".into()).unwrap();
+    let passes = |irc: &fake_twitch::FakeTwitch| irc.conns().iter().filter_map(|c| c.pass.clone()).collect::<Vec<_>>();
+    irc.wait_for("the first login", Duration::from_secs(5), |irc| passes(irc).len() == 1).await;
+    assert_eq!(passes(&irc), ["oauth:wireaccesstoken00003"]);
+    wait_for("a refresh", Duration::from_secs(5), || m.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed) == 1)
+        .await;
+    // Logged-in connections stay; the next one (a dropped connection here) logs in with the new token.
+    irc.drop_nick(USER);
+    irc.wait_for("a second login", Duration::from_secs(10), |irc| passes(irc).len() == 2).await;
+    let new = token_of(&m).await;
+    assert_eq!(passes(&irc)[1], format!("oauth:{new}"));
+    assert!(fake.is_valid_access(&new));
+    runner.abort();
+    drop(client);
     cap.assert_no_secret(&fake.secrets());
 }
