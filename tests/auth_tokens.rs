@@ -583,8 +583,10 @@ async fn the_next_irc_connection_sends_the_renewed_token_as_pass() {
     let passes = |irc: &fake_twitch::FakeTwitch| irc.conns().iter().filter_map(|c| c.pass.clone()).collect::<Vec<_>>();
     irc.wait_for("the first login", Duration::from_secs(5), |irc| passes(irc).len() == 1).await;
     assert_eq!(passes(&irc), ["oauth:wireaccesstoken00003"]);
-    wait_for("a refresh", Duration::from_secs(5), || m.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed) == 1)
-        .await;
+    wait_for("a refresh", Duration::from_secs(5), || {
+        m.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
     // Logged-in connections stay; the next one (a dropped connection here) logs in with the new token.
     irc.drop_nick(USER);
     irc.wait_for("a second login", Duration::from_secs(10), |irc| passes(irc).len() == 2).await;
@@ -593,5 +595,28 @@ async fn the_next_irc_connection_sends_the_renewed_token_as_pass() {
     assert!(fake.is_valid_access(&new));
     runner.abort();
     drop(client);
+    cap.assert_no_secret(&fake.secrets());
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_not_handed_out_while_its_renewal_waits_for_the_server() {
+    let cap = Capture::start();
+    let fake = FakeAuth::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fake.add_access("revokedaccesstoken02", USER, 3600);
+    fake.add_refresh("configuredrefresh666", USER);
+    let m = TokenManager::new(settings(&fake, dir.path(), Some("revokedaccesstoken02"), Some("configuredrefresh666")))
+        .unwrap();
+    fake.revoke("revokedaccesstoken02");
+    fake.set_token_mode(Mode::Down);
+    let e = m.validate().await.unwrap_err();
+    cap.err(&e);
+    assert!(!e.is_fatal(), "{e}");
+    let waiting = tokio::time::timeout(Duration::from_millis(300), m.get_credentials()).await;
+    assert!(waiting.is_err(), "the revoked token was handed out for a login");
+    fake.set_mode(Mode::Up);
+    let t = tokio::time::timeout(Duration::from_secs(3), token_of(&m)).await.unwrap();
+    assert_ne!(t, "revokedaccesstoken02");
+    assert!(fake.is_valid_access(&t));
     cap.assert_no_secret(&fake.secrets());
 }

@@ -620,6 +620,14 @@ impl TokenManager {
                     inner.stats.set_validation(LastValidation::Invalid);
                     self.recovered();
                     if inner.refresh.is_some() && attempt == 0 {
+                        // Not handed out again: get_credentials now waits for the renewal.
+                        {
+                            let mut t = inner.tokens.lock().expect("tokens lock");
+                            if t.generation == generation {
+                                t.expires_ms = Some(now_ms());
+                                inner.stats.expires_at_ms.store(now_ms(), Relaxed);
+                            }
+                        }
                         tracing::warn!(account = %inner.account,
                             "Twitch says the token of account `{}` is invalid (revoked or expired); renewing it", inner.account);
                         self.refresh_once(generation, "Twitch says it is invalid").await?;

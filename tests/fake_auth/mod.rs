@@ -41,6 +41,8 @@ struct Access {
 
 struct St {
     mode: Mode,
+    /// Overrides `mode` for the token endpoint.
+    token_mode: Option<Mode>,
     access: HashMap<String, Access>,
     /// Valid refresh token → login.
     refresh: HashMap<String, String>,
@@ -62,6 +64,7 @@ impl FakeAuth {
     pub async fn start() -> Self {
         let st = Arc::new(Mutex::new(St {
             mode: Mode::Up,
+            token_mode: None,
             access: HashMap::new(),
             refresh: HashMap::new(),
             next_expires_in: vec![14_400],
@@ -84,7 +87,14 @@ impl FakeAuth {
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        self.st.lock().unwrap().mode = mode;
+        let mut s = self.st.lock().unwrap();
+        s.mode = mode;
+        s.token_mode = None;
+    }
+
+    /// Mode of the token endpoint alone.
+    pub fn set_token_mode(&self, mode: Mode) {
+        self.st.lock().unwrap().token_mode = Some(mode);
     }
 
     /// `expires_in` for the next issued tokens; the last value repeats.
@@ -148,7 +158,14 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 async fn gate(st: &Arc<Mutex<St>>, path: &'static str) -> Option<Response> {
-    let mode = st.lock().unwrap().mode;
+    let mode = {
+        let s = st.lock().unwrap();
+        if path == "token" {
+            s.token_mode.unwrap_or(s.mode)
+        } else {
+            s.mode
+        }
+    };
     match mode {
         Mode::Up => None,
         Mode::Down => {
