@@ -448,17 +448,14 @@ impl TokenManager {
         let store = refresh.as_ref().map(|r| StateStore::new(&state_dir, &account, r));
         if let (Some(r), Some(store)) = (&refresh, &store) {
             tokens.refresh = Some(r.refresh_token.clone());
-            match store.load(&account, &username) {
-                Some(saved) => {
-                    tokens.access = Some(saved.access_token);
-                    tokens.refresh = Some(saved.refresh_token);
-                    tokens.fallback = Some(r.refresh_token.clone());
-                    tokens.obtained_ms = saved.obtained_at_ms;
-                    tokens.expires_ms = saved.expires_at_ms;
-                }
-                None => {
-                    // The configured access token (if any) belongs to the configured refresh token.
-                }
+            // Without saved state, the configured access token (if any) goes with the
+            // configured refresh token.
+            if let Some(saved) = store.load(&account, &username) {
+                tokens.access = Some(saved.access_token);
+                tokens.refresh = Some(saved.refresh_token);
+                tokens.fallback = Some(r.refresh_token.clone());
+                tokens.obtained_ms = saved.obtained_at_ms;
+                tokens.expires_ms = saved.expires_at_ms;
             }
         }
         let stats = Arc::new(AuthStats::default());
@@ -539,11 +536,10 @@ impl TokenManager {
                     continue;
                 }
             }
-            // Re-check at least every minute: wall-clock expiry can move under a suspended host.
-            let mut wake = now + Duration::from_secs(60);
-            for t in [Some(next_validate), refresh_at, backoff_until].into_iter().flatten() {
-                wake = wake.min(t.max(backoff_until.unwrap_or(t)));
-            }
+            // Re-check at least every minute (wall-clock expiry moves under a suspended host),
+            // but nothing before a running backoff ends.
+            let due = [Some(next_validate), refresh_at].into_iter().flatten().min().unwrap_or(now);
+            let wake = due.min(now + Duration::from_secs(60)).max(backoff_until.unwrap_or(now));
             tracing::trace!(account = %inner.account, wake_in = ?wake.saturating_duration_since(now), refresh_in = ?refresh_at.map(|t| t.saturating_duration_since(now)), "token maintenance sleeps");
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
@@ -654,7 +650,8 @@ impl TokenManager {
                 }
             }
         }
-        unreachable!("the loop returns on its second attempt")
+        // Only if a renewal "succeeded" without leaving a token, which install() rules out.
+        Err(self.transient("validate", HttpError::Malformed("no access token after renewing it".into())))
     }
 
     /// Renews the token after Twitch rejected a login with it, waiting out network failures;
@@ -886,9 +883,14 @@ impl LoginCredentials for TokenManager {
                 }
                 continue;
             }
-            if let Some(token) = self.current().0 {
-                return Ok(self.pair(&token));
-            }
+            // `new` guarantees a token or refresh credentials (then `due` above covers "none").
+            return match self.current().0 {
+                Some(token) => Ok(self.pair(&token)),
+                None => Err(AuthError::NoToken {
+                    account: self.inner.account.clone(),
+                    username: self.inner.username.clone(),
+                }),
+            };
         }
     }
 }
