@@ -1314,6 +1314,54 @@ mod tests {
         assert!(crlf.to_string().contains("control"), "{crlf}");
     }
 
+    fn manager_with(lifetime_ms: i64, left_ms: i64, refreshed_ago: Option<Duration>) -> TokenManager {
+        let m = TokenManager::new(AuthSettings {
+            account: "a".into(),
+            username: "bot".into(),
+            token: None,
+            refresh: Some(RefreshCredentials {
+                client_id: "id".into(),
+                client_secret: SecretString::from("s".to_string()),
+                refresh_token: SecretString::from("r".to_string()),
+            }),
+            endpoint: AuthEndpoint::parse("http://127.0.0.1:9/oauth2").unwrap(),
+            state_dir: std::env::temp_dir().join("tcl-auth-unit-never-written"),
+            timing: Timing::default(),
+        })
+        .unwrap();
+        {
+            let mut t = m.inner.tokens.lock().unwrap();
+            t.access = Some(SecretString::from("t".to_string()));
+            let now = now_ms();
+            t.expires_ms = Some(now + left_ms);
+            t.obtained_ms = now + left_ms - lifetime_ms;
+            t.last_refresh = refreshed_ago.map(|d| Instant::now() - d);
+        }
+        m
+    }
+
+    fn due_secs(m: &TokenManager) -> u64 {
+        m.refresh_due_in().unwrap().as_millis().div_ceil(1000) as u64
+    }
+
+    #[tokio::test]
+    async fn refresh_is_due_five_minutes_early_for_long_tokens_and_a_quarter_early_for_short_ones() {
+        // A 4-hour token with 3 hours left: due 5 minutes before expiry.
+        assert_eq!(due_secs(&manager_with(4 * 3_600_000, 3 * 3_600_000, None)), 3 * 3600 - 300);
+        // A 60-second token with 60 s left: due after 45 s.
+        assert_eq!(due_secs(&manager_with(60_000, 60_000, None)), 45);
+        // Past due: now.
+        assert_eq!(manager_with(60_000, 1_000, None).refresh_due_in(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn tokens_that_expire_at_once_are_not_refreshed_more_often_than_retry_first() {
+        // A server handing out 1-second tokens, refreshed 1 s ago: the next is due 4 s later.
+        let m = manager_with(1_000, 0, Some(Duration::from_secs(1)));
+        assert_eq!(due_secs(&m), 4);
+        assert!(!std::env::temp_dir().join("tcl-auth-unit-never-written").exists());
+    }
+
     #[test]
     fn the_backoff_doubles_up_to_its_cap_and_resets_on_success() {
         let mut b = Backoff {
