@@ -372,6 +372,7 @@ pub fn locate(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Resul
 }
 
 /// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
+/// Never panics: a bug that panics inside becomes a [`ConfigError`] (see [`guarded`]).
 pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
@@ -391,13 +392,29 @@ pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
 
 /// [`load`] for a file already read (the reloader compares the text before parsing it).
 pub fn load_text(file: Option<(&Path, &str)>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    guarded(file.map(|(p, _)| p), || load_text_unguarded(file, env))
+}
+
+fn load_text_unguarded(
+    file: Option<(&Path, &str)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let path = file.map(|(p, _)| p);
     let err = |problems| ConfigError { path: path.map(Path::to_path_buf), problems };
-    let parsed = match file {
-        Some((_, text)) => file::parse(text).map_err(|p| err(vec![p]))?,
-        None => file::FileConfig::default(),
+    let (parsed, mut problems) = match file {
+        Some((_, text)) => match file::parse(text) {
+            (Some(parsed), problems) => (parsed, problems),
+            (None, problems) => return Err(err(problems)),
+        },
+        None => (file::FileConfig::default(), Vec::new()),
     };
-    let mut problems = Vec::new();
+    // A value dropped for its type would make its table look incomplete: the checks of that
+    // table would only repeat the same problem in other words.
+    let type_errors: Vec<String> = problems
+        .iter()
+        .filter(|p| p.message.starts_with("must be"))
+        .map(|p| p.key.rsplit_once('.').map_or(p.key.clone(), |(table, _)| table.to_string()))
+        .collect();
     let (parsed, overrides) = env::apply(parsed, path.is_some(), env, &mut problems);
     if path.is_none() && problems.iter().any(|p| p.message.starts_with("is not set")) {
         // Env-only mode with variables missing: name those, and nothing that follows from
@@ -408,10 +425,88 @@ pub fn load_text(file: Option<(&Path, &str)>, env: &dyn Fn(&str) -> Option<Strin
         Some(p) => Origin::File(p.to_path_buf()),
         None => Origin::EnvOnly,
     };
-    let cfg = validate::validate(parsed, file.map(|(_, t)| t), origin, overrides, &mut problems);
+    let mut semantic = Vec::new();
+    let cfg = validate::validate(parsed, file.map(|(_, t)| t), origin, overrides, &mut semantic);
+    semantic.retain(|p| !type_errors.iter().any(|t| p.key == *t || p.key.starts_with(&format!("{t}."))));
+    problems.extend(semantic);
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),
-        _ => Err(err(problems)),
+        _ => {
+            // Environment first, then the file top to bottom.
+            problems.sort_by_key(|p| match p.location {
+                Location::Env(_) => (0, 0),
+                Location::File { line, .. } => (1, line.unwrap_or(0)),
+                Location::None => (2, 0),
+            });
+            Err(err(problems))
+        }
+    }
+}
+
+/// Runs a config load so that a panic inside (a bug) can neither end the process nor print a
+/// secret: the panic's message is not shown (it may quote a token), and the load fails with
+/// a problem saying so. `check`, start-up and every reload go through here.
+pub fn guarded<T>(
+    path: Option<&Path>,
+    f: impl FnOnce() -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    panic_guard::install();
+    let _scope = panic_guard::Scope::enter();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(ConfigError {
+            path: path.map(Path::to_path_buf),
+            problems: vec![Problem {
+                key: String::new(),
+                location: Location::None,
+                message: "internal error while reading the configuration (a bug: please report it with the \
+                          file's layout, not its secrets); nothing of it was applied. The details are hidden \
+                          because they may contain a secret"
+                    .into(),
+            }],
+        }),
+    }
+}
+
+mod panic_guard {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Marks this thread as loading a config while alive.
+    pub struct Scope;
+
+    impl Scope {
+        pub fn enter() -> Scope {
+            DEPTH.with(|d| d.set(d.get() + 1));
+            Scope
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+
+    /// Wraps the process's panic hook once: inside a config load, print where the panic
+    /// happened but not its message; elsewhere, defer to the previous hook.
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if DEPTH.with(|d| d.get()) > 0 {
+                    let at = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+                    eprintln!("internal error while reading the configuration{at} (message hidden: it may contain a secret)");
+                } else {
+                    previous(info);
+                }
+            }));
+        });
     }
 }
 

@@ -113,7 +113,11 @@ impl Ctx<'_> {
 /// shape without ever quoting it.
 pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
     let t = raw.trim();
-    let t = if t.len() >= 6 && t[..6].eq_ignore_ascii_case("oauth:") { &t[6..] } else { t };
+    // Char-aware: a token is user input, and a multi-byte character may sit at byte 6.
+    let t = match t.split_at_checked(6) {
+        Some((prefix, rest)) if prefix.eq_ignore_ascii_case("oauth:") => rest,
+        _ => t,
+    };
     if t.is_empty() {
         return Err("is empty after the `oauth:` prefix; paste the whole token".into());
     }
