@@ -233,3 +233,45 @@ fn an_explicit_config_path_that_does_not_exist_is_an_error() {
     let e = locate(None, &env_of(&[("CONFIG_FILE", "/nonexistent/y.toml")])).unwrap_err();
     assert!(e.to_string().contains("CONFIG_FILE"));
 }
+
+#[test]
+fn a_token_with_a_multi_byte_character_at_byte_6_loads_without_panicking() {
+    // "oauth" then a two-byte character: byte 6 is inside it.
+    let text = "[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET42\"\n";
+    let (cfg, _d) = load_text(text, &[]);
+    match &cfg.unwrap().accounts["a"].credentials {
+        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "oauthéSECRET42"),
+        _ => panic!("expected a login"),
+    }
+    let all = problems(&text.replace("SECRET42", "SECRET42 x"), &[]).join("\n");
+    assert!(all.contains("accounts.a.oauth_token") && !all.contains("SECRET"), "{all}");
+    let (cfg, _d) = load_text(text, &[("TWITCH_OAUTH_TOKEN", "oAuTh:éSECRET42"), ("TWITCH_USERNAME", "envbot")]);
+    match &cfg.unwrap().accounts["default"].credentials {
+        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "éSECRET42", "prefix in any case"),
+        _ => panic!("expected a login"),
+    }
+}
+
+#[test]
+fn a_panic_inside_a_load_becomes_a_problem_that_hides_the_message() {
+    const CHILD: &str = "TCL_PANIC_GUARD_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // In the child: the panic below must come back as an error, its message unprinted.
+        let e = guarded::<()>(Some(Path::new("x.toml")), || panic!("token oauth:SECRET77 leaked")).unwrap_err();
+        assert!(e.to_string().contains("internal error") && !e.to_string().contains("SECRET77"), "{e}");
+        // A second one: the hook stays in place.
+        assert!(guarded::<()>(None, || panic!("SECRET77 again")).is_err());
+        return;
+    }
+    // The panic hook is process-wide and writes to stderr: watch it from a child process.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "config::tests::a_panic_inside_a_load_becomes_a_problem_that_hides_the_message", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+    assert!(stderr.contains("internal error while reading the configuration at src/config/tests.rs"), "{stderr}");
+    assert!(!stderr.contains("SECRET77") && !stdout.contains("SECRET77"), "{stdout}\n{stderr}");
+}
