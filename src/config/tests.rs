@@ -275,3 +275,15 @@ fn a_panic_inside_a_load_becomes_a_problem_that_hides_the_message() {
     assert!(stderr.contains("internal error while reading the configuration at src/config/tests.rs"), "{stderr}");
     assert!(!stderr.contains("SECRET77") && !stdout.contains("SECRET77"), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn durable_within_must_be_in_range_and_longer_than_flush_interval() {
+    let (cfg, _d) = load_text("[batch]\nflush_interval = \"1s\"\ndurable_within = \"30s\"\n", &[]);
+    assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_secs(30));
+    let p = problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"1500ms\"\n", &[]).join("\n");
+    assert!(p.contains("line 3") && p.contains("batch.durable_within") && p.contains("flush_interval (2s)"), "{p}");
+    let p = problems("[batch]\ndurable_within = \"50ms\"\n", &[]).join("\n");
+    assert!(p.contains("out of range") && p.contains("100ms"), "{p}");
+    let p = problems("[batch]\ndurable_within = 5\n", &[]).join("\n");
+    assert!(p.contains("batch.durable_within") && p.contains("must be a quoted string"), "{p}");
+}
