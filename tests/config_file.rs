@@ -146,3 +146,61 @@ async fn an_environment_variable_overriding_the_file_wins_and_says_so_at_start_u
     assert!(!fake.joined_by("justinfan12345").contains("fromfile"));
     logger.wait_log("TWITCH_CHANNELS overrides `groups.default.channels` from the config file", SEC).await;
 }
+
+/// A stand-in for the logger's /healthz: answers every connection with 200.
+fn healthz_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+fn healthcheck(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = logger_cmd(dir);
+    cmd.env_remove("HTTP_LISTEN").arg("healthcheck").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn healthcheck_needs_only_the_listen_address_and_works_from_any_directory() {
+    let up = healthz_server().to_string();
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // A directory with no config and none of the original's variables.
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(healthcheck(empty.path(), &[], &[("HTTP_LISTEN", &up)]).0, 0);
+    assert_eq!(healthcheck(empty.path(), &["--listen", &up], &[("HTTP_LISTEN", &down)]).0, 0, "--listen wins");
+    let (code, err) = healthcheck(empty.path(), &[], &[("HTTP_LISTEN", &down)]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&down), "{err}");
+    let (code, err) = healthcheck(empty.path(), &[], &[("HTTP_LISTEN", "off")]);
+    assert_eq!((code, err.contains("off")), (1, true), "{err}");
+
+    // The default config file, broken everywhere but [http] listen.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let broken = format!(
+        "[batch]\nmax_row = 5\n[accounts.a]\noauth_token = \"x\ny\"\n[http]\nlisten = \"{up}\"\n[groups.g]\naccounts = [\"nobody\"]\n"
+    );
+    std::fs::write(dir.path().join("config/config.toml"), &broken).unwrap();
+    let (code, err) = healthcheck(dir.path(), &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    // Named with --config from elsewhere, too.
+    let file = dir.path().join("config/config.toml");
+    assert_eq!(healthcheck(empty.path(), &["--config", file.to_str().unwrap()], &[]).0, 0);
+    let (code, _, err) = check(dir.path(), &[], &[]);
+    assert_eq!(code, 2, "check still reports the broken file: {err}");
+}

@@ -371,6 +371,64 @@ pub fn locate(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
 }
 
+/// The health listener's address for `healthcheck`, which must work from any directory and
+/// whatever else the config says: `--listen`, else `HTTP_LISTEN`, else `[http] listen` of the
+/// config file if it can be read (nothing else of the file is looked at), else the default.
+/// `Ok(None)` means the listener is "off".
+pub fn healthcheck_listen(
+    flag: Option<&str>,
+    cli_config: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let parse = |v: &str, from: &str| match v.trim() {
+        "off" => Ok(None),
+        v => v.parse().map(Some).map_err(|_| {
+            format!("{from}: `{v}` is not an address; write IP:PORT, e.g. 127.0.0.1:8080, or \"off\"")
+        }),
+    };
+    if let Some(v) = flag {
+        return parse(v, "--listen");
+    }
+    if let Some(v) = env::get(env, "HTTP_LISTEN") {
+        return parse(&v, "HTTP_LISTEN");
+    }
+    let path = cli_config
+        .map(Path::to_path_buf)
+        .or_else(|| env::get(env, "CONFIG_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let listen = std::fs::read_to_string(&path).ok().and_then(|text| {
+        let (root, _) = toml::de::DeTable::parse_recoverable(&text);
+        let from_tree = match root.get_ref().get("http").map(|v| v.get_ref()) {
+            Some(toml::de::DeValue::Table(http)) => http.get("listen").and_then(|v| v.get_ref().as_str()).map(str::to_string),
+            _ => None,
+        };
+        // The parser's recovery gives up after some errors: a syntax error elsewhere in the
+        // file must not hide `[http] listen`, so look for the plain line too.
+        from_tree.or_else(|| listen_line(&text))
+    });
+    match listen {
+        Some(v) => parse(&v, &format!("{} [http] listen", path.display())),
+        None => Ok(HttpConfig::default().listen),
+    }
+}
+
+/// `listen = "..."` under a `[http]` header, read line by line.
+fn listen_line(text: &str) -> Option<String> {
+    let mut in_http = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(header) = t.strip_prefix('[') {
+            in_http = header.split(']').next().map(str::trim) == Some("http");
+        } else if let Some((key, value)) = t.split_once('=').filter(|_| in_http) {
+            if key.trim() == "listen" {
+                let (quoted, _) = value.trim().strip_prefix('"')?.split_once('"')?;
+                return Some(quoted.to_string());
+            }
+        }
+    }
+    None
+}
+
 /// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
 /// Never panics: a bug that panics inside becomes a [`ConfigError`] (see [`guarded`]).
 pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
