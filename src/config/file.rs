@@ -232,9 +232,16 @@ fn syntax_problems(text: &str, root: &Spanned<DeTable<'_>>, errors: &[toml::de::
 }
 
 /// The dotted path of the last key that starts before `offset`, keeping only names the schema
-/// knows (and account/group names): a stray word is never shown as a key.
+/// knows (and account/group names): a stray word is never shown as a key. Past the end of
+/// that key's value, its table.
 fn key_before(root: &Spanned<DeTable<'_>>, offset: usize) -> String {
-    fn walk(table: &DeTable<'_>, schema: Option<Ty>, offset: usize, path: &mut Vec<String>, best: &mut (usize, Vec<String>)) {
+    struct Best {
+        start: usize,
+        path: Vec<String>,
+        /// Where the value ends, for a key that is not a table.
+        value_end: Option<usize>,
+    }
+    fn walk(table: &DeTable<'_>, schema: Ty, offset: usize, path: &mut Vec<String>, best: &mut Best) {
         for (k, v) in table.iter() {
             let span = k.span();
             if span.start >= offset || span.is_empty() {
@@ -242,25 +249,29 @@ fn key_before(root: &Spanned<DeTable<'_>>, offset: usize) -> String {
             }
             let name: &str = k.get_ref();
             let child = match schema {
-                Some(Ty::Table(keys)) => keys.iter().find(|(n, _)| *n == name).map(|(_, t)| *t),
+                Ty::Table(keys) => keys.iter().find(|(n, _)| *n == name).map(|(_, t)| *t),
                 // An account or group name: shown as written (it names a table, never a value).
-                Some(Ty::Named(keys)) if is_plain_name(name) => Some(Ty::Table(keys)),
+                Ty::Named(keys) if is_plain_name(name) => Some(Ty::Table(keys)),
                 _ => None,
             };
             let Some(child) = child else { continue };
             path.push(name.to_string());
-            if span.start >= best.0 {
-                *best = (span.start, path.clone());
+            if span.start >= best.start {
+                let value_end = (!matches!(v.get_ref(), DeValue::Table(_))).then(|| v.span().end);
+                *best = Best { start: span.start, path: path.clone(), value_end };
             }
             if let DeValue::Table(t) = v.get_ref() {
-                walk(t, Some(child), offset, path, best);
+                walk(t, child, offset, path, best);
             }
             path.pop();
         }
     }
-    let mut best = (0, Vec::new());
-    walk(root.get_ref(), Some(Ty::Table(ROOT)), offset, &mut Vec::new(), &mut best);
-    best.1.join(".")
+    let mut best = Best { start: 0, path: Vec::new(), value_end: None };
+    walk(root.get_ref(), Ty::Table(ROOT), offset, &mut Vec::new(), &mut best);
+    if best.value_end.is_some_and(|end| offset > end) {
+        best.path.pop();
+    }
+    best.path.join(".")
 }
 
 fn is_plain_name(name: &str) -> bool {
@@ -281,7 +292,13 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
 
 /// Checks one table against its schema, reporting every unknown key and wrong type and
 /// removing them, so that the rest still loads and is checked.
-fn check_table<'i>(text: &str, table: &mut DeTable<'i>, schema: &'static [(&'static str, Ty)], prefix: &str, problems: &mut Vec<Problem>) {
+fn check_table<'i>(
+    text: &str,
+    table: &mut DeTable<'i>,
+    schema: &'static [(&'static str, Ty)],
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) {
     let mut drop = Vec::new();
     for (k, v) in table.iter_mut() {
         let name: &str = k.get_ref();

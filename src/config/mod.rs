@@ -382,9 +382,10 @@ pub fn healthcheck_listen(
 ) -> Result<Option<std::net::SocketAddr>, String> {
     let parse = |v: &str, from: &str| match v.trim() {
         "off" => Ok(None),
-        v => v.parse().map(Some).map_err(|_| {
-            format!("{from}: `{v}` is not an address; write IP:PORT, e.g. 127.0.0.1:8080, or \"off\"")
-        }),
+        v => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{from}: `{v}` is not an address; write IP:PORT, e.g. 127.0.0.1:8080, or \"off\"")),
     };
     if let Some(v) = flag {
         return parse(v, "--listen");
@@ -399,7 +400,9 @@ pub fn healthcheck_listen(
     let listen = std::fs::read_to_string(&path).ok().and_then(|text| {
         let (root, _) = toml::de::DeTable::parse_recoverable(&text);
         let from_tree = match root.get_ref().get("http").map(|v| v.get_ref()) {
-            Some(toml::de::DeValue::Table(http)) => http.get("listen").and_then(|v| v.get_ref().as_str()).map(str::to_string),
+            Some(toml::de::DeValue::Table(http)) => {
+                http.get("listen").and_then(|v| v.get_ref().as_str()).map(str::to_string)
+            }
             _ => None,
         };
         // The parser's recovery gives up after some errors: a syntax error elsewhere in the
@@ -504,10 +507,7 @@ fn load_text_unguarded(
 /// Runs a config load so that a panic inside (a bug) can neither end the process nor print a
 /// secret: the panic's message is not shown (it may quote a token), and the load fails with
 /// a problem saying so. `check`, start-up and every reload go through here.
-pub fn guarded<T>(
-    path: Option<&Path>,
-    f: impl FnOnce() -> Result<T, ConfigError>,
-) -> Result<T, ConfigError> {
+pub fn guarded<T>(path: Option<&Path>, f: impl FnOnce() -> Result<T, ConfigError>) -> Result<T, ConfigError> {
     panic_guard::install();
     let _scope = panic_guard::Scope::enter();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -559,7 +559,9 @@ mod panic_guard {
             std::panic::set_hook(Box::new(move |info| {
                 if DEPTH.with(|d| d.get()) > 0 {
                     let at = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
-                    eprintln!("internal error while reading the configuration{at} (message hidden: it may contain a secret)");
+                    eprintln!(
+                        "internal error while reading the configuration{at} (message hidden: it may contain a secret)"
+                    );
                 } else {
                     previous(info);
                 }

@@ -265,7 +265,11 @@ fn a_panic_inside_a_load_becomes_a_problem_that_hides_the_message() {
     }
     // The panic hook is process-wide and writes to stderr: watch it from a child process.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "config::tests::a_panic_inside_a_load_becomes_a_problem_that_hides_the_message", "--nocapture"])
+        .args([
+            "--exact",
+            "config::tests::a_panic_inside_a_load_becomes_a_problem_that_hides_the_message",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();
