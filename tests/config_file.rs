@@ -250,3 +250,26 @@ fn healthcheck_needs_only_the_listen_address_and_works_from_any_directory() {
     let (code, _, err) = check(dir.path(), &[], &[]);
     assert_eq!(code, 2, "check still reports the broken file: {err}");
 }
+
+#[test]
+fn check_never_shows_a_secret_nor_panics_whatever_surrounds_it() {
+    let cases = [
+        // A multi-byte character at byte 6 of the token: valid, and used to panic.
+        ("[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET_A\"\n", 0),
+        // The same, with a problem elsewhere: exit 2, no panic.
+        ("[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET_A\"\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"a b\"]\n", 2),
+        // A basic string broken over two lines: its second line was printed as a key.
+        ("[accounts.bot]\nusername = \"bot\"\noauth_token = \"oauth:abc123\ndefSECRET456\"\n", 2),
+        // A multi-line password with a bad escape on line 2.
+        ("[database]\npassword = \"\"\"abc\nde\\qSECRET_B\"\"\"\n", 2),
+        ("[database]\npassword = '''abc\nde\\qSECRET_C'''\nbogus = 1\n", 2),
+        ("[database]\nurl = \"mysql://u:SECRET_D@h/x\"\n", 2),
+    ];
+    for (text, want) in cases {
+        let (dir, path) = config_dir(text);
+        let (code, out, err) = check(dir.path(), &["--config", path.to_str().unwrap()], &[]);
+        assert_eq!(code, want, "{text:?}\n{out}\n{err}");
+        let all = format!("{out}{err}");
+        assert!(!all.contains("SECRET") && !all.contains("abc123") && !all.contains("panicked"), "{text:?}\n{all}");
+    }
+}

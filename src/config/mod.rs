@@ -308,9 +308,20 @@ impl fmt::Display for Problem {
             _ => {}
         }
         if !self.key.is_empty() && !matches!(self.location, Location::Env(_)) {
-            write!(f, "key `{}`: ", self.key)?;
+            write!(f, "key `{}`: ", printable(&self.key))?;
         }
-        f.write_str(&self.message)
+        f.write_str(&printable(&self.message))
+    }
+}
+
+/// A problem is one line: control characters and bidirectional overrides from a quoted name
+/// or value are escaped, so that a value can neither fake another line nor reorder the text.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let odd = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if s.chars().any(odd) {
+        s.chars().map(|c| if odd(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        s.into()
     }
 }
 

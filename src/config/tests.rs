@@ -291,3 +291,37 @@ fn durable_within_must_be_in_range_and_longer_than_flush_interval() {
     let p = problems("[batch]\ndurable_within = 5\n", &[]).join("\n");
     assert!(p.contains("batch.durable_within") && p.contains("must be a quoted string"), "{p}");
 }
+
+#[test]
+fn a_problem_is_always_one_line_whatever_the_value_holds() {
+    let p = problems("[groups.g]\naccounts = []\nchannels = [\"a\\nline 9: fake\", \"b\\u202ec\"]\n", &[]);
+    for line in &p {
+        assert!(!line.contains('\n') && !line.contains('\u{202e}'), "{line:?}");
+    }
+    assert!(p.iter().any(|l| l.contains("a\\nline 9: fake")), "{p:?}");
+}
+
+#[test]
+fn every_unknown_key_and_every_other_problem_are_reported_in_one_run() {
+    let text = r#"
+[batch]
+max_row = 5
+flush_interval = "soon"
+
+[accounts.a]
+usernme = "bot"
+
+[groups.g]
+acounts = ["a"]
+accounts = ["a"]
+channels = ["ok", "not-ok"]
+"#;
+    let p = problems(text, &[]);
+    let all = p.join("\n");
+    assert_eq!(p.len(), 5, "{all}");
+    assert!(p[0].starts_with("line 3") && p[0].contains("did you mean `max_rows`"), "{all}");
+    assert!(p[1].starts_with("line 4") && p[1].contains("soon"), "{all}");
+    assert!(p[2].starts_with("line 7") && p[2].contains("did you mean `username`"), "{all}");
+    assert!(p[3].starts_with("line 10") && p[3].contains("did you mean `accounts`"), "{all}");
+    assert!(p[4].starts_with("line 12") && p[4].contains("not-ok"), "{all}");
+}
