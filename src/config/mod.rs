@@ -443,18 +443,46 @@ fn listen_line(text: &str) -> Option<String> {
     None
 }
 
+/// The most a config file may hold: far beyond any real one, and a bound on what a file named
+/// by mistake (a log, a device) can cost.
+pub const CONFIG_FILE_LIMIT: u64 = 16 << 20;
+
+/// Reads the config file as [`load`] and the reloader do; the error says what to do.
+pub fn read_config_file(path: &Path) -> Result<String, String> {
+    read_regular_file(path, CONFIG_FILE_LIMIT).map_err(|e| format!("cannot read the file: {e}"))
+}
+
+/// Reads a small regular file as UTF-8. Anything else (a directory, a pipe that would block, a
+/// device such as /dev/zero that never ends, a file over `limit` bytes) is refused with a
+/// reason and a fix, without reading it.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{e}; check that the file exists and this user may read it"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file (a directory, device or pipe); name the file itself".into());
+    }
+    if meta.len() > limit {
+        return Err(format!("it is larger than {limit} bytes; is it the right file?"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{e}; check that this user may read it"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("it is larger than {limit} bytes; is it the right file?"));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text; save it as UTF-8".to_string())
+}
+
 /// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
 /// Never panics: a bug that panics inside becomes a [`ConfigError`] (see [`guarded`]).
 pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+            let text = read_config_file(p).map_err(|e| ConfigError {
                 path: Some(p.to_path_buf()),
-                problems: vec![Problem {
-                    key: String::new(),
-                    location: Location::None,
-                    message: format!("cannot read the file: {e}; check the path and its permissions"),
-                }],
+                problems: vec![Problem { key: String::new(), location: Location::None, message: e }],
             })?;
             load_text(Some((p, &text)), env)
         }

@@ -325,3 +325,27 @@ channels = ["ok", "not-ok"]
     assert!(p[3].starts_with("line 10") && p[3].contains("did you mean `accounts`"), "{all}");
     assert!(p[4].starts_with("line 12") && p[4].contains("not-ok"), "{all}");
 }
+
+#[test]
+fn a_token_file_that_is_a_device_a_pipe_or_huge_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 100_000]).unwrap();
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, [0xff, 0xfe, b'S', b'E', b'C']).unwrap();
+    for (file, expect) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (dir.path(), "not a regular file"),
+        (big.as_path(), "larger than 65536 bytes"),
+        (binary.as_path(), "not UTF-8"),
+    ] {
+        let text = format!("[accounts.a]\nusername = \"bot\"\ntoken_file = \"{}\"\n", file.display());
+        let p = problems(&text, &[]).join("\n");
+        assert!(p.contains("accounts.a.token_file") && p.contains(expect), "{file:?}: {p}");
+    }
+    let e = load(Some(Path::new("/dev/zero")), &env_of(&[])).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+}

@@ -191,12 +191,12 @@ impl Reloader {
     }
 
     fn try_load(&mut self, forced: bool) -> Option<Config> {
-        let text = match std::fs::read_to_string(&self.path) {
+        let text = match config::read_config_file(&self.path) {
             Ok(t) => t,
             Err(e) => {
                 // Mid-swap or deleted: keep running; the next event re-reads.
                 if forced || self.last_text.is_some() {
-                    tracing::warn!("cannot read {} ({e}); keeping the running configuration", self.path.display());
+                    tracing::warn!("{}: {e}; keeping the running configuration", self.path.display());
                     self.stats.failure.fetch_add(1, Ordering::Relaxed);
                 }
                 self.last_text = None;
