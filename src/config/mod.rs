@@ -513,7 +513,10 @@ fn load_text_unguarded(
     let type_errors: Vec<String> = problems
         .iter()
         .filter(|p| p.message.starts_with("must be"))
-        .map(|p| p.key.rsplit_once('.').map_or(p.key.clone(), |(table, _)| table.to_string()))
+        .map(|p| match p.key.rsplit_once('.') {
+            Some((table, _)) if !p.message.starts_with("must be a table") => table.to_string(),
+            _ => p.key.clone(),
+        })
         .collect();
     let (parsed, overrides) = env::apply(parsed, path.is_some(), env, &mut problems);
     if path.is_none() && problems.iter().any(|p| p.message.starts_with("is not set")) {

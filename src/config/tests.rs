@@ -349,3 +349,18 @@ fn a_token_file_that_is_a_device_a_pipe_or_huge_is_refused_without_reading_it() 
     let e = load(Some(Path::new("/dev/zero")), &env_of(&[])).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
 }
+
+#[test]
+fn a_value_of_the_wrong_type_is_reported_once_not_again_as_what_follows_from_its_absence() {
+    let text = "[accounts.a]\nusername = 5\noauth_token = \"tok\"\n[accounts.b]\noauth_token = \"tok\"\n[accounts]\nc = 7\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x y\"]\n";
+    let p = problems(text, &[]);
+    let all = p.join("\n");
+    assert!(all.contains("accounts.a.username") && all.contains("must be a quoted string"), "{all}");
+    assert!(!all.contains("accounts.a.oauth_token"), "no 'token without username' for a: {all}");
+    assert!(
+        all.contains("accounts.b.oauth_token") && all.contains("no username"),
+        "other accounts still checked: {all}"
+    );
+    assert!(all.contains("accounts.c") && all.contains("must be a table"), "{all}");
+    assert!(all.contains("x y"), "other tables still checked: {all}");
+}
