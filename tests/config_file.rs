@@ -273,3 +273,17 @@ fn check_never_shows_a_secret_nor_panics_whatever_surrounds_it() {
         assert!(!all.contains("SECRET") && !all.contains("abc123") && !all.contains("panicked"), "{text:?}\n{all}");
     }
 }
+
+#[test]
+fn start_up_with_a_hostile_token_exits_2_without_a_panic_or_the_secret() {
+    for text in [
+        "[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET_A\"\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"a b\"]\n",
+        "[accounts.bot]\nusername = \"bot\"\noauth_token = \"oauth:abc123\ndefSECRET456\"\n",
+    ] {
+        let (dir, path) = config_dir(text);
+        let out = logger_cmd(dir.path()).arg("--config").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(!err.contains("SECRET") && !err.contains("abc123") && !err.contains("panicked"), "{err}");
+    }
+}

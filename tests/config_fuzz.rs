@@ -269,3 +269,66 @@ fn the_issue_cases_show_no_secret() {
         assert!(!shown.contains("SECRET") && !shown.contains("abc123"), "{shown}");
     }
 }
+
+/// Edits of a secret-bearing variable's value: the secret part stays a marker.
+fn env_value(marker: &'static str, shapes: &'static [&'static str]) -> impl Strategy<Value = String> {
+    (prop::sample::select(shapes), prop::collection::vec((any::<u8>(), prop::sample::select(CHARS)), 0..4)).prop_map(
+        move |(shape, inserts)| {
+            let mut v = shape.replace("M", marker);
+            for (at, c) in inserts {
+                let bounds: Vec<usize> = v.char_indices().map(|(i, _)| i).chain([v.len()]).collect();
+                v.insert(bounds[at as usize % bounds.len()], c);
+            }
+            v
+        },
+    )
+}
+
+#[test]
+fn secrets_in_the_original_variables_never_show_whatever_surrounds_them() {
+    let mut runner =
+        TestRunner::new(RunnerConfig { cases: cases() / 3, failure_persistence: None, ..RunnerConfig::default() });
+    let strategy = (
+        env_value(MARKERS[0], &["oauth:M", "M", "oauthéM", "oauth: M", "M\n", "oauth:", "OAUTH:M M"]),
+        env_value(MARKERS[1], &["postgres://u:M@h/db", "mysql://u:M@h/db", "M", "postgres://M", ""]),
+        env_value(MARKERS[2], &["M", " M ", "M\nM", ""]),
+        prop::option::of("[a-z_#, ]{0,30}"),
+        prop::option::of("[0-9a-z]{0,6}"),
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(token, url, password, channels, port, with_file)| {
+            let mut env = vec![
+                ("TWITCH_USERNAME", "bot".to_string()),
+                ("TWITCH_OAUTH_TOKEN", token),
+                ("DATABASE_URL", url),
+                ("POSTGRES_PASSWORD", password),
+                ("POSTGRES_HOST", "db".to_string()),
+                ("POSTGRES_DB", "twitch".to_string()),
+                ("POSTGRES_USER", "postgres".to_string()),
+            ];
+            env.extend(channels.map(|c| ("TWITCH_CHANNELS", c)));
+            env.extend(port.map(|p| ("POSTGRES_PORT", p)));
+            let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            let file = bases()[0].clone();
+            let loaded = if with_file {
+                config::load_text(Some((Path::new("fuzz.toml"), &file)), &get)
+            } else {
+                config::load_text(None, &get)
+            };
+            let shown = match loaded {
+                Ok(cfg) => format!("{}\n{cfg:?}", render(&cfg)),
+                Err(e) => e.to_string(),
+            };
+            prop_assert!(!shown.contains("internal error"), "{shown}");
+            for marker in &MARKERS[..3] {
+                let chars: Vec<char> = marker.chars().collect();
+                for w in chars.windows(WINDOW) {
+                    let piece: String = w.iter().collect();
+                    prop_assert!(!shown.contains(&piece), "`{piece}` shown for {env:?}:\n{shown}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
