@@ -306,9 +306,10 @@ fn check_table<'i>(
         let at = k.span().start;
         let Some((_, ty)) = schema.iter().find(|(n, _)| *n == name) else {
             let mut message = format!("unknown key `{}`", shown_name(name));
-            match did_you_mean_in(name, schema) {
-                Some(best) => message.push_str(&format!("; did you mean `{best}`?")),
-                None => message.push_str(&format!(
+            match (did_you_mean_in(name, schema), home_of(name)) {
+                (Some(best), _) => message.push_str(&format!("; did you mean `{best}`?")),
+                (None, Some(home)) => message.push_str(&format!("; it belongs under {home}")),
+                (None, None) => message.push_str(&format!(
                     "; this table's keys are: {}",
                     schema.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                 )),
@@ -407,6 +408,15 @@ fn shown_path(prefix: &str, name: &str) -> String {
     } else {
         format!("{prefix}.{}", shown_name(name))
     }
+}
+
+/// The table a key belongs in, for a key written in the wrong one (`max_rows` above `[batch]`).
+fn home_of(name: &str) -> Option<String> {
+    ROOT.iter().find_map(|(table, ty)| match ty {
+        Ty::Table(keys) if keys.iter().any(|(k, _)| *k == name) => Some(format!("[{table}]")),
+        Ty::Named(keys) if keys.iter().any(|(k, _)| *k == name) => Some(format!("[{table}.NAME]")),
+        _ => None,
+    })
 }
 
 fn did_you_mean_in(unknown: &str, schema: &[(&'static str, Ty)]) -> Option<&'static str> {
@@ -542,5 +552,17 @@ mod tests {
         assert_eq!(line_col("é = 1\nxé", 9), (2, 2), "inside a character: its start");
         assert_eq!(line_col("é", 1), (1, 1));
         assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_table_is_told_where_it_belongs() {
+        let p = problems(
+            "max_rows = 5
+[accounts.a]
+channels = [\"x\"]
+",
+        );
+        assert!(p[0].message.contains("belongs under [groups.NAME]"), "{}", p[0].message);
+        assert!(p[1].message.contains("belongs under [batch]"), "{}", p[1].message);
     }
 }
