@@ -565,4 +565,35 @@ channels = [\"x\"]
         assert!(p[0].message.contains("belongs under [groups.NAME]"), "{}", p[0].message);
         assert!(p[1].message.contains("belongs under [batch]"), "{}", p[1].message);
     }
+
+    #[test]
+    fn the_schema_and_the_file_structs_name_the_same_keys() {
+        for (table, ty) in ROOT {
+            let (keys, header) = match ty {
+                Ty::Table(keys) => (*keys, format!("[{table}]")),
+                Ty::Named(keys) => (*keys, format!("[{table}.n]")),
+                _ => unreachable!("the root holds tables"),
+            };
+            // Every key of the schema loads into the structs...
+            let mut text = format!("{header}\n");
+            for (k, ty) in keys {
+                let v = match ty {
+                    Ty::Int => "1",
+                    Ty::StrList => "[\"x\"]",
+                    _ => "\"x\"",
+                };
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            let (file, p) = parse(&text);
+            assert!(file.is_some() && p.is_empty(), "{text}: {p:?}");
+            // ...and the structs accept no key the schema lacks (serde lists what it expects).
+            let err = toml::from_str::<FileConfig>(&format!("{header}\nzz_not_a_key = 1\n")).unwrap_err();
+            let expected: Vec<&str> = err.message().split('`').skip(3).step_by(2).collect();
+            let mut schema: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            let mut from_serde = expected.clone();
+            schema.sort();
+            from_serde.sort();
+            assert_eq!(from_serde, schema, "{table}: {}", err.message());
+        }
+    }
 }
