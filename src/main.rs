@@ -36,8 +36,14 @@ enum Command {
     Migrate,
     /// Validate the config and environment, print the effective config (secrets redacted).
     Check,
-    /// Exit 0 if the running logger's /healthz answers (for Docker's HEALTHCHECK).
-    Healthcheck,
+    /// Exit 0 if the running logger's /healthz answers (for Docker's HEALTHCHECK). Reads only
+    /// the address: --listen, else HTTP_LISTEN, else `[http] listen` of the config file if
+    /// readable, else 127.0.0.1:8080; the rest of the config is not checked.
+    Healthcheck {
+        /// The health listener's address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
 fn init_logging(cfg: &LogConfig) {
@@ -56,9 +62,34 @@ fn init_logging(cfg: &LogConfig) {
     tracing_subscriber::registry().with(layer.with_filter(no_secret_lines).with_filter(filter)).init();
 }
 
+/// `healthcheck`: needs the listen address only, so it works from any working directory and
+/// whatever else is wrong with the config.
+async fn healthcheck(listen: Option<&str>, config: Option<&std::path::Path>) -> ExitCode {
+    match config::healthcheck_listen(listen, config, &process_env) {
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+        Ok(None) => {
+            eprintln!("the health listener is \"off\": nothing to check");
+            ExitCode::FAILURE
+        }
+        Ok(Some(addr)) => match http::probe(addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("http://{addr}/healthz: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck { listen }) = &cli.command {
+        return healthcheck(listen.as_deref(), cli.config.as_deref()).await;
+    }
     let cfg = match config::locate(cli.config.as_deref(), &process_env)
         .and_then(|path| config::load(path.as_deref(), &process_env))
     {
@@ -74,19 +105,7 @@ async fn main() -> ExitCode {
             println!("\n# OK: the configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Healthcheck => match cfg.http.listen {
-            None => {
-                eprintln!("http.listen is \"off\": nothing to check");
-                ExitCode::FAILURE
-            }
-            Some(addr) => match http::probe(addr).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            },
-        },
+        Command::Healthcheck { .. } => unreachable!("answered before the config is loaded"),
         Command::Migrate => {
             init_logging(&cfg.log);
             let result = async {

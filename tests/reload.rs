@@ -181,7 +181,9 @@ async fn an_invalid_edit_changes_nothing_and_a_later_fix_applies() {
 #[tokio::test]
 async fn batch_settings_apply_to_the_running_writer() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let slow = cfg(&fake, "", &["one"]).replace("flush_interval = \"100ms\"", "flush_interval = \"10m\"");
+    // durable_within must exceed flush_interval.
+    let slow = cfg(&fake, "", &["one"])
+        .replace("flush_interval = \"100ms\"", "flush_interval = \"10m\"\ndurable_within = \"20m\"");
     let (dir, path) = config_dir(&slow);
     let _logger = start(&fake, &db, dir.path(), &path).await;
     fake.to_channel("one", &privmsg("one", "f-1", "Max", "waiting"));
@@ -213,4 +215,55 @@ async fn sighup_reloads_when_file_events_are_off() {
     logger.signal("HUP");
     fake.wait_for("JOIN #hupped", 3 * SEC, |f| f.joined_by(ANON).contains("hupped")).await;
     assert!(logger.is_running());
+}
+
+#[tokio::test]
+async fn a_hostile_edit_never_ends_the_logger_nor_puts_a_secret_in_its_log() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let (dir, path) = config_dir(&cfg(&fake, "", &["one"]));
+    let mut logger = start(&fake, &db, dir.path(), &path).await;
+    let bot = |token_line: &str| {
+        let mut t = cfg(&fake, "", &["one", "bad-name"]);
+        t.push_str(&format!("[accounts.bot]\nusername = \"bot\"\n{token_line}\n"));
+        t
+    };
+
+    // A multi-byte character at byte 6 of the token (this used to panic and end the process).
+    std::fs::write(&path, bot("oauth_token = \"oauthéSECRET_ONE\"")).unwrap();
+    logger.wait_log("bad-name", 3 * SEC).await;
+    // A token broken over two lines (its second line used to be printed as a key).
+    std::fs::write(&path, bot("oauth_token = \"oauth:abc123\ndefSECRET_TWO\"")).unwrap();
+    logger.wait_log("invalid basic string", 3 * SEC).await;
+    // A multi-line password with a bad escape.
+    let pw = cfg(&fake, "[database]\npassword = \"\"\"abc\nde\\qSECRET_THREE\"\"\"\n", &["one"]);
+    std::fs::write(&path, pw).unwrap();
+    logger.wait_log("missing escaped value", 3 * SEC).await;
+    assert!(logger.is_running());
+
+    std::fs::write(&path, cfg(&fake, "", &["one", "two"])).unwrap();
+    fake.wait_for("JOIN #two after the fix", 3 * SEC, |f| f.joined_by(ANON).contains("two")).await;
+    let log = logger.log_text();
+    assert!(!log.contains("SECRET") && !log.contains("abc123") && !log.contains("panicked"), "{log}");
+    assert_eq!(log.matches("config reload rejected").count(), 3, "{log}");
+}
+
+#[tokio::test]
+async fn a_config_directory_renamed_away_and_created_again_is_followed() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, cfg(&fake, "", &["one"])).unwrap();
+    let logger = start(&fake, &db, root.path(), &path).await;
+
+    // How a deploy tool or `mv config config.bak && cp -r new config` replaces it.
+    std::fs::rename(&dir, root.path().join("config.bak")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(&path, cfg(&fake, "", &["one", "moved"])).unwrap();
+    let saved = Instant::now();
+    fake.wait_for("JOIN #moved", 5 * SEC, |f| f.joined_by(ANON).contains("moved")).await;
+    eprintln!("new directory to JOIN: {:?}", saved.elapsed());
+    logger.wait_log("was replaced", SEC).await;
 }

@@ -9,6 +9,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{t}` has no unit; write e.g. \"1.5s\", \"500ms\" or \"2m\""))?;
+    // `split` is where `find` found a character: a boundary.
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| format!("`{t}` does not start with a number; write e.g. \"1.5s\""))?;
     let secs = match unit.trim() {

@@ -308,9 +308,20 @@ impl fmt::Display for Problem {
             _ => {}
         }
         if !self.key.is_empty() && !matches!(self.location, Location::Env(_)) {
-            write!(f, "key `{}`: ", self.key)?;
+            write!(f, "key `{}`: ", printable(&self.key))?;
         }
-        f.write_str(&self.message)
+        f.write_str(&printable(&self.message))
+    }
+}
+
+/// A problem is one line: control characters and bidirectional overrides from a quoted name
+/// or value are escaped, so that a value can neither fake another line nor reorder the text.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let odd = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if s.chars().any(odd) {
+        s.chars().map(|c| if odd(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        s.into()
     }
 }
 
@@ -371,17 +382,107 @@ pub fn locate(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
 }
 
+/// The health listener's address for `healthcheck`, which must work from any directory and
+/// whatever else the config says: `--listen`, else `HTTP_LISTEN`, else `[http] listen` of the
+/// config file if it can be read (nothing else of the file is looked at), else the default.
+/// `Ok(None)` means the listener is "off".
+pub fn healthcheck_listen(
+    flag: Option<&str>,
+    cli_config: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let parse = |v: &str, from: &str| match v.trim() {
+        "off" => Ok(None),
+        v => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{from}: `{v}` is not an address; write IP:PORT, e.g. 127.0.0.1:8080, or \"off\"")),
+    };
+    if let Some(v) = flag {
+        return parse(v, "--listen");
+    }
+    if let Some(v) = env::get(env, "HTTP_LISTEN") {
+        return parse(&v, "HTTP_LISTEN");
+    }
+    let path = cli_config
+        .map(Path::to_path_buf)
+        .or_else(|| env::get(env, "CONFIG_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let listen = std::fs::read_to_string(&path).ok().and_then(|text| {
+        let (root, _) = toml::de::DeTable::parse_recoverable(&text);
+        let from_tree = match root.get_ref().get("http").map(|v| v.get_ref()) {
+            Some(toml::de::DeValue::Table(http)) => {
+                http.get("listen").and_then(|v| v.get_ref().as_str()).map(str::to_string)
+            }
+            _ => None,
+        };
+        // The parser's recovery gives up after some errors: a syntax error elsewhere in the
+        // file must not hide `[http] listen`, so look for the plain line too.
+        from_tree.or_else(|| listen_line(&text))
+    });
+    match listen {
+        Some(v) => parse(&v, &format!("{} [http] listen", path.display())),
+        None => Ok(HttpConfig::default().listen),
+    }
+}
+
+/// `listen = "..."` under a `[http]` header, read line by line.
+fn listen_line(text: &str) -> Option<String> {
+    let mut in_http = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(header) = t.strip_prefix('[') {
+            in_http = header.split(']').next().map(str::trim) == Some("http");
+        } else if let Some((key, value)) = t.split_once('=').filter(|_| in_http) {
+            if key.trim() == "listen" {
+                let (quoted, _) = value.trim().strip_prefix('"')?.split_once('"')?;
+                return Some(quoted.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The most a config file may hold: far beyond any real one, and a bound on what a file named
+/// by mistake (a log, a device) can cost.
+pub const CONFIG_FILE_LIMIT: u64 = 16 << 20;
+
+/// Reads the config file as [`load`] and the reloader do; the error says what to do.
+pub fn read_config_file(path: &Path) -> Result<String, String> {
+    read_regular_file(path, CONFIG_FILE_LIMIT).map_err(|e| format!("cannot read the file: {e}"))
+}
+
+/// Reads a small regular file as UTF-8. Anything else (a directory, a pipe that would block, a
+/// device such as /dev/zero that never ends, a file over `limit` bytes) is refused with a
+/// reason and a fix, without reading it.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{e}; check that the file exists and this user may read it"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file (a directory, device or pipe); name the file itself".into());
+    }
+    if meta.len() > limit {
+        return Err(format!("it is larger than {limit} bytes; is it the right file?"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{e}; check that this user may read it"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("it is larger than {limit} bytes; is it the right file?"));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text; save it as UTF-8".to_string())
+}
+
 /// Reads, overrides and validates in one go: exactly what `run`, `check` and a reload do.
+/// Never panics: a bug that panics inside becomes a [`ConfigError`] (see [`guarded`]).
 pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+            let text = read_config_file(p).map_err(|e| ConfigError {
                 path: Some(p.to_path_buf()),
-                problems: vec![Problem {
-                    key: String::new(),
-                    location: Location::None,
-                    message: format!("cannot read the file: {e}; check the path and its permissions"),
-                }],
+                problems: vec![Problem { key: String::new(), location: Location::None, message: e }],
             })?;
             load_text(Some((p, &text)), env)
         }
@@ -391,13 +492,32 @@ pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
 
 /// [`load`] for a file already read (the reloader compares the text before parsing it).
 pub fn load_text(file: Option<(&Path, &str)>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    guarded(file.map(|(p, _)| p), || load_text_unguarded(file, env))
+}
+
+fn load_text_unguarded(
+    file: Option<(&Path, &str)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let path = file.map(|(p, _)| p);
     let err = |problems| ConfigError { path: path.map(Path::to_path_buf), problems };
-    let parsed = match file {
-        Some((_, text)) => file::parse(text).map_err(|p| err(vec![p]))?,
-        None => file::FileConfig::default(),
+    let (parsed, mut problems) = match file {
+        Some((_, text)) => match file::parse(text) {
+            (Some(parsed), problems) => (parsed, problems),
+            (None, problems) => return Err(err(problems)),
+        },
+        None => (file::FileConfig::default(), Vec::new()),
     };
-    let mut problems = Vec::new();
+    // A value dropped for its type would make its table look incomplete: the checks of that
+    // table would only repeat the same problem in other words.
+    let type_errors: Vec<String> = problems
+        .iter()
+        .filter(|p| p.message.starts_with("must be"))
+        .map(|p| match p.key.rsplit_once('.') {
+            Some((table, _)) if !p.message.starts_with("must be a table") => table.to_string(),
+            _ => p.key.clone(),
+        })
+        .collect();
     let (parsed, overrides) = env::apply(parsed, path.is_some(), env, &mut problems);
     if path.is_none() && problems.iter().any(|p| p.message.starts_with("is not set")) {
         // Env-only mode with variables missing: name those, and nothing that follows from
@@ -408,10 +528,87 @@ pub fn load_text(file: Option<(&Path, &str)>, env: &dyn Fn(&str) -> Option<Strin
         Some(p) => Origin::File(p.to_path_buf()),
         None => Origin::EnvOnly,
     };
-    let cfg = validate::validate(parsed, file.map(|(_, t)| t), origin, overrides, &mut problems);
+    let mut semantic = Vec::new();
+    let cfg = validate::validate(parsed, file.map(|(_, t)| t), origin, overrides, &mut semantic);
+    semantic.retain(|p| !type_errors.iter().any(|t| p.key == *t || p.key.starts_with(&format!("{t}."))));
+    problems.extend(semantic);
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),
-        _ => Err(err(problems)),
+        _ => {
+            // Environment first, then the file top to bottom.
+            problems.sort_by_key(|p| match p.location {
+                Location::Env(_) => (0, 0),
+                Location::File { line, .. } => (1, line.unwrap_or(0)),
+                Location::None => (2, 0),
+            });
+            Err(err(problems))
+        }
+    }
+}
+
+/// Runs a config load so that a panic inside (a bug) can neither end the process nor print a
+/// secret: the panic's message is not shown (it may quote a token), and the load fails with
+/// a problem saying so. `check`, start-up and every reload go through here.
+pub fn guarded<T>(path: Option<&Path>, f: impl FnOnce() -> Result<T, ConfigError>) -> Result<T, ConfigError> {
+    panic_guard::install();
+    let _scope = panic_guard::Scope::enter();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(ConfigError {
+            path: path.map(Path::to_path_buf),
+            problems: vec![Problem {
+                key: String::new(),
+                location: Location::None,
+                message: "internal error while reading the configuration (a bug: please report it with the \
+                          file's layout, not its secrets); nothing of it was applied. The details are hidden \
+                          because they may contain a secret"
+                    .into(),
+            }],
+        }),
+    }
+}
+
+mod panic_guard {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Marks this thread as loading a config while alive.
+    pub struct Scope;
+
+    impl Scope {
+        pub fn enter() -> Scope {
+            DEPTH.with(|d| d.set(d.get() + 1));
+            Scope
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+
+    /// Wraps the process's panic hook once: inside a config load, print where the panic
+    /// happened but not its message; elsewhere, defer to the previous hook.
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if DEPTH.with(|d| d.get()) > 0 {
+                    let at = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+                    eprintln!(
+                        "internal error while reading the configuration{at} (message hidden: it may contain a secret)"
+                    );
+                } else {
+                    previous(info);
+                }
+            }));
+        });
     }
 }
 

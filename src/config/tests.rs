@@ -233,3 +233,134 @@ fn an_explicit_config_path_that_does_not_exist_is_an_error() {
     let e = locate(None, &env_of(&[("CONFIG_FILE", "/nonexistent/y.toml")])).unwrap_err();
     assert!(e.to_string().contains("CONFIG_FILE"));
 }
+
+#[test]
+fn a_token_with_a_multi_byte_character_at_byte_6_loads_without_panicking() {
+    // "oauth" then a two-byte character: byte 6 is inside it.
+    let text = "[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET42\"\n";
+    let (cfg, _d) = load_text(text, &[]);
+    match &cfg.unwrap().accounts["a"].credentials {
+        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "oauthéSECRET42"),
+        _ => panic!("expected a login"),
+    }
+    let all = problems(&text.replace("SECRET42", "SECRET42 x"), &[]).join("\n");
+    assert!(all.contains("accounts.a.oauth_token") && !all.contains("SECRET"), "{all}");
+    let (cfg, _d) = load_text(text, &[("TWITCH_OAUTH_TOKEN", "oAuTh:éSECRET42"), ("TWITCH_USERNAME", "envbot")]);
+    match &cfg.unwrap().accounts["default"].credentials {
+        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "éSECRET42", "prefix in any case"),
+        _ => panic!("expected a login"),
+    }
+}
+
+#[test]
+fn a_panic_inside_a_load_becomes_a_problem_that_hides_the_message() {
+    const CHILD: &str = "TCL_PANIC_GUARD_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // In the child: the panic below must come back as an error, its message unprinted.
+        let e = guarded::<()>(Some(Path::new("x.toml")), || panic!("token oauth:SECRET77 leaked")).unwrap_err();
+        assert!(e.to_string().contains("internal error") && !e.to_string().contains("SECRET77"), "{e}");
+        // A second one: the hook stays in place.
+        assert!(guarded::<()>(None, || panic!("SECRET77 again")).is_err());
+        return;
+    }
+    // The panic hook is process-wide and writes to stderr: watch it from a child process.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "config::tests::a_panic_inside_a_load_becomes_a_problem_that_hides_the_message",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+    assert!(stderr.contains("internal error while reading the configuration at src/config/tests.rs"), "{stderr}");
+    assert!(!stderr.contains("SECRET77") && !stdout.contains("SECRET77"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn durable_within_must_be_in_range_and_longer_than_flush_interval() {
+    let (cfg, _d) = load_text("[batch]\nflush_interval = \"1s\"\ndurable_within = \"30s\"\n", &[]);
+    assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_secs(30));
+    let p = problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"1500ms\"\n", &[]).join("\n");
+    assert!(p.contains("line 3") && p.contains("batch.durable_within") && p.contains("flush_interval (2s)"), "{p}");
+    let p = problems("[batch]\ndurable_within = \"50ms\"\n", &[]).join("\n");
+    assert!(p.contains("out of range") && p.contains("100ms"), "{p}");
+    let p = problems("[batch]\ndurable_within = 5\n", &[]).join("\n");
+    assert!(p.contains("batch.durable_within") && p.contains("must be a quoted string"), "{p}");
+}
+
+#[test]
+fn a_problem_is_always_one_line_whatever_the_value_holds() {
+    let p = problems("[groups.g]\naccounts = []\nchannels = [\"a\\nline 9: fake\", \"b\\u202ec\"]\n", &[]);
+    for line in &p {
+        assert!(!line.contains('\n') && !line.contains('\u{202e}'), "{line:?}");
+    }
+    assert!(p.iter().any(|l| l.contains("a\\nline 9: fake")), "{p:?}");
+}
+
+#[test]
+fn every_unknown_key_and_every_other_problem_are_reported_in_one_run() {
+    let text = r#"
+[batch]
+max_row = 5
+flush_interval = "soon"
+
+[accounts.a]
+usernme = "bot"
+
+[groups.g]
+acounts = ["a"]
+accounts = ["a"]
+channels = ["ok", "not-ok"]
+"#;
+    let p = problems(text, &[]);
+    let all = p.join("\n");
+    assert_eq!(p.len(), 5, "{all}");
+    assert!(p[0].starts_with("line 3") && p[0].contains("did you mean `max_rows`"), "{all}");
+    assert!(p[1].starts_with("line 4") && p[1].contains("soon"), "{all}");
+    assert!(p[2].starts_with("line 7") && p[2].contains("did you mean `username`"), "{all}");
+    assert!(p[3].starts_with("line 10") && p[3].contains("did you mean `accounts`"), "{all}");
+    assert!(p[4].starts_with("line 12") && p[4].contains("not-ok"), "{all}");
+}
+
+#[test]
+fn a_token_file_that_is_a_device_a_pipe_or_huge_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 100_000]).unwrap();
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, [0xff, 0xfe, b'S', b'E', b'C']).unwrap();
+    for (file, expect) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (dir.path(), "not a regular file"),
+        (big.as_path(), "larger than 65536 bytes"),
+        (binary.as_path(), "not UTF-8"),
+    ] {
+        let text = format!("[accounts.a]\nusername = \"bot\"\ntoken_file = \"{}\"\n", file.display());
+        let p = problems(&text, &[]).join("\n");
+        assert!(p.contains("accounts.a.token_file") && p.contains(expect), "{file:?}: {p}");
+    }
+    let e = load(Some(Path::new("/dev/zero")), &env_of(&[])).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_reported_once_not_again_as_what_follows_from_its_absence() {
+    let text = "[accounts.a]\nusername = 5\noauth_token = \"tok\"\n[accounts.b]\noauth_token = \"tok\"\n[accounts]\nc = 7\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x y\"]\n";
+    let p = problems(text, &[]);
+    let all = p.join("\n");
+    assert!(all.contains("accounts.a.username") && all.contains("must be a quoted string"), "{all}");
+    assert!(!all.contains("accounts.a.oauth_token"), "no 'token without username' for a: {all}");
+    assert!(
+        all.contains("accounts.b.oauth_token") && all.contains("no username"),
+        "other accounts still checked: {all}"
+    );
+    assert!(all.contains("accounts.c") && all.contains("must be a table"), "{all}");
+    assert!(all.contains("x y"), "other tables still checked: {all}");
+}

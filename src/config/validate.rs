@@ -84,7 +84,9 @@ impl Ctx<'_> {
     }
 
     fn read_secret_file(&mut self, key: &str, path: &Spanned<std::path::PathBuf>) -> Option<SecretString> {
-        match std::fs::read_to_string(path.get_ref()) {
+        // A token or password file holds one line; a device or pipe named by mistake must not
+        // block the reload or fill memory.
+        match super::read_regular_file(path.get_ref(), SECRET_FILE_LIMIT) {
             Ok(s) if !s.trim().is_empty() => Some(SecretString::from(s.trim().to_string())),
             Ok(_) => {
                 self.problem(
@@ -95,25 +97,25 @@ impl Ctx<'_> {
                 None
             }
             Err(e) => {
-                self.problem(
-                    key,
-                    Some(path.span()),
-                    format!(
-                        "cannot read `{}`: {e}; check that the file exists and this user may read it",
-                        path.get_ref().display()
-                    ),
-                );
+                self.problem(key, Some(path.span()), format!("cannot read `{}`: {e}", path.get_ref().display()));
                 None
             }
         }
     }
 }
 
+/// The most a token or password file may hold.
+const SECRET_FILE_LIMIT: u64 = 64 * 1024;
+
 /// Strips an optional `oauth:` prefix (twitch-irc adds exactly one) and checks the token's
 /// shape without ever quoting it.
 pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
     let t = raw.trim();
-    let t = if t.len() >= 6 && t[..6].eq_ignore_ascii_case("oauth:") { &t[6..] } else { t };
+    // Char-aware: a token is user input, and a multi-byte character may sit at byte 6.
+    let t = match t.split_at_checked(6) {
+        Some((prefix, rest)) if prefix.eq_ignore_ascii_case("oauth:") => rest,
+        _ => t,
+    };
     if t.is_empty() {
         return Err("is empty after the `oauth:` prefix; paste the whole token".into());
     }
