@@ -140,7 +140,7 @@ async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     // A long flush interval: without the size trigger and the shutdown flush nothing would be stored.
     let (_dir, path) = config_dir(&format!(
-        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\ndurable_within = \"20m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
+        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
     let mut logger = Logger::spawn(file_mode(&path, &db.url));

@@ -286,6 +286,8 @@ fn durable_within_must_be_in_range_and_longer_than_flush_interval() {
     assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_secs(30));
     let p = problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"1500ms\"\n", &[]).join("\n");
     assert!(p.contains("line 3") && p.contains("batch.durable_within") && p.contains("flush_interval (2s)"), "{p}");
+    let (cfg, _d) = load_text("[batch]\nflush_interval = \"10m\"\n", &[]);
+    assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_millis(603_500), "unset, it follows flush_interval");
     let p = problems("[batch]\ndurable_within = \"50ms\"\n", &[]).join("\n");
     assert!(p.contains("out of range") && p.contains("100ms"), "{p}");
     let p = problems("[batch]\ndurable_within = 5\n", &[]).join("\n");

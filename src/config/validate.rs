@@ -173,15 +173,18 @@ pub fn validate(
             ),
         );
     }
+    let flush_interval = cx.duration(
+        "batch.flush_interval",
+        &file.batch.flush_interval,
+        BatchConfig::default().flush_interval,
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+    );
+    // Unset, the bound follows a long flush_interval instead of contradicting it.
+    let durable_default = BatchConfig::default().durable_within.max(flush_interval + Duration::from_millis(3500));
     let batch = BatchConfig {
         max_rows: limits.max_rows.clamp(1, 50_000) as usize,
-        flush_interval: cx.duration(
-            "batch.flush_interval",
-            &file.batch.flush_interval,
-            BatchConfig::default().flush_interval,
-            Duration::from_millis(10),
-            Duration::from_secs(600),
-        ),
+        flush_interval,
         queue_capacity: limits.queue_capacity.clamp(1, 10_000_000) as usize,
         spool_dir: file
             .batch
@@ -199,7 +202,7 @@ pub fn validate(
         durable_within: cx.duration(
             "batch.durable_within",
             &file.batch.durable_within,
-            BatchConfig::default().durable_within,
+            durable_default,
             Duration::from_millis(100),
             Duration::from_secs(3600),
         ),
