@@ -280,7 +280,7 @@ pub(crate) fn explain_error(e: &sqlx::Error, o: &PgConnectOptions) -> DbError {
                 "57P03" | "57P01" | "57P02" | "53300" => DbError::Transient(format!("{msg} ({code})")),
                 c if c.starts_with("08") => DbError::Transient(format!("{msg} ({code})")),
                 "28P01" => DbError::Fatal(format!(
-                    "wrong password for role \"{user}\" at {at} (28P01) — set POSTGRES_PASSWORD (or [database] password / password_file, or the password in DATABASE_URL)"
+                    "wrong password for role \"{user}\" at {at}, or no such role (28P01) — set POSTGRES_USER / POSTGRES_PASSWORD (or [database] password / password_file, or the password in DATABASE_URL)"
                 )),
                 "28000" if msg.contains("does not exist") => DbError::Fatal(format!(
                     "role \"{user}\" does not exist at {at} (28000) — create it (createuser -h {host} -p {port} -U postgres --pwprompt {user}) or set POSTGRES_USER to an existing role"

@@ -73,8 +73,19 @@ impl TestDb {
         ]
     }
 
+    /// Runs a count. The logger reads Twitch before its migrations are done, so a table may not
+    /// exist yet right after a join: that waits (up to 10 s) instead of failing.
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.unwrap()
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await {
+                Ok(n) => return n,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") && Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
     }
 
     /// Waits until `sql` (a count) reaches `n`; panics after `timeout`.
