@@ -239,7 +239,7 @@ pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
                     tracing::warn!(database = %what, attempt, "database not reachable yet ({why}); retrying in {delay:?}");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

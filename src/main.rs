@@ -135,7 +135,11 @@ async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
     match store.probe_login().await {
         Ok((version, applied)) => {
             let total = MIGRATOR.iter().count();
-            let schema = if applied >= total { "schema up to date".to_string() } else { format!("{applied} of {total} migrations applied (the logger applies the rest at start-up)") };
+            let schema = if applied >= total {
+                "schema up to date".to_string()
+            } else {
+                format!("{applied} of {total} migrations applied (the logger applies the rest at start-up)")
+            };
             println!("# OK: logged in to {} (PostgreSQL {version}); {schema}", store.target());
             ExitCode::SUCCESS
         }

@@ -145,7 +145,10 @@ async fn a_migration_meeting_an_unexpected_shape_stops_naming_it_and_changes_not
         assert!(!log.contains("retrying"), "{log}");
         // One transaction: the original's view is still there, nothing was recorded or added.
         assert_eq!(db.count("SELECT count(*) FROM pg_views WHERE viewname = 'v_last_messages'").await, 1);
-        assert_eq!(db.count("SELECT count(*) FROM pg_tables WHERE tablename IN ('_sqlx_migrations', 'dead_letters')").await, 0);
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_tables WHERE tablename IN ('_sqlx_migrations', 'dead_letters')").await,
+            0
+        );
     }
 }
 

@@ -160,10 +160,8 @@ async fn columns(db: &TestDb, rel: &str) -> Vec<(String, String)> {
 async fn plan(db: &TestDb, sql: &str) -> String {
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
-    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
+    let lines: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"))).fetch_all(&mut *tx).await.unwrap();
     lines.join("\n")
 }
 
@@ -173,8 +171,8 @@ async fn run_the_originals_queries(db: &TestDb, label: &str) {
     let m = ORIGINAL_MESSAGE_COLUMNS.join(", ");
     let n = ORIGINAL_NOTICE_COLUMNS.join(", ");
     for sql in [
-        format!("INSERT INTO chat_messages (message_id, channel, user_id, username, display_name, text, badges, color, is_mod, is_subscriber, bits, sent_at) VALUES ('orig-q-1', 'qchan', '9', 'q', 'Q', 'written like the original', '{{\"vip\":\"1\"}}', '#00FF00', false, false, 0, now())"),
-        format!("INSERT INTO channel_notices (channel, msg_id, message, tags, notice_at) VALUES ('qchan', 'msg_q', 'a notice', '{{\"msg-id\":\"msg_q\"}}', now())"),
+        r#"INSERT INTO chat_messages (message_id, channel, user_id, username, display_name, text, badges, color, is_mod, is_subscriber, bits, sent_at) VALUES ('orig-q-1', 'qchan', '9', 'q', 'Q', 'written like the original', '{"vip":"1"}', '#00FF00', false, false, 0, now())"#.to_string(),
+        r#"INSERT INTO channel_notices (channel, msg_id, message, tags, notice_at) VALUES ('qchan', 'msg_q', 'a notice', '{"msg-id":"msg_q"}', now())"#.to_string(),
         format!("SELECT {m} FROM chat_messages WHERE channel = 'qchan' AND sent_at > now() - interval '1 day' ORDER BY sent_at"),
         format!("SELECT {m} FROM v_last_messages LIMIT 50"),
         format!("SELECT {n} FROM channel_notices WHERE channel = 'qchan' ORDER BY notice_at DESC NULLS LAST, id DESC LIMIT 20"),
@@ -197,9 +195,14 @@ async fn run_the_originals_queries(db: &TestDb, label: &str) {
     assert!(def.contains("ORDER BY chat_messages.sent_at DESC NULLS LAST, chat_messages.id DESC"), "{label}: {def}");
     assert!(!def.to_uppercase().contains("LIMIT"), "{label}: {def}");
 
-    let p = plan(db, "SELECT * FROM chat_messages WHERE channel = 'qchan' AND sent_at > now() - interval '1 day'").await;
+    let p =
+        plan(db, "SELECT * FROM chat_messages WHERE channel = 'qchan' AND sent_at > now() - interval '1 day'").await;
     assert!(p.contains("idx_chat_messages_channel_time"), "{label}: {p}");
-    let p = plan(db, "SELECT * FROM channel_notices WHERE channel = 'qchan' ORDER BY notice_at DESC NULLS LAST, id DESC LIMIT 20").await;
+    let p = plan(
+        db,
+        "SELECT * FROM channel_notices WHERE channel = 'qchan' ORDER BY notice_at DESC NULLS LAST, id DESC LIMIT 20",
+    )
+    .await;
     assert!(p.contains("idx_channel_notices_channel_time"), "{label}: {p}");
 }
 
@@ -312,7 +315,8 @@ async fn a_notice_spooled_by_an_older_version_is_still_stored() {
     let db = fresh_db().await;
     let store = PgStore::new(db.pool.clone());
     // A spool line as the previous version wrote it: no tags, notice_at or key.
-    let line = r#"{"kind":"notice","channel":"chan","msg_id":"msg_old","message":"old","received_at":"2026-01-01T00:00:00Z"}"#;
+    let line =
+        r#"{"kind":"notice","channel":"chan","msg_id":"msg_old","message":"old","received_at":"2026-01-01T00:00:00Z"}"#;
     let twitch_chat_logger::store::Record::Notice(n) = serde_json::from_str(line).unwrap() else { panic!("a notice") };
     store.write(&Batch { messages: vec![], notices: vec![n] }).await.unwrap();
     let (tags, at): (Value, chrono::DateTime<chrono::Utc>) =

@@ -155,7 +155,8 @@ impl PgStore {
     /// Returns the server's version and how many of our migrations it has.
     pub async fn probe_login(&self) -> Result<(String, usize), DbError> {
         let mut conn = connect(&self.opts).await.map_err(|e| self.explain(&e))?;
-        let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await.map_err(|e| self.explain(&e))?;
+        let version: String =
+            sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await.map_err(|e| self.explain(&e))?;
         let applied: i64 = if sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&mut conn)
             .await
@@ -353,8 +354,10 @@ async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(),
 /// holds no data, and the last migration recreates it with the original's definition.
 async fn before_first_migration(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(), DbError> {
     let err = |e: sqlx::Error| explain_error(&e, o);
-    let has_table: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *conn).await.map_err(err)?;
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
     if has_table {
         let applied: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
             .bind(FIRST_MIGRATION)
@@ -657,5 +660,48 @@ impl Store for PgStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> PgConnectOptions {
+        PgConnectOptions::new_without_pgpass().host("db.example").port(5432).username("bot").database("twitch")
+    }
+
+    #[test]
+    fn network_failures_are_transient_and_named_in_plain_words() {
+        let io = |kind, text: &str| sqlx::Error::Io(std::io::Error::new(kind, text.to_string()));
+        let cases = [
+            (io(std::io::ErrorKind::ConnectionRefused, "refused"), "connection refused by db.example:5432"),
+            (io(std::io::ErrorKind::TimedOut, "no answer"), "timeout: no answer from db.example:5432"),
+            (
+                io(std::io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+                "DNS failure: cannot resolve host db.example",
+            ),
+        ];
+        for (e, want) in cases {
+            match explain_error(&e, &opts()) {
+                DbError::Transient(m) => assert!(m.starts_with(want), "{m}"),
+                f => panic!("{f:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn migration_bookkeeping_errors_are_fatal_and_say_what_to_do() {
+        use sqlx::migrate::MigrateError as M;
+        for (e, want) in [
+            (M::VersionMissing(29990101000000), "a newer twitch-chat-logger migrated it"),
+            (M::VersionMismatch(FIRST_MIGRATION), "checksum differs"),
+            (M::Dirty(FIRST_MIGRATION), "marked as failed"),
+        ] {
+            match explain_migrate(e, &opts()) {
+                DbError::Fatal(m) => assert!(m.contains(want), "{m}"),
+                t => panic!("{t:?}"),
+            }
+        }
     }
 }

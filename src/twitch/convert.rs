@@ -110,6 +110,42 @@ mod tests {
     }
 
     #[test]
+    fn a_notice_keeps_its_tags_and_time_and_the_same_line_read_at_the_same_instant_has_the_same_key() {
+        let at = DateTime::from_timestamp_millis(1_780_000_000_123).unwrap();
+        let line = "@msg-id=msg_banned;x-nul=a\0b :tmi.twitch.tv NOTICE #forsen :You are permanently banned from talking in forsen.";
+        let Some(Record::Notice(n)) = to_record(parse(line), at) else { panic!("dropped") };
+        assert_eq!(n.tags, r#"{"msg-id":"msg_banned","x-nul":"ab"}"#);
+        assert_eq!(n.notice_at, Some(at), "no tmi-sent-ts: the receive time");
+        let Some(Record::Notice(again)) = to_record(parse(line), at) else { panic!() };
+        assert_eq!(again.key, n.key, "a retry or replay carries the same key");
+        assert_eq!(uuid::Uuid::parse_str(&n.key).unwrap().get_version_num(), 5);
+        let Some(Record::Notice(later)) = to_record(parse(line), at + chrono::Duration::nanoseconds(1)) else {
+            panic!()
+        };
+        assert_ne!(later.key, n.key, "the same text read again later is another notice");
+        // The key survives the spool (JSON) unchanged.
+        let back: Record = serde_json::from_str(&serde_json::to_string(&Record::Notice(n.clone())).unwrap()).unwrap();
+        assert_eq!(back, Record::Notice(n));
+    }
+
+    #[test]
+    fn a_notice_with_tmi_sent_ts_uses_it_and_an_impossible_one_falls_back_to_the_receive_time() {
+        let at = Utc::now();
+        let n = |ts: &str| {
+            let Some(Record::Notice(n)) =
+                to_record(parse(&format!("@msg-id=x;tmi-sent-ts={ts} :tmi.twitch.tv NOTICE #c :t")), at)
+            else {
+                panic!()
+            };
+            n.notice_at.unwrap()
+        };
+        assert_eq!(n("1594545155039"), DateTime::from_timestamp_millis(1594545155039).unwrap());
+        for bad in ["-5", "0", "99999999999999999", "soon"] {
+            assert_eq!(n(bad), at, "{bad}");
+        }
+    }
+
+    #[test]
     fn login_rejection_and_join_failures_are_recognised() {
         let ServerMessage::Notice(n) = parse(":tmi.twitch.tv NOTICE * :Login authentication failed") else { panic!() };
         assert!(is_login_rejection(&n));
