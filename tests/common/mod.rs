@@ -116,11 +116,22 @@ impl Drop for TestDb {
         let extra = std::mem::take(&mut *self.cleanup.lock().unwrap());
         sqls.extend(extra.iter().filter(|s| s.starts_with("DROP DATABASE")).cloned());
         sqls.extend(extra.into_iter().filter(|s| !s.starts_with("DROP DATABASE")));
+        let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
+                let mut sqls = sqls;
                 let Ok(mut conn) = PgConnectOptions::from_str(&admin_url()).unwrap().connect().await else { return };
+                // Roles a test made by hand, named after its database (unique per test run).
+                let roles: Vec<String> =
+                    sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE strpos(rolname, $1) > 0")
+                        .bind(&name)
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                sqls.extend(roles.iter().map(|r| format!("DROP ROLE IF EXISTS \"{r}\"")));
+                sqls.dedup();
                 for sql in sqls {
                     if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await {
                         eprintln!("test cleanup: {sql}: {e}");
