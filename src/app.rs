@@ -236,7 +236,7 @@ pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
             Err(DbError::Transient(why)) => {
                 store.set_not_ready(&format!("waiting for the database: {why}"));
                 if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(database = %what, attempt, "database not reachable yet ({why}); retrying in {delay:?}");
+                    tracing::warn!(database = %what, attempt, "database not ready yet ({why}); retrying in {delay:?}");
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

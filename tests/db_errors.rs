@@ -160,7 +160,7 @@ async fn a_refused_connection_is_retried_and_logged_as_connection_refused() {
     tokio::time::sleep(SEC).await;
     assert!(logger.is_running(), "still waiting for the database");
     let log = logger.log_text();
-    assert!(log.contains("database not reachable yet") && log.contains("retrying"), "{log}");
+    assert!(log.contains("database not ready yet") && log.contains("retrying"), "{log}");
     assert!(!log.contains("pool timed out"), "{log}");
 }
 
@@ -213,9 +213,8 @@ async fn a_server_starting_up_is_retried_and_a_hung_one_counts_as_a_timeout() {
     let hung = fake_postgres(None).await;
     let mut a = Logger::spawn(cmd("127.0.0.1", starting, "twitch", "u", "p", &["migrate"]));
     let mut b = Logger::spawn(cmd("127.0.0.1", hung, "twitch", "u", "p", &["migrate"]));
-    a.wait_log("database not reachable yet (the database system is starting up (57P03))", 5 * SEC).await;
-    b.wait_log(&format!("database not reachable yet (timeout: no answer from 127.0.0.1:{hung} within 5s)"), 10 * SEC)
-        .await;
+    a.wait_log("database not ready yet (the database system is starting up (57P03))", 5 * SEC).await;
+    b.wait_log(&format!("database not ready yet (timeout: no answer from 127.0.0.1:{hung} within 5s)"), 10 * SEC).await;
     tokio::time::sleep(SEC).await;
     assert!(a.is_running() && b.is_running(), "both keep waiting");
 }
@@ -287,4 +286,23 @@ async fn a_role_with_the_documented_privileges_migrates_and_an_upgrade_needs_the
     }
     let (code, log, _) = run(db_cmd(&old, &role, "pw", &["migrate"])).await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn a_table_locked_by_another_session_is_waited_for_then_the_migration_completes() {
+    let db = TestDb::new().await;
+    let old = sqlx::migrate::Migrator::with_migrations(
+        twitch_chat_logger::store::postgres::MIGRATOR.iter().filter(|m| m.version < 20261130000000).cloned().collect(),
+    );
+    old.run(&db.pool).await.unwrap();
+    // A hung session: an open transaction holding the table the next migration alters.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE channel_notices IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let admin = url::Url::parse(&db.url).unwrap();
+    let mut logger = Logger::spawn(db_cmd(&db, admin.username(), admin.password().unwrap_or(""), &["migrate"]));
+    logger.wait_log("another session holds a lock the migration needs", 20 * SEC).await;
+    assert!(logger.is_running(), "waits instead of giving up");
+    blocker.commit().await.unwrap();
+    assert_eq!(logger.wait_exit(30 * SEC).await, 0, "{}", logger.log_text());
+    assert_eq!(db.count("SELECT count(*) FROM _sqlx_migrations").await, 3);
 }

@@ -21,6 +21,8 @@ const FIRST_MIGRATION: i64 = 20261129000001;
 /// Longest wait for a connection at start-up: a server that accepts TCP but never answers
 /// (stopped, overloaded) counts as a timeout, and is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a start-up migration may take before it is abandoned (rolled back) and retried.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Transaction-level advisory lock: two loggers starting at once migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x7463_6c5f_6d69_6772; // "tcl_migr"
 
@@ -144,7 +146,16 @@ impl PgStore {
     /// (which our first migration cannot replace) is dropped first and recreated by the last.
     pub async fn migrate(&self) -> Result<(), DbError> {
         let mut conn = self.connect_creating().await?;
-        let result = migrate_on(&mut conn, &self.opts).await;
+        self.set_not_ready("applying migrations");
+        // A migration blocked for good (a hung server mid-way) is given up and tried again; a
+        // lock another session holds gives up sooner (lock_timeout in `migrate_on`).
+        let result = match tokio::time::timeout(MIGRATION_TIMEOUT, migrate_on(&mut conn, &self.opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Transient(format!(
+                "timeout: the migration did not finish within {MIGRATION_TIMEOUT:?} at {}",
+                self.target()
+            ))),
+        };
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         result?;
         self.gate.open.store(true, Ordering::Release);
@@ -279,6 +290,9 @@ pub(crate) fn explain_error(e: &sqlx::Error, o: &PgConnectOptions) -> DbError {
             match code.as_str() {
                 // cannot_connect_now: starting up, shutting down, in recovery.
                 "57P03" | "57P01" | "57P02" | "53300" => DbError::Transient(format!("{msg} ({code})")),
+                "55P03" => DbError::Transient(format!(
+                    "{msg} (55P03): another session holds a lock the migration needs (see pg_locks)"
+                )),
                 c if c.starts_with("08") => DbError::Transient(format!("{msg} ({code})")),
                 "28P01" => DbError::Fatal(format!(
                     "wrong password for role \"{user}\" at {at}, or no such role (28P01) — set POSTGRES_USER / POSTGRES_PASSWORD (or [database] password / password_file, or the password in DATABASE_URL)"
@@ -334,6 +348,9 @@ async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(),
     let err = |e: sqlx::Error| explain_error(&e, o);
     // sqlx's "relation _sqlx_migrations already exists, skipping" and the like are noise.
     sqlx::query("SET client_min_messages = warning").execute(&mut *conn).await.map_err(err)?;
+    // A table locked by another session (a long query, an open transaction) is waited for a
+    // while, then the migration is retried from the start.
+    sqlx::query("SET lock_timeout = '10s'").execute(&mut *conn).await.map_err(err)?;
     let mut tx = conn.begin().await.map_err(err)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(err)?;
     before_first_migration(&mut tx, o).await?;
