@@ -92,6 +92,13 @@ fn migrate_cmd(db: &TestDb, dir: &std::path::Path) -> Command {
     c
 }
 
+/// Runs to exit within 20 s (a retry loop fails the test instead of hanging it).
+async fn run_to_exit(c: Command) -> (i32, String) {
+    let mut logger = Logger::spawn(c);
+    let code = logger.wait_exit(std::time::Duration::from_secs(20)).await;
+    (code, logger.log_text())
+}
+
 fn project(row: &Value, keys: &[&str]) -> Value {
     Value::Object(keys.iter().map(|k| (k.to_string(), row[k].clone())).collect())
 }
@@ -103,9 +110,8 @@ async fn a_database_made_by_the_original_upgrades_in_place_with_every_row_kept()
     assert_eq!((messages.len(), notices.len()), (3, 2));
 
     let dir = tempfile::tempdir().unwrap();
-    let out = migrate_cmd(&db, dir.path()).output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    let (code, log) = run_to_exit(migrate_cmd(&db, dir.path())).await;
+    assert_eq!(code, 0, "{log}");
     assert!(!log.contains("cannot drop columns"), "{log}");
     assert!(log.contains("upgrading a database made by the original logger"), "{log}");
 
@@ -125,9 +131,8 @@ async fn a_database_made_by_the_original_upgrades_in_place_with_every_row_kept()
     assert_eq!(view[2]["sent_at"], Value::Null);
 
     // A second start changes nothing and says nothing about the view.
-    let out = migrate_cmd(&db, dir.path()).output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    let (code, log) = run_to_exit(migrate_cmd(&db, dir.path())).await;
+    assert_eq!(code, 0, "{log}");
     assert!(!log.contains("upgrading a database made by the original"), "{log}");
     assert_eq!(rows(&db, "chat_messages").await, after_m);
 }

@@ -217,7 +217,7 @@ impl PgStore {
             .await
             .map_err(|e| self.explain(&e))?;
         if !may {
-            return Err(missing(&format!(" (role {user} has no CREATEDB)")));
+            return Err(missing(""));
         }
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
