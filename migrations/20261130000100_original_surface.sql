@@ -21,6 +21,30 @@ BEGIN
         RAISE EXCEPTION 'index idx_chat_messages_channel_time is "%", expected an index on chat_messages (channel, sent_at); drop or rename it, then start again', def;
     END IF;
 
+    -- On a fresh database of ours (no rows yet: migrations run before any write, no grants)
+    -- channel_notices is made again in the original's column order, so `SELECT *` matches it
+    -- too. One that holds rows, has grants, or that something depends on keeps its order and
+    -- gains the columns at the end.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'channel_notices'::regclass AND attname = 'tags')
+       AND NOT EXISTS (SELECT 1 FROM channel_notices) AND NOT EXISTS (SELECT 1 FROM chat_messages)
+       AND (SELECT relacl FROM pg_class WHERE oid = 'channel_notices'::regclass) IS NULL THEN
+        BEGIN
+            DROP TABLE channel_notices;
+            CREATE TABLE channel_notices (
+                id          BIGSERIAL PRIMARY KEY,
+                channel     TEXT NOT NULL,
+                msg_id      TEXT,
+                message     TEXT NOT NULL,
+                tags        JSONB NOT NULL DEFAULT '{}',
+                notice_at   TIMESTAMPTZ,
+                received_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+            );
+            CREATE INDEX idx_channel_notices_channel_received_at ON channel_notices (channel, received_at);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            NULL;
+        END;
+    END IF;
+
     -- channel_notices.tags: the notice's IRC tags.
     SELECT format_type(atttypid, atttypmod) INTO typ FROM pg_attribute
      WHERE attrelid = 'channel_notices'::regclass AND attname = 'tags' AND NOT attisdropped;
