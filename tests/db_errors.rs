@@ -306,3 +306,40 @@ async fn a_table_locked_by_another_session_is_waited_for_then_the_migration_comp
     assert_eq!(logger.wait_exit(30 * SEC).await, 0, "{}", logger.log_text());
     assert_eq!(db.count("SELECT count(*) FROM _sqlx_migrations").await, 3);
 }
+
+#[tokio::test]
+async fn a_role_that_only_writes_runs_on_a_database_its_owner_migrated() {
+    let db = TestDb::new().await;
+    twitch_chat_logger::store::postgres::PgStore::new(db.pool.clone()).migrate().await.unwrap();
+    let role = db.role("w", "pw", "").await;
+    for sql in [
+        format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+        format!("GRANT SELECT, INSERT ON chat_messages, channel_notices, dead_letters TO {role}"),
+        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&db.pool).await.unwrap();
+    }
+    let (code, log, _) = run(db_cmd(&db, &role, "pw", &["migrate"])).await;
+    assert_eq!(code, Some(0), "{log}");
+
+    // It writes messages and notices (dedupe included) with only those grants.
+    let opts = db.opts.clone().username(&role).password("pw");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+    let store = twitch_chat_logger::store::postgres::PgStore::new(pool.clone());
+    let line = "@msg-id=msg_x :tmi.twitch.tv NOTICE #chan :hello";
+    let msg =
+        twitch_irc::message::ServerMessage::try_from(twitch_irc::message::IRCMessage::parse(line).unwrap()).unwrap();
+    let Some(twitch_chat_logger::store::Record::Notice(n)) =
+        twitch_chat_logger::twitch::convert::to_record(msg, chrono::Utc::now())
+    else {
+        panic!("a notice")
+    };
+    let batch = twitch_chat_logger::store::Batch { messages: vec![], notices: vec![n] };
+    use twitch_chat_logger::store::Store;
+    store.write(&batch).await.unwrap();
+    store.write(&batch).await.unwrap();
+    pool.close().await;
+    assert_eq!(db.count("SELECT count(*) FROM channel_notices").await, 1);
+}

@@ -353,8 +353,12 @@ async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(),
     sqlx::query("SET lock_timeout = '10s'").execute(&mut *conn).await.map_err(err)?;
     let mut tx = conn.begin().await.map_err(err)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(err)?;
-    before_first_migration(&mut tx, o).await?;
-    MIGRATOR.run(&mut *tx).await.map_err(|e| explain_migrate(e, o))?;
+    // Nothing pending: the migrator is skipped, so a role that only writes (no CREATE on the
+    // schema, see the README) can run the logger on a database its owner migrated.
+    if !up_to_date(&mut tx).await.map_err(err)? {
+        before_first_migration(&mut tx, o).await?;
+        MIGRATOR.run(&mut *tx).await.map_err(|e| explain_migrate(e, o))?;
+    }
     let problems = schema_problems(&mut tx).await.map_err(err)?;
     if !problems.is_empty() {
         return Err(DbError::Fatal(format!(
@@ -363,6 +367,22 @@ async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(),
         )));
     }
     tx.commit().await.map_err(err)
+}
+
+/// Whether `_sqlx_migrations` records exactly our migrations, each applied and unchanged.
+async fn up_to_date(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    let ours: Vec<_> = MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration()).collect();
+    Ok(applied.len() == ours.len()
+        && applied.iter().zip(&ours).all(|((v, sum, ok), m)| *ok && *v == m.version && **sum == *m.checksum))
 }
 
 /// On a database our first migration has not run on (fresh, or the original's): removes what
