@@ -236,8 +236,12 @@ impl PgStore {
     }
 }
 
+/// A start-up connection. A migration that waits on a lock is expected: sqlx's slow-statement
+/// warning (which prints the whole migration text) is off here.
 async fn connect(opts: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(opts)).await {
+    use sqlx::ConnectOptions;
+    let opts = opts.clone().log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts)).await {
         Ok(r) => r,
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))),
     }
@@ -305,6 +309,9 @@ pub(crate) fn explain_error(e: &sqlx::Error, o: &PgConnectOptions) -> DbError {
                 )),
                 "3D000" => DbError::Fatal(format!(
                     "database \"{name}\" does not exist — create it with createdb -h {host} -p {port} -U {user} {name}, or let the logger create it (ALTER ROLE {user} CREATEDB)"
+                )),
+                "42501" if msg.contains("must be owner") => DbError::Fatal(format!(
+                    "{msg} (42501) — upgrading needs the tables' owner: ALTER TABLE chat_messages OWNER TO {user}; ALTER TABLE channel_notices OWNER TO {user}; ALTER VIEW v_last_messages OWNER TO {user} (or run `twitch-chat-logger migrate` once as their owner)"
                 )),
                 "42501" => DbError::Fatal(format!(
                     "{msg} (42501) — role {user} lacks a privilege: it needs CONNECT on database {name}, USAGE and CREATE on schema public, and ownership of the logger's tables (see the README)"
