@@ -107,8 +107,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     // Reading starts before the database answers: the writer holds rows (memory, then the
     // spool) until the migration below has succeeded; until then the store refuses writes.
     let store = PgStore::connect_lazy(&cfg.database)?;
-    let mut migration = Box::pin(migrate_with_retry(&store));
-    let mut migrated = false;
+    // Its own task, and a future that resolves only on failure: success must not win the main
+    // `select!` below, which would cancel (and so forget) a reload being debounced.
+    let migration = tokio::spawn({
+        let store = store.clone();
+        async move { migrate_with_retry(&store).await }
+    });
+    let mut migration_failed = Box::pin(async move {
+        match migration.await {
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("the migration task failed: {e}"),
+        }
+    });
 
     let mut reloader = match &cfg.origin {
         Origin::File(path) => Some(Reloader::new(path, &cfg.reload, None)?),
@@ -157,13 +168,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Outcome::Stopped,
-            r = &mut migration, if !migrated => match r {
-                Ok(()) => migrated = true,
-                Err(e) => {
-                    fatal = Some(e);
-                    break Outcome::Stopped;
-                }
-            },
+            e = &mut migration_failed => {
+                fatal = Some(e);
+                break Outcome::Stopped;
+            }
             new = async { reloader.as_mut().unwrap().next().await }, if reloader.is_some() => {
                 let p = rt.apply(new).await;
                 if let Some(r) = &reloader {

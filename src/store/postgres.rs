@@ -364,7 +364,8 @@ async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(),
     // schema, see the README) can run the logger on a database its owner migrated.
     if !up_to_date(&mut tx).await.map_err(err)? {
         before_first_migration(&mut tx, o).await?;
-        MIGRATOR.run(&mut *tx).await.map_err(|e| explain_migrate(e, o))?;
+        // `run_direct`: `run(&mut *tx)` is not `Send` enough to be spawned (sqlx's own workaround).
+        MIGRATOR.run_direct(None, &mut *tx, false).await.map_err(|e| explain_migrate(e, o))?;
     }
     let problems = schema_problems(&mut tx).await.map_err(err)?;
     if !problems.is_empty() {
