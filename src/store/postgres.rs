@@ -338,7 +338,7 @@ fn explain_migrate(e: sqlx::migrate::MigrateError, o: &PgConnectOptions) -> DbEr
             }
         },
         M::VersionMissing(v) => DbError::Fatal(format!(
-            "the database has migration {v}, which this version does not know: a newer twitch-chat-logger migrated it — run that version or a newer one"
+            "the database has migration {v} in _sqlx_migrations, which this version does not know — a newer twitch-chat-logger migrated it (run that version or a newer one), or another application shares this database (give the logger a database of its own)"
         )),
         M::VersionMismatch(v) => DbError::Fatal(format!(
             "migration {v} was applied from a different text than this version's (checksum differs in _sqlx_migrations) — run the version that applied it, or restore the original migration"
