@@ -11,7 +11,7 @@ use crate::config::{Config, Origin};
 use crate::http;
 use crate::metrics::{AccountView, Observed};
 use crate::reload::{self, watch::Reloader, Plan};
-use crate::store::postgres::{describe, PgStore};
+use crate::store::postgres::{DbError, PgStore};
 use crate::store::writer::{self, Writer};
 use crate::twitch::client::{AccountHandle, ClientEvent};
 use crate::twitch::transport;
@@ -104,13 +104,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     transport::set_server(cfg.twitch.server.clone());
     let mut shutdown = Box::pin(shutdown_signal());
 
+    // Reading starts before the database answers: the writer holds rows (memory, then the
+    // spool) until the migration below has succeeded; until then the store refuses writes.
     let store = PgStore::connect_lazy(&cfg.database)?;
-    let pool = store.pool().clone();
-    let what = describe(&cfg.database);
-    tokio::select! {
-        r = migrate_with_retry(&store, &what) => r?,
-        _ = &mut shutdown => return Ok(Outcome::Stopped),
-    }
+    // Its own task, and a future that resolves only on failure: success must not win the main
+    // `select!` below, which would cancel (and so forget) a reload being debounced.
+    let migration = tokio::spawn({
+        let store = store.clone();
+        async move { migrate_with_retry(&store).await }
+    });
+    let mut migration_failed = Box::pin(async move {
+        match migration.await {
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("the migration task failed: {e}"),
+        }
+    });
 
     let mut reloader = match &cfg.origin {
         Origin::File(path) => Some(Reloader::new(path, &cfg.reload, None)?),
@@ -128,7 +137,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
 
-    let writer = writer::spawn(Arc::new(store), cfg.batch.clone()).with_context(|| {
+    let writer = writer::spawn(Arc::new(store.clone()), cfg.batch.clone()).with_context(|| {
         format!("cannot open the spool directory {} (batch.spool_dir)", cfg.batch.spool_dir.display())
     })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -139,7 +148,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
             accounts: views.clone(),
             reloads: reloader.as_ref().map_or_else(Default::default, |r| r.stats.clone()),
         };
-        let bound = http::serve(addr, observed, pool).await?;
+        let bound = http::serve(addr, observed, store.clone()).await?;
         tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
     }
     transport::set_record_sink(Some(writer.sender.clone()));
@@ -154,9 +163,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         "logging chat"
     );
 
+    // A database problem that waiting will not fix ends the run (after writing out what was read).
+    let mut fatal = None;
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Outcome::Stopped,
+            e = &mut migration_failed => {
+                fatal = Some(e);
+                break Outcome::Stopped;
+            }
             new = async { reloader.as_mut().unwrap().next().await }, if reloader.is_some() => {
                 let p = rt.apply(new).await;
                 if let Some(r) = &reloader {
@@ -181,7 +196,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     };
     tracing::info!("stopping: no more reading; writing out everything received");
     stop(rt.accounts, rt.writer).await;
-    Ok(outcome)
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
 }
 
 /// Stops every client (each hands over what it read), then lets the writer finish the queue.
@@ -204,9 +222,12 @@ async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) {
     );
 }
 
-/// Applies migrations, waiting for the database to come up. Wrong credentials or a missing
-/// database are configuration errors and end the wait.
-pub async fn migrate_with_retry(store: &PgStore, what: &str) -> anyhow::Result<()> {
+/// Applies migrations, waiting for the database only while waiting can help (connection
+/// refused, timeout, DNS failure, the server starting up), logged in those words. Anything else
+/// (wrong password, missing role, a migration's SQL error …) ends the wait with one line that
+/// says what to do.
+pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
+    let what = store.target();
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0u32;
     loop {
@@ -216,30 +237,20 @@ pub async fn migrate_with_retry(store: &PgStore, what: &str) -> anyhow::Result<(
                 tracing::info!(database = %what, "database ready, schema up to date");
                 return Ok(());
             }
-            Err(e) => {
-                if let Some(code) = fatal_code(&e) {
-                    return Err(anyhow::anyhow!("{e}")).context(format!(
-                        "cannot use database {what} ({code}); check POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB or [database]"
-                    ));
-                }
+            Err(DbError::Fatal(why)) => {
+                store.set_not_ready(&why);
+                return Err(anyhow::anyhow!("{why}"));
+            }
+            Err(DbError::Transient(why)) => {
+                store.set_not_ready(&format!("waiting for the database: {why}"));
                 if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(database = %what, attempt, "database not reachable yet, retrying: {e}");
+                    tracing::warn!(database = %what, attempt, "database not ready yet ({why}); retrying in {delay:?}");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-}
-
-fn fatal_code(e: &sqlx::migrate::MigrateError) -> Option<String> {
-    let sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) = e else {
-        let text = e.to_string();
-        // Connection-time auth errors arrive wrapped; match them by SQLSTATE in the text.
-        return ["28P01", "28000", "3D000"].iter().find(|c| text.contains(*c)).map(|c| c.to_string());
-    };
-    let code = db.code()?.to_string();
-    (code.starts_with("28") || code == "3D000").then_some(code)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,26 +1,26 @@
-//! The HTTP listener: `/healthz` (the process answers), `/readyz` (database reachable and every
-//! account connected or deliberately stopped), `/metrics` (Prometheus text format).
+//! The HTTP listener: `/healthz` (the process answers), `/readyz` (schema migrated, database
+//! reachable, and every account connected or deliberately stopped), `/metrics` (Prometheus text format).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::metrics::Observed;
+use crate::store::postgres::PgStore;
 
 #[derive(Clone)]
 struct AppState {
     observed: Observed,
-    pool: PgPool,
+    store: PgStore,
 }
 
 /// Binds `addr` and serves until the process ends. Binding errors are returned (a port in
 /// use is a start-up error, not a silent absence of health checks).
-pub async fn serve(addr: SocketAddr, observed: Observed, pool: PgPool) -> anyhow::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, observed: Observed, store: PgStore) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ({e}); set [http] listen / HTTP_LISTEN to a free address, or \"off\"")
     })?;
@@ -29,7 +29,7 @@ pub async fn serve(addr: SocketAddr, observed: Observed, pool: PgPool) -> anyhow
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { observed, pool });
+        .with_state(AppState { observed, store });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the HTTP listener stopped: {e}");
@@ -40,9 +40,13 @@ pub async fn serve(addr: SocketAddr, observed: Observed, pool: PgPool) -> anyhow
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let mut problems = Vec::new();
-    let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool)).await;
-    if !matches!(ping, Ok(Ok(_))) {
-        problems.push("database unreachable".to_string());
+    if let Err(why) = s.store.schema_ready() {
+        problems.push(format!("database not ready: {why}"));
+    } else {
+        let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(s.store.pool())).await;
+        if !matches!(ping, Ok(Ok(_))) {
+            problems.push("database unreachable".to_string());
+        }
     }
     for account in s.observed.accounts_not_ready() {
         problems.push(format!("account {account} not connected"));

@@ -9,7 +9,7 @@ use tracing_subscriber::prelude::*;
 use twitch_chat_logger::app::{self, Outcome};
 use twitch_chat_logger::config::{self, env::process_env, render::render, LogConfig, LogFormat};
 use twitch_chat_logger::http;
-use twitch_chat_logger::store::postgres::{describe, PgStore};
+use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
 
 // Many small allocations from several threads (twitch-irc's parse, our rows): glibc's malloc
 // spent over 40% of the logger's CPU under load; mimalloc does not.
@@ -35,7 +35,11 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Validate the config and environment, print the effective config (secrets redacted).
-    Check,
+    Check {
+        /// Also log in to the database once (no retry; nothing is created or migrated).
+        #[arg(long)]
+        connect: bool,
+    },
     /// Exit 0 if the running logger's /healthz answers (for Docker's HEALTHCHECK). Reads only
     /// the address: --listen, else HTTP_LISTEN, else `[http] listen` of the config file if
     /// readable, else 127.0.0.1:8080; the rest of the config is not checked.
@@ -100,9 +104,12 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
+        Command::Check { connect } => {
             print!("{}", render(&cfg));
             println!("\n# OK: the configuration is valid");
+            if connect {
+                return check_connect(&cfg.database).await;
+            }
             ExitCode::SUCCESS
         }
         Command::Healthcheck { .. } => unreachable!("answered before the config is loaded"),
@@ -110,7 +117,7 @@ async fn main() -> ExitCode {
             init_logging(&cfg.log);
             let result = async {
                 let store = PgStore::connect_lazy(&cfg.database)?;
-                app::migrate_with_retry(&store, &describe(&cfg.database)).await
+                app::migrate_with_retry(&store).await
             }
             .await;
             match result {
@@ -131,6 +138,33 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `check --connect`: logs in to the database once and says whether the schema is current.
+async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
+    let store = match PgStore::connect_lazy(db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("database: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.probe_login().await {
+        Ok((version, applied)) => {
+            let total = MIGRATOR.iter().count();
+            let schema = if applied >= total {
+                "schema up to date".to_string()
+            } else {
+                format!("{applied} of {total} migrations applied (the logger applies the rest at start-up)")
+            };
+            println!("# OK: logged in to {} (PostgreSQL {version}); {schema}", store.target());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("database {}: {e}", store.target());
+            ExitCode::FAILURE
         }
     }
 }

@@ -66,6 +66,18 @@ pub struct ChannelNotice {
     pub message: String,
     /// When this process read the line.
     pub received_at: DateTime<Utc>,
+    /// The notice's IRC tags as JSON object text (tag → value), as the original stored them.
+    /// Empty in records spooled before this field existed (stored as `{}`).
+    #[serde(default)]
+    pub tags: String,
+    /// The notice's time: Twitch's `tmi-sent-ts` when it carries one, else `received_at`.
+    #[serde(default)]
+    pub notice_at: Option<DateTime<Utc>>,
+    /// Dedupe key, fixed when the line is read (UUID v5 of content and receive time), so a
+    /// retried batch or a spool replay stores the notice once. Empty in records spooled before
+    /// this field existed (stored without a key, as before).
+    #[serde(default)]
+    pub key: String,
 }
 
 /// What the clients hand to the writer.

@@ -1,9 +1,13 @@
-//! PostgreSQL behind the [`Store`] seam: connection options, migrations, set-based inserts.
+//! PostgreSQL behind the [`Store`] seam: connection options, start-up (connect, create a missing
+//! database, migrate, check the schema), set-based inserts.
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Batch, ChannelNotice, ChatMessage, Record, Store, StoreError, WriteReport};
@@ -11,6 +15,16 @@ use crate::config::DatabaseConfig;
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The first migration: before it is recorded, the database may be the original logger's.
+const FIRST_MIGRATION: i64 = 20261129000001;
+/// Longest wait for a connection at start-up: a server that accepts TCP but never answers
+/// (stopped, overloaded) counts as a timeout, and is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a start-up migration may take before it is abandoned (rolled back) and retried.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Transaction-level advisory lock: two loggers starting at once migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x7463_6c5f_6d69_6772; // "tcl_migr"
 
 /// Connection options from the config. No connection string is built from the parts, so a
 /// password with `@`, `/`, `:` or `%` needs no escaping.
@@ -32,31 +46,68 @@ pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions>
 
 /// Where the database is, for log lines: never the password.
 pub fn describe(cfg: &DatabaseConfig) -> String {
-    match cfg {
-        DatabaseConfig::Url(_) => "database.url".to_string(),
-        DatabaseConfig::Fields { host, port, name, user, .. } => format!("{user}@{host}:{port}/{name}"),
+    match connect_options(cfg) {
+        Ok(o) => target(&o),
+        Err(_) => "database.url".to_string(),
     }
+}
+
+/// `user@host:port/name` (the name PostgreSQL uses when none is given: the user's).
+fn target(o: &PgConnectOptions) -> String {
+    format!("{}@{}:{}/{}", o.get_username(), o.get_host(), o.get_port(), db_name(o))
+}
+
+fn db_name(o: &PgConnectOptions) -> &str {
+    o.get_database().unwrap_or(o.get_username())
+}
+
+/// Why the database cannot be used, as one line that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    /// Waiting may fix it: connection refused, timeout, DNS failure, the server starting up.
+    #[error("{0}")]
+    Transient(String),
+    /// Waiting will not fix it (wrong password, missing role, a migration's SQL error, a schema
+    /// that differs from what the logger writes). The text names the problem and the fix; the
+    /// server's message is part of it, so there is no separate source.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Until migrations have succeeded the store refuses to write (the writer keeps the rows in
+/// memory and the spool), so that reading can start before the database answers.
+#[derive(Debug)]
+struct Gate {
+    open: AtomicBool,
+    why: Mutex<String>,
 }
 
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    opts: PgConnectOptions,
+    gate: Arc<Gate>,
 }
 
 impl PgStore {
-    /// Wraps a pool.
+    /// Wraps a pool of an already migrated database: writes are allowed at once.
     pub fn new(pool: PgPool) -> Self {
-        PgStore { pool }
+        let opts = (*pool.connect_options()).clone();
+        let gate = Gate { open: AtomicBool::new(true), why: Mutex::new(String::new()) };
+        PgStore { pool, opts, gate: Arc::new(gate) }
     }
 
-    /// Makes a pool (connections are opened lazily and re-opened after failures).
+    /// Makes a pool (connections are opened lazily and re-opened after failures). Writes wait
+    /// for [`PgStore::migrate`] to succeed.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        let opts = connect_options(cfg)?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(connect_options(cfg)?);
-        Ok(PgStore { pool })
+            .connect_lazy_with(opts.clone());
+        let gate = Gate { open: AtomicBool::new(false), why: Mutex::new("not connected yet".to_string()) };
+        Ok(PgStore { pool, opts, gate: Arc::new(gate) })
     }
 
     /// The pool, for migrations and health checks.
@@ -64,11 +115,444 @@ impl PgStore {
         &self.pool
     }
 
-    /// Applies pending migrations. A database made by the original's `init.sql` is upgraded in
-    /// place: the first migration only adds what is missing.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+    /// `user@host:port/name`, for log lines (no password).
+    pub fn target(&self) -> String {
+        target(&self.opts)
     }
+
+    /// `Ok` once migrations have succeeded; else why not yet (for `/readyz`).
+    pub fn schema_ready(&self) -> Result<(), String> {
+        if self.gate.open.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self.gate.why.lock().expect("gate lock").clone())
+        }
+    }
+
+    /// Records why the schema is not ready yet (shown by `/readyz`).
+    pub fn set_not_ready(&self, why: &str) {
+        *self.gate.why.lock().expect("gate lock") = why.to_string();
+    }
+
+    fn gate(&self) -> Result<(), StoreError> {
+        self.schema_ready().map_err(|why| StoreError::Unavailable(format!("database schema not ready yet: {why}")))
+    }
+
+    /// Connects (creating the database if it is missing and the role may), applies pending
+    /// migrations, and checks that the tables have the shape the logger writes; then opens the
+    /// store for writing. All in one transaction: on failure the database is left as it was.
+    ///
+    /// A database made by the original logger's `init.sql` is upgraded in place: its view
+    /// (which our first migration cannot replace) is dropped first and recreated by the last.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let mut conn = self.connect_creating().await?;
+        self.set_not_ready("applying migrations");
+        // A migration blocked for good (a hung server mid-way) is given up and tried again; a
+        // lock another session holds gives up sooner (lock_timeout in `migrate_on`).
+        let result = match tokio::time::timeout(MIGRATION_TIMEOUT, migrate_on(&mut conn, &self.opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Transient(format!(
+                "timeout: the migration did not finish within {MIGRATION_TIMEOUT:?} at {}",
+                self.target()
+            ))),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        result?;
+        self.gate.open.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Connects and logs in once, without retrying or creating anything (`check --connect`).
+    /// Returns the server's version and how many of our migrations it has.
+    pub async fn probe_login(&self) -> Result<(String, usize), DbError> {
+        let mut conn = connect(&self.opts).await.map_err(|e| self.explain(&e))?;
+        let version: String =
+            sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await.map_err(|e| self.explain(&e))?;
+        let applied: i64 = if sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| self.explain(&e))?
+        {
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| self.explain(&e))?
+        } else {
+            0
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        Ok((version, applied as usize))
+    }
+
+    /// One connection for the migration; a missing database is created when the role may.
+    async fn connect_creating(&self) -> Result<PgConnection, DbError> {
+        match connect(&self.opts).await {
+            Ok(c) => Ok(c),
+            Err(e) if sql_state(&e).as_deref() == Some("3D000") => {
+                self.create_database().await?;
+                connect(&self.opts).await.map_err(|e| self.explain(&e))
+            }
+            Err(e) => Err(self.explain(&e)),
+        }
+    }
+
+    async fn create_database(&self) -> Result<(), DbError> {
+        let (name, user) = (db_name(&self.opts), self.opts.get_username());
+        let missing = |why: &str| {
+            DbError::Fatal(format!(
+                "database \"{name}\" does not exist — create it with createdb -h {} -p {} -U {user} {name}, or let the logger create it (ALTER ROLE {user} CREATEDB){why}",
+                self.opts.get_host(),
+                self.opts.get_port()
+            ))
+        };
+        // Any database will do to run CREATE DATABASE from; these two exist in every cluster.
+        let mut conn = match connect(&self.opts.clone().database("postgres")).await {
+            Ok(c) => c,
+            Err(_) => connect(&self.opts.clone().database("template1"))
+                .await
+                .map_err(|e| missing(&format!(" (cannot check whether role {user} may: {})", self.explain(&e))))?,
+        };
+        let may: bool = sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        if !may {
+            return Err(missing(""));
+        }
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+            Ok(_) => tracing::info!("database \"{name}\" did not exist; created it (role {user} may create databases)"),
+            // Another logger created it meanwhile.
+            Err(e) if sql_state(&e).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(missing(&format!(" (creating it failed: {})", self.explain(&e)))),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        Ok(())
+    }
+
+    /// Says what a connection-time error means and whether waiting can fix it.
+    fn explain(&self, e: &sqlx::Error) -> DbError {
+        explain_error(e, &self.opts)
+    }
+}
+
+/// A start-up connection. A migration that waits on a lock is expected: sqlx's slow-statement
+/// warning (which prints the whole migration text) is off here.
+async fn connect(opts: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    let opts = opts.clone().log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))),
+    }
+}
+
+fn sql_state(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+        _ => None,
+    }
+}
+
+/// The server's message with its detail and hint, when it gave them.
+fn server_message(db: &dyn sqlx::error::DatabaseError) -> String {
+    let mut m = db.message().to_string();
+    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+        if let Some(d) = pg.detail() {
+            m.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = pg.hint() {
+            m.push_str(&format!(" (hint: {h})"));
+        }
+    }
+    m
+}
+
+/// Maps an error from connecting or from a statement at start-up to what it means.
+pub(crate) fn explain_error(e: &sqlx::Error, o: &PgConnectOptions) -> DbError {
+    let (host, port, user, name) = (o.get_host(), o.get_port(), o.get_username(), db_name(o));
+    let at = format!("{host}:{port}");
+    match e {
+        sqlx::Error::Io(io) => {
+            let text = io.to_string();
+            DbError::Transient(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => format!("connection refused by {at} (is PostgreSQL running?)"),
+                std::io::ErrorKind::TimedOut => format!("timeout: no answer from {at} within {CONNECT_TIMEOUT:?}"),
+                _ if text.contains("lookup") || text.contains("resolve") || text.contains("not known") => {
+                    format!("DNS failure: cannot resolve host {host} ({text})")
+                }
+                _ => format!("network error talking to {at}: {text}"),
+            })
+        }
+        sqlx::Error::PoolTimedOut => DbError::Transient(format!("timeout: no connection to {at}")),
+        sqlx::Error::Tls(t) => DbError::Fatal(format!(
+            "TLS with {at} failed: {t} — check sslmode in DATABASE_URL (e.g. ?sslmode=disable for a server without TLS)"
+        )),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let msg = server_message(db.as_ref());
+            match code.as_str() {
+                // cannot_connect_now: starting up, shutting down, in recovery.
+                "57P03" | "57P01" | "57P02" | "53300" => DbError::Transient(format!("{msg} ({code})")),
+                "55P03" => DbError::Transient(format!(
+                    "{msg} (55P03): another session holds a lock the migration needs (see pg_locks)"
+                )),
+                c if c.starts_with("08") => DbError::Transient(format!("{msg} ({code})")),
+                "28P01" => DbError::Fatal(format!(
+                    "wrong password for role \"{user}\" at {at}, or no such role (28P01) — set POSTGRES_USER / POSTGRES_PASSWORD (or [database] password / password_file, or the password in DATABASE_URL)"
+                )),
+                "28000" if msg.contains("does not exist") => DbError::Fatal(format!(
+                    "role \"{user}\" does not exist at {at} (28000) — create it (createuser -h {host} -p {port} -U postgres --pwprompt {user}) or set POSTGRES_USER to an existing role"
+                )),
+                "28000" => DbError::Fatal(format!(
+                    "{at} refused the connection: {msg} (28000) — allow this host, user and database in the server's pg_hba.conf"
+                )),
+                "3D000" => DbError::Fatal(format!(
+                    "database \"{name}\" does not exist — create it with createdb -h {host} -p {port} -U {user} {name}, or let the logger create it (ALTER ROLE {user} CREATEDB)"
+                )),
+                "42501" if msg.contains("must be owner") => DbError::Fatal(format!(
+                    "{msg} (42501) — upgrading needs the tables' owner: ALTER TABLE chat_messages OWNER TO {user}; ALTER TABLE channel_notices OWNER TO {user}; ALTER VIEW v_last_messages OWNER TO {user} (or run `twitch-chat-logger migrate` once as their owner)"
+                )),
+                "42501" => DbError::Fatal(format!(
+                    "{msg} (42501) — role {user} lacks a privilege: it needs CONNECT on database {name}, USAGE and CREATE on schema public, and ownership of the logger's tables (see the README)"
+                )),
+                _ => DbError::Fatal(format!("{msg} ({code})")),
+            }
+        }
+        other => DbError::Fatal(format!("cannot use the database at {at}: {other}")),
+    }
+}
+
+/// Maps a migration failure: lost connections are retried, everything else is not.
+fn explain_migrate(e: sqlx::migrate::MigrateError, o: &PgConnectOptions) -> DbError {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(e) => explain_error(&e, o),
+        M::ExecuteMigration(e, version) => match explain_error(&e, o) {
+            t @ DbError::Transient(_) => t,
+            DbError::Fatal(why) => {
+                let name = MIGRATOR.iter().find(|m| m.version == version).map(|m| m.description.to_string()).unwrap_or_default();
+                DbError::Fatal(format!(
+                    "migration {version} ({name}) failed: {why} — nothing was changed (the migration runs in one transaction); fix what it names, then start again"
+                ))
+            }
+        },
+        M::VersionMissing(v) => DbError::Fatal(format!(
+            "the database has migration {v} in _sqlx_migrations, which this version does not know — a newer twitch-chat-logger migrated it (run that version or a newer one), or another application shares this database (give the logger a database of its own)"
+        )),
+        M::VersionMismatch(v) => DbError::Fatal(format!(
+            "migration {v} was applied from a different text than this version's (checksum differs in _sqlx_migrations) — run the version that applied it, or restore the original migration"
+        )),
+        M::Dirty(v) => DbError::Fatal(format!(
+            "migration {v} is marked as failed in _sqlx_migrations — check the schema, then delete that row and start again"
+        )),
+        other => DbError::Fatal(format!("migrating failed: {other}")),
+    }
+}
+
+/// Everything start-up does to the schema, in one transaction on `conn`.
+async fn migrate_on(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(), DbError> {
+    let err = |e: sqlx::Error| explain_error(&e, o);
+    // sqlx's "relation _sqlx_migrations already exists, skipping" and the like are noise.
+    sqlx::query("SET client_min_messages = warning").execute(&mut *conn).await.map_err(err)?;
+    // A table locked by another session (a long query, an open transaction) is waited for a
+    // while, then the migration is retried from the start.
+    sqlx::query("SET lock_timeout = '10s'").execute(&mut *conn).await.map_err(err)?;
+    let mut tx = conn.begin().await.map_err(err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(err)?;
+    // Nothing pending: the migrator is skipped, so a role that only writes (no CREATE on the
+    // schema, see the README) can run the logger on a database its owner migrated.
+    if !up_to_date(&mut tx).await.map_err(err)? {
+        before_first_migration(&mut tx, o).await?;
+        // `run_direct`: `run(&mut *tx)` is not `Send` enough to be spawned (sqlx's own workaround).
+        MIGRATOR.run_direct(None, &mut *tx, false).await.map_err(|e| explain_migrate(e, o))?;
+    }
+    let problems = schema_problems(&mut tx).await.map_err(err)?;
+    if !problems.is_empty() {
+        return Err(DbError::Fatal(format!(
+            "the database's tables differ from what the logger writes: {} — fix these, then start again (nothing was changed)",
+            problems.join("; ")
+        )));
+    }
+    tx.commit().await.map_err(err)
+}
+
+/// Whether `_sqlx_migrations` records exactly our migrations, each applied and unchanged.
+async fn up_to_date(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    let ours: Vec<_> = MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration()).collect();
+    Ok(applied.len() == ours.len()
+        && applied.iter().zip(&ours).all(|((v, sum, ok), m)| *ok && *v == m.version && **sum == *m.checksum))
+}
+
+/// On a database our first migration has not run on (fresh, or the original's): removes what
+/// would make it fail. The original's `v_last_messages` has every column; our first migration
+/// replaces it with fewer, which PostgreSQL refuses ("cannot drop columns from view"). The view
+/// holds no data, and the last migration recreates it with the original's definition.
+async fn before_first_migration(conn: &mut PgConnection, o: &PgConnectOptions) -> Result<(), DbError> {
+    let err = |e: sqlx::Error| explain_error(&e, o);
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+    if has_table {
+        let applied: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
+            .bind(FIRST_MIGRATION)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err)?;
+        if applied {
+            return Ok(());
+        }
+    }
+    let kind: Option<String> =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = to_regclass('v_last_messages')")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err)?;
+    match kind.as_deref() {
+        None => Ok(()),
+        Some("v") => {
+            tracing::info!("upgrading a database made by the original logger: its view v_last_messages is recreated with the same definition");
+            // In a savepoint: the failure is reported with its reason, not as an aborted transaction.
+            let mut sp = conn.begin().await.map_err(err)?;
+            match sqlx::query("DROP VIEW v_last_messages").execute(&mut *sp).await {
+                Ok(_) => sp.commit().await.map_err(err),
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2BP01") => Err(DbError::Fatal(format!(
+                    "view v_last_messages must be replaced to upgrade this database, but other objects depend on it: {} — drop them, start the logger (or run `twitch-chat-logger migrate`), then recreate them",
+                    server_message(db.as_ref())
+                ))),
+                Err(e) => Err(DbError::Fatal(format!("cannot replace view v_last_messages: {}", err(e)))),
+            }
+        }
+        Some(k) => Err(DbError::Fatal(format!(
+            "v_last_messages is a {} but the logger's schema needs a view there — rename it (ALTER TABLE v_last_messages RENAME TO v_last_messages_old), then start again",
+            match k {
+                "r" | "p" => "table",
+                "m" => "materialized view",
+                "S" => "sequence",
+                "f" => "foreign table",
+                _ => "relation other than a view",
+            }
+        ))),
+    }
+}
+
+/// Accepted types per column (as `format_type` prints them; a prefix for `character varying`).
+const TEXT: &[&str] = &["text", "character varying"];
+const INT: &[&str] = &["integer", "bigint"];
+const BOOL: &[&str] = &["boolean"];
+const JSONB: &[&str] = &["jsonb"];
+const TIME: &[&str] = &["timestamp with time zone", "timestamp without time zone"];
+const UUID: &[&str] = &["uuid"];
+
+/// The columns the logger writes, per table.
+type Columns = &'static [(&'static str, &'static [&'static str])];
+const WRITTEN: &[(&str, Columns)] = &[
+    (
+        "chat_messages",
+        &[
+            ("message_id", TEXT),
+            ("channel", TEXT),
+            ("room_id", TEXT),
+            ("user_id", TEXT),
+            ("username", TEXT),
+            ("display_name", TEXT),
+            ("text", TEXT),
+            ("badges", JSONB),
+            ("color", TEXT),
+            ("is_mod", BOOL),
+            ("is_subscriber", BOOL),
+            ("bits", INT),
+            ("is_action", BOOL),
+            ("emotes", TEXT),
+            ("first_msg", BOOL),
+            ("reply_parent_msg_id", TEXT),
+            ("reply_parent_user_login", TEXT),
+            ("sent_at", TIME),
+            ("received_at", TIME),
+        ],
+    ),
+    (
+        "channel_notices",
+        &[
+            ("channel", TEXT),
+            ("msg_id", TEXT),
+            ("message", TEXT),
+            ("received_at", TIME),
+            ("tags", JSONB),
+            ("notice_at", TIME),
+            ("notice_key", UUID),
+        ],
+    ),
+    ("dead_letters", &[("kind", TEXT), ("payload", TEXT), ("error", TEXT), ("received_at", TIME)]),
+];
+
+/// Differences between the tables and what the logger's inserts need: a missing or retyped
+/// column, a NOT NULL column without default that the logger does not fill, a missing unique
+/// index for `ON CONFLICT`. Each would make every write fail.
+async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.relname::text AS t, a.attname::text AS col, format_type(a.atttypid, a.atttypmod) AS typ,
+                a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AS needs_value
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         WHERE c.oid IN (to_regclass('chat_messages'), to_regclass('channel_notices'), to_regclass('dead_letters'))
+           AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut problems = Vec::new();
+    for (table, cols) in WRITTEN {
+        let have: Vec<_> = rows.iter().filter(|r| r.get::<String, _>("t") == *table).collect();
+        if have.is_empty() {
+            problems.push(format!("table {table} is missing"));
+            continue;
+        }
+        for (col, types) in cols.iter() {
+            match have.iter().find(|r| r.get::<String, _>("col") == *col) {
+                None => problems.push(format!("column {table}.{col} is missing (expected {})", types[0])),
+                Some(r) => {
+                    let typ: String = r.get("typ");
+                    if !types.iter().any(|t| typ.starts_with(t)) {
+                        problems.push(format!("column {table}.{col} is {typ}, expected {}", types[0]));
+                    }
+                }
+            }
+        }
+        for r in &have {
+            let col: String = r.get("col");
+            if r.get::<bool, _>("needs_value") && !cols.iter().any(|(c, _)| *c == col) {
+                problems.push(format!(
+                    "column {table}.{col} is NOT NULL without a default, and the logger does not fill it (give it a default or drop NOT NULL)"
+                ));
+            }
+        }
+    }
+    for (table, col) in [("chat_messages", "message_id"), ("channel_notices", "notice_key")] {
+        let unique: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
+               AND i.indexprs IS NULL AND a.attname = $2)",
+        )
+        .bind(table)
+        .bind(col)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !unique && !problems.iter().any(|p| p.starts_with(&format!("table {table} "))) {
+            problems.push(format!(
+                "{table} has no unique index on ({col}) alone, which the logger's ON CONFLICT needs (CREATE UNIQUE INDEX ON {table} ({col}))"
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// Connection-level failures are retried; anything the server said about the data is not.
@@ -99,9 +583,14 @@ FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
     AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra)
 ON CONFLICT (message_id) DO NOTHING";
 
+// Deduplicated on the key fixed when the line was read; records spooled by older versions
+// carry no key (NULL never conflicts) and an empty `tags` (stored as `{}`).
 const INSERT_NOTICES: &str = "
-INSERT INTO channel_notices (channel, msg_id, message, received_at)
-SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])";
+INSERT INTO channel_notices (channel, msg_id, message, received_at, tags, notice_at, notice_key)
+SELECT c, m, t, r, COALESCE(tg, '{}')::jsonb, COALESCE(na, r), k::uuid
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[], $7::text[])
+    AS x(c, m, t, r, tg, na, k)
+ON CONFLICT (notice_key) DO NOTHING";
 
 /// Batches at least this large are written on two connections at once: PostgreSQL spends
 /// most of the time per row on its side, so a second backend nearly doubles throughput.
@@ -110,6 +599,7 @@ const PARALLEL_MIN: usize = 1000;
 impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
+        self.gate()?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
         if !ms.is_empty() {
@@ -157,6 +647,9 @@ impl PgStore {
                 .bind(ns.iter().map(|n| n.msg_id.as_deref()).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| n.message.as_str()).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| n.received_at).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| Some(n.tags.as_str()).filter(|t| !t.is_empty())).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| n.notice_at).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| Some(n.key.as_str()).filter(|k| !k.is_empty())).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -196,6 +689,7 @@ impl Store for PgStore {
     }
 
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
+        self.gate()?;
         let (kind, received_at) = match record {
             Record::Message(m) => ("chat_message", m.received_at),
             Record::Notice(n) => ("channel_notice", n.received_at),
@@ -211,5 +705,48 @@ impl Store for PgStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> PgConnectOptions {
+        PgConnectOptions::new_without_pgpass().host("db.example").port(5432).username("bot").database("twitch")
+    }
+
+    #[test]
+    fn network_failures_are_transient_and_named_in_plain_words() {
+        let io = |kind, text: &str| sqlx::Error::Io(std::io::Error::new(kind, text.to_string()));
+        let cases = [
+            (io(std::io::ErrorKind::ConnectionRefused, "refused"), "connection refused by db.example:5432"),
+            (io(std::io::ErrorKind::TimedOut, "no answer"), "timeout: no answer from db.example:5432"),
+            (
+                io(std::io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+                "DNS failure: cannot resolve host db.example",
+            ),
+        ];
+        for (e, want) in cases {
+            match explain_error(&e, &opts()) {
+                DbError::Transient(m) => assert!(m.starts_with(want), "{m}"),
+                f => panic!("{f:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn migration_bookkeeping_errors_are_fatal_and_say_what_to_do() {
+        use sqlx::migrate::MigrateError as M;
+        for (e, want) in [
+            (M::VersionMissing(29990101000000), "a newer twitch-chat-logger migrated it"),
+            (M::VersionMismatch(FIRST_MIGRATION), "checksum differs"),
+            (M::Dirty(FIRST_MIGRATION), "marked as failed"),
+        ] {
+            match explain_migrate(e, &opts()) {
+                DbError::Fatal(m) => assert!(m.contains(want), "{m}"),
+                t => panic!("{t:?}"),
+            }
+        }
     }
 }

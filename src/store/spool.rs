@@ -197,6 +197,9 @@ mod tests {
             msg_id: Some(i.to_string()),
             message: format!("n{i}"),
             received_at: Utc::now(),
+            tags: "{}".into(),
+            notice_at: None,
+            key: String::new(),
         })
     }
 

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use fake_twitch::{privmsg, FakeTwitch};
 
-/// A database of the test's own.
+/// A database of the test's own, dropped (with the roles and other databases registered on
+/// it) when the test ends, pass or fail. `KEEP_TEST_DBS=1` keeps them for a post-mortem.
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
     pub opts: PgConnectOptions,
+    cleanup: Mutex<Vec<String>>,
 }
 
 fn admin_url() -> String {
@@ -41,7 +43,22 @@ impl TestDb {
         let mut url = url::Url::parse(&admin_url()).unwrap();
         url.set_path(&name);
         let pool = PgPoolOptions::new().max_connections(3).connect_with(opts.clone()).await.unwrap();
-        TestDb { name, url: url.to_string(), pool, opts }
+        TestDb { name, url: url.to_string(), pool, opts, cleanup: Mutex::new(Vec::new()) }
+    }
+
+    /// Drops database `name` too when this one is dropped (one the test made the logger create).
+    pub fn also_drop_database(&self, name: &str) {
+        self.cleanup.lock().unwrap().push(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+    }
+
+    /// Creates a login role unique to this test, dropped with the database; returns its name.
+    /// `attrs` are extra role attributes, e.g. `CREATEDB`.
+    pub async fn role(&self, suffix: &str, password: &str, attrs: &str) -> String {
+        let role = format!("r_{}_{suffix}", self.name);
+        let sql = format!("CREATE ROLE {role} LOGIN PASSWORD '{}' {attrs}", password.replace('\'', "''"));
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool).await.unwrap();
+        self.cleanup.lock().unwrap().push(format!("DROP ROLE IF EXISTS {role}"));
+        role
     }
 
     /// The original's POSTGRES_* variables for this database.
@@ -56,8 +73,19 @@ impl TestDb {
         ]
     }
 
+    /// Runs a count. The logger reads Twitch before its migrations are done, so a table may not
+    /// exist yet right after a join: that waits (up to 10 s) instead of failing.
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.unwrap()
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await {
+                Ok(n) => return n,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") && Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
     }
 
     /// Waits until `sql` (a count) reaches `n`; panics after `timeout`.
@@ -74,6 +102,44 @@ impl TestDb {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_DBS").is_some() {
+            return;
+        }
+        // Databases first (a role cannot be dropped while it owns one); FORCE ends the sessions
+        // a logger or this pool still holds.
+        let mut sqls = vec![format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)];
+        let extra = std::mem::take(&mut *self.cleanup.lock().unwrap());
+        sqls.extend(extra.iter().filter(|s| s.starts_with("DROP DATABASE")).cloned());
+        sqls.extend(extra.into_iter().filter(|s| !s.starts_with("DROP DATABASE")));
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut sqls = sqls;
+                let Ok(mut conn) = PgConnectOptions::from_str(&admin_url()).unwrap().connect().await else { return };
+                // Roles a test made by hand, named after its database (unique per test run).
+                let roles: Vec<String> =
+                    sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE strpos(rolname, $1) > 0")
+                        .bind(&name)
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                sqls.extend(roles.iter().map(|r| format!("DROP ROLE IF EXISTS \"{r}\"")));
+                sqls.dedup();
+                for sql in sqls {
+                    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await {
+                        eprintln!("test cleanup: {sql}: {e}");
+                    }
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -194,14 +260,10 @@ pub fn config_dir(toml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The real Twitch lines in ../shared/twitch-irc-samples.txt, by their `# kind` heading.
+/// The real Twitch lines in tests/fixtures/twitch-irc-samples.txt, by their `# kind` heading.
 pub fn samples() -> Vec<(String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/twitch-irc-samples.txt");
-    let text = std::fs::read_to_string(&path)
-        .or_else(|_| {
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitch-irc-samples.txt"))
-        })
-        .expect("twitch-irc-samples.txt");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitch-irc-samples.txt");
+    let text = std::fs::read_to_string(&path).expect("twitch-irc-samples.txt");
     let mut out = vec![];
     let mut kind = String::new();
     for line in text.lines() {
