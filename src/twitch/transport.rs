@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead};
 use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
 use twitch_irc::transport::Transport;
 
-use super::chatline;
+use super::chatline::{self, Chat};
 use super::login::ServerAddr;
 use crate::config::Rate;
 use crate::store::writer::RecordSender;
@@ -206,12 +207,23 @@ impl Transport for PacedTransport {
     type Outgoing = Outgoing;
 
     async fn new() -> Result<Self, std::io::Error> {
-        let socket = connect(&server()).await?;
+        let addr = server();
+        let socket = match connect(&addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                // twitch-irc retries every 2 s; its own error lines are filtered out (see main).
+                if let Some(more) = CONNECT_FAILURES.allow(REPORT_EVERY) {
+                    tracing::warn!("cannot connect to {addr}: {e}; retrying ({more} more failures not shown)");
+                }
+                return Err(e);
+            }
+        };
         let (read, write) = tokio::io::split(socket);
         // The login is known once NICK goes out; the reader needs its in-flight counter.
-        let link: Arc<OnceLock<Arc<JoinPacer>>> = Arc::default();
+        let link: Arc<OnceLock<Link>> = Arc::default();
         let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(read_loop(read, lines_tx, link.clone()));
+        let records = RECORDS.read().expect("sink lock").clone();
+        tokio::spawn(read_loop(read, lines_tx, link.clone(), records));
         let incoming = futures_util::stream::poll_fn(move |cx| lines_rx.poll_recv(cx)).fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
         tokio::spawn(write_loop(rx, write, link));
@@ -227,55 +239,335 @@ impl Transport for PacedTransport {
 
 type Line = Result<IRCMessage, Either<std::io::Error, IRCParseError>>;
 
-/// Reads and parses lines, pausing while the login has [`IN_FLIGHT_LIMIT`] lines its client
-/// has not taken yet.
+/// What a connection knows once its `NICK` went out.
+struct Link {
+    login: String,
+    pacer: Arc<JoinPacer>,
+}
+
+/// Why a line from the server was dropped or repaired. Each is counted
+/// ([`bad_line_counts`]) and reported at most every [`REPORT_EVERY`] per kind, with a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLine {
+    /// Not UTF-8: repaired (each bad byte becomes U+FFFD).
+    InvalidUtf8,
+    /// Longer than [`MAX_LINE`]: dropped up to its newline.
+    TooLong,
+    /// Not an IRC line twitch-irc can tokenise (e.g. two spaces between parameters): dropped.
+    Malformed,
+    /// A PRIVMSG twitch-irc would refuse, or one we cannot store as it is: dropped.
+    ChatRefused,
+    /// A tag value that would crash twitch-irc's parser (e.g. `color=#aééa`): emptied.
+    UnsafeTag,
+    /// A line twitch-irc could tokenise but not read (handed on as a generic message).
+    Unparsed,
+}
+
+impl BadLine {
+    /// Every kind, in metric order.
+    pub const ALL: [BadLine; 6] = [
+        BadLine::InvalidUtf8,
+        BadLine::TooLong,
+        BadLine::Malformed,
+        BadLine::ChatRefused,
+        BadLine::UnsafeTag,
+        BadLine::Unparsed,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BadLine::InvalidUtf8 => "invalid_utf8",
+            BadLine::TooLong => "too_long",
+            BadLine::Malformed => "malformed",
+            BadLine::ChatRefused => "chat_refused",
+            BadLine::UnsafeTag => "unsafe_tag",
+            BadLine::Unparsed => "unparsed",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            BadLine::InvalidUtf8 => "was not UTF-8 (repaired with U+FFFD)",
+            BadLine::TooLong => "was longer than 64 KiB (dropped)",
+            BadLine::Malformed => "is not a valid IRC line (dropped)",
+            BadLine::ChatRefused => "is a chat message that cannot be stored as it is (dropped)",
+            BadLine::UnsafeTag => "had a malformed tag value (emptied before twitch-irc reads it)",
+            BadLine::Unparsed => "could not be read by twitch-irc (ignored)",
+        }
+    }
+}
+
+static BAD_LINES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static BAD_LINE_REPORTS: [RateLimit; 6] = [const { RateLimit::new() }; 6];
+static CONNECT_FAILURES: RateLimit = RateLimit::new();
+
+/// Shortest time between two log lines about the same kind of problem.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lines dropped or repaired since start, by kind (for `/metrics`).
+pub fn bad_line_counts() -> [(&'static str, u64); 6] {
+    BadLine::ALL.map(|k| (k.label(), BAD_LINES[k as usize].load(Relaxed)))
+}
+
+/// Counts a bad line and logs it unless one of its kind was logged in the last
+/// [`REPORT_EVERY`]. `detail` says which part was wrong; `line` is shown escaped and cut.
+pub(crate) fn report_bad_line(kind: BadLine, detail: &str, line: &str) {
+    let total = BAD_LINES[kind as usize].fetch_add(1, Relaxed) + 1;
+    if let Some(more) = BAD_LINE_REPORTS[kind as usize].allow(REPORT_EVERY) {
+        let prefix: String = line.chars().take(LOGGED_PREFIX).collect();
+        let cut = if prefix.len() < line.len() { "…" } else { "" };
+        tracing::warn!(
+            reason = kind.label(),
+            total,
+            "a line from Twitch {}{}{detail}; {more} more like it not shown since the last report: {prefix:?}{cut}",
+            kind.what(),
+            if detail.is_empty() { "" } else { ": " },
+        );
+    }
+}
+
+/// Characters of a bad line shown in the log.
+const LOGGED_PREFIX: usize = 120;
+
+/// Lets one event through per period and counts those held back.
+struct RateLimit {
+    /// Milliseconds since [`epoch`] of the last event let through, plus one (0: never).
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl RateLimit {
+    const fn new() -> Self {
+        RateLimit { last: AtomicU64::new(0), held: AtomicU64::new(0) }
+    }
+
+    /// `Some(events held back since the last one let through)` if this one may be logged.
+    fn allow(&self, every: std::time::Duration) -> Option<u64> {
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < every.as_millis() as u64 {
+            self.held.fetch_add(1, Relaxed);
+            return None;
+        }
+        if self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            self.held.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.held.swap(0, Relaxed))
+    }
+}
+
+fn epoch() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Empties or removes tag values that twitch-irc 6.1.3 would panic on (it slices `color` by
+/// byte, and overflows on `emotes` ranges and huge `followers-only` in debug builds) or
+/// refuse. True if anything changed.
+pub fn sanitize(m: &mut IRCMessage) -> bool {
+    let mut changed = false;
+    if let Some(c) = m.tags.0.get_mut("color") {
+        if !c.is_empty() && !chatline::is_color(c) {
+            c.clear();
+            changed = true;
+        }
+    }
+    if let Some(e) = m.tags.0.get_mut("emotes") {
+        if !chatline::is_emotes(e) {
+            e.clear();
+            changed = true;
+        }
+    }
+    if m.tags.0.get("followers-only").and_then(|f| f.parse::<i64>().ok()).is_some_and(|n| n.checked_mul(60).is_none()) {
+        m.tags.0.remove("followers-only");
+        changed = true;
+    }
+    changed
+}
+
+/// One frame of the byte stream.
+#[derive(Debug, PartialEq)]
+enum Frame {
+    Line(String),
+    /// The line, with each invalid byte replaced.
+    BadUtf8(String),
+    /// A line over [`MAX_LINE`], dropped; its start, for the log.
+    TooLong(String),
+}
+
+/// Splits bytes at `\n` (dropping trailing `\r`s) without ever failing: unlike `LinesCodec`,
+/// a bad byte or an endless line costs that line only, never the connection.
+#[derive(Debug, Default)]
+struct LineCodec {
+    /// Where to resume looking for `\n`.
+    scanned: usize,
+    /// The start of a line being skipped for length, until its `\n`.
+    skipping: Option<String>,
+}
+
+fn frame(bytes: &[u8]) -> Frame {
+    let end = bytes.iter().rposition(|b| *b != b'\r').map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Frame::Line(s.to_string()),
+        Err(_) => Frame::BadUtf8(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+        let found = buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| i + self.scanned);
+        match found {
+            Some(i) => {
+                self.scanned = 0;
+                let line = buf.split_to(i + 1);
+                Ok(Some(match self.skipping.take() {
+                    Some(start) => Frame::TooLong(start),
+                    None => frame(&line[..i]),
+                }))
+            }
+            None if self.skipping.is_some() => {
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+            None if buf.len() > MAX_LINE => {
+                let head = &buf[..buf.len().min(LOGGED_PREFIX * 4)];
+                self.skipping = Some(String::from_utf8_lossy(head).into_owned());
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+            None => {
+                self.scanned = buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+        if let Some(f) = self.decode(buf)? {
+            return Ok(Some(f));
+        }
+        self.scanned = 0;
+        if let Some(start) = self.skipping.take() {
+            buf.clear();
+            return Ok(Some(Frame::TooLong(start)));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let rest = buf.split_to(buf.len());
+        Ok(Some(frame(&rest)))
+    }
+}
+
+/// Reads lines: chat lines become rows for `records` here, every other line is checked and
+/// handed to twitch-irc. No line can end the connection or reach code that panics on it.
+/// Pauses while the login has [`IN_FLIGHT_LIMIT`] lines its client has not taken yet, and
+/// ends (releasing its `records` sender) as soon as twitch-irc drops the connection, even
+/// while paused.
 async fn read_loop<R: AsyncRead + Unpin>(
     read: R,
     tx: tokio::sync::mpsc::Sender<Line>,
-    link: Arc<OnceLock<Arc<JoinPacer>>>,
+    link: Arc<OnceLock<Link>>,
+    records: Option<RecordSender>,
 ) {
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
-    let records = RECORDS.read().expect("sink lock").clone();
+    let mut lines = FramedRead::new(read, LineCodec::default());
     loop {
-        if let Some(p) = link.get() {
-            p.wait_for_room().await;
+        if let Some(l) = link.get() {
+            tokio::select! {
+                _ = l.pacer.wait_for_room() => {}
+                _ = tx.closed() => return,
+            }
         }
         let next = tokio::select! {
             l = lines.next() => l,
             _ = tx.closed() => return,
         };
-        let item = match next {
-            None => return,
-            Some(Ok(l)) if l.trim().is_empty() => continue,
-            Some(Ok(l)) if records.is_some() && chatline::is_privmsg(&l) => {
-                match chatline::parse_privmsg(l.trim_end_matches('\r'), Utc::now()) {
-                    Some(row) => {
-                        if let Some(p) = link.get() {
-                            p.messages.fetch_add(1, Relaxed);
-                        }
-                        let sink = records.as_ref().expect("checked above");
-                        // Bounded: when the writer's queue is full this waits, and so does the socket.
-                        if sink.send(Record::Message(row)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    None => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
-                }
+        let login = || link.get().map_or("(not logged in yet)", |l| l.login.as_str());
+        let line = match next {
+            None => {
+                tracing::info!(login = login(), "the server closed the connection; twitch-irc reconnects");
+                return;
             }
-            Some(Ok(l)) => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
-            Some(Err(e)) => Err(Either::Left(std::io::Error::other(e))),
+            Some(Err(e)) => {
+                tracing::warn!(login = login(), "connection lost: {e}; twitch-irc reconnects");
+                let _ = tx.send(Err(Either::Left(e))).await;
+                return;
+            }
+            Some(Ok(Frame::TooLong(start))) => {
+                report_bad_line(BadLine::TooLong, "", &start);
+                continue;
+            }
+            Some(Ok(Frame::BadUtf8(l))) => {
+                report_bad_line(BadLine::InvalidUtf8, "", &l);
+                l
+            }
+            Some(Ok(Frame::Line(l))) => l,
         };
-        // twitch-irc forwards every line to the client except whispers it de-duplicates.
-        if let (Ok(m), Some(p)) = (&item, link.get()) {
-            if m.command != "WHISPER" {
-                p.in_flight.fetch_add(1, Relaxed);
+        // NUL is never valid IRC, and PostgreSQL text cannot hold it.
+        let line = if line.contains('\0') { line.replace('\0', "") } else { line };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(sink) = records.as_ref().filter(|_| chatline::is_privmsg(&line)) {
+            match store_chat(&line, sink, &link).await {
+                Some(true) => continue,
+                Some(false) => return,
+                None => {}
             }
         }
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        let mut msg = match IRCMessage::parse(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                report_bad_line(BadLine::Malformed, &e.to_string(), &line);
+                continue;
+            }
+        };
+        if let (Some(sink), "PRIVMSG") = (&records, msg.command.as_str()) {
+            // A PRIVMSG the cheap check missed (lower-case command): ours too, never twitch-irc's.
+            match store_chat(&line, sink, &link).await {
+                Some(false) => return,
+                _ => continue,
+            }
+        }
+        if sanitize(&mut msg) {
+            report_bad_line(BadLine::UnsafeTag, "", &line);
+        }
+        // twitch-irc forwards every line to the client except whispers it de-duplicates.
+        if let Some(l) = link.get() {
+            if msg.command != "WHISPER" {
+                l.pacer.in_flight.fetch_add(1, Relaxed);
+            }
+        }
+        if tx.send(Ok(msg)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
+/// not a chat line after all. `Some(false)`: the writer has gone.
+async fn store_chat(line: &str, sink: &RecordSender, link: &OnceLock<Link>) -> Option<bool> {
+    match chatline::classify(line, Utc::now()) {
+        Chat::Row(row) => {
+            if let Some(l) = link.get() {
+                l.pacer.messages.fetch_add(1, Relaxed);
+            }
+            // Bounded: when the writer's queue is full this waits, and so does the socket.
+            Some(sink.send(Record::Message(*row)).await.is_ok())
+        }
+        Chat::Refused(why) => {
+            report_bad_line(BadLine::ChatRefused, why, line);
+            Some(true)
+        }
+        Chat::Other => None,
     }
 }
 
@@ -284,7 +576,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
     mut w: W,
-    link: Arc<OnceLock<Arc<JoinPacer>>>,
+    link: Arc<OnceLock<Link>>,
 ) {
     let mut pacer: Option<Arc<JoinPacer>> = None;
     let mut pending: VecDeque<IRCMessage> = VecDeque::new();
@@ -300,10 +592,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => break,
                 Some(m) => match m.command.as_str() {
                     "NICK" if pacer.is_none() => {
-                        let p = lookup_pacer(m.params.first().map_or("", String::as_str));
+                        let login = m.params.first().map_or("", String::as_str);
+                        let p = lookup_pacer(login);
                         p.open.fetch_add(1, Relaxed);
                         p.opened.fetch_add(1, Relaxed);
-                        let _ = link.set(p.clone());
+                        let _ = link.set(Link { login: login.to_string(), pacer: p.clone() });
                         pacer = Some(p);
                         m
                     }
