@@ -428,6 +428,9 @@ impl Decoder for LineCodec {
                 let line = buf.split_to(i + 1);
                 Ok(Some(match self.skipping.take() {
                     Some(start) => Frame::TooLong(start),
+                    None if i > MAX_LINE => {
+                        Frame::TooLong(String::from_utf8_lossy(&line[..LOGGED_PREFIX * 4]).into_owned())
+                    }
                     None => frame(&line[..i]),
                 }))
             }
@@ -636,4 +639,145 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         p.open.fetch_sub(1, Relaxed);
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use twitch_irc::message::ServerMessage;
+
+    fn count(kind: BadLine) -> u64 {
+        BAD_LINES[kind as usize].load(Relaxed)
+    }
+
+    fn privmsg(id: &str, text: &str) -> String {
+        format!("@badge-info=;badges=;color=#1E90FF;display-name=Al;emotes=;id={id};mod=0;room-id=1;subscriber=0;tmi-sent-ts=1594545155039;user-id=2 :al!al@al.tmi.twitch.tv PRIVMSG #chan :{text}")
+    }
+
+    /// A reader on one end of a pipe; returns the server's end, what reaches twitch-irc and
+    /// the rows.
+    fn reader(
+        link: Arc<OnceLock<Link>>,
+    ) -> (tokio::io::DuplexStream, tokio::sync::mpsc::Receiver<Line>, tokio::sync::mpsc::Receiver<Record>, JoinHandleUnit)
+    {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (rec_tx, rec_rx) = tokio::sync::mpsc::channel(1024);
+        let task = tokio::spawn(read_loop(client, tx, link, Some(rec_tx)));
+        (server, rx, rec_rx, task)
+    }
+    type JoinHandleUnit = tokio::task::JoinHandle<()>;
+
+    #[tokio::test]
+    async fn a_bad_byte_an_endless_line_or_an_untokenisable_line_costs_only_that_line() {
+        let (utf8, long, malformed) = (count(BadLine::InvalidUtf8), count(BadLine::TooLong), count(BadLine::Malformed));
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b":tmi.twitch.tv PING :one\r\n");
+        bytes.extend_from_slice(b"@msg-id=x :tmi.twitch.tv NOTICE #c00 :caf\xe9 au lait\r\n");
+        bytes.extend_from_slice(format!("{}\r\n", "x".repeat(70 * 1024)).as_bytes());
+        bytes.extend_from_slice(privmsg("m-1", "after the long line").as_bytes());
+        bytes.extend_from_slice(b"\r\n@msg-id=x :tmi.twitch.tv NOTICE  #c00 :x\r\n");
+        bytes.extend_from_slice(b":tmi.twitch.tv PING :two\r\n");
+        server.write_all(&bytes).await.unwrap();
+
+        let mut got = vec![];
+        for _ in 0..3 {
+            let l = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await.unwrap().unwrap();
+            got.push(l.expect("no error reaches twitch-irc"));
+        }
+        assert_eq!(got[0].params, ["one"]);
+        assert_eq!(got[1].params, ["#c00", "caf\u{FFFD} au lait"], "invalid UTF-8 is repaired, not fatal");
+        assert_eq!(got[2].params, ["two"], "the line with two spaces is dropped, the next one arrives");
+        let Record::Message(m) = rows.recv().await.unwrap() else { panic!("not a message") };
+        assert_eq!(m.text, "after the long line");
+        assert!(count(BadLine::InvalidUtf8) > utf8);
+        assert!(count(BadLine::TooLong) > long);
+        assert!(count(BadLine::Malformed) > malformed);
+    }
+
+    #[tokio::test]
+    async fn a_tag_that_crashes_twitch_irc_is_emptied_before_it_gets_there() {
+        let hazard = "@badge-info=;badges=;color=#aééa;display-name=A;emote-sets=0;mod=0;subscriber=0;user-type= :tmi.twitch.tv USERSTATE #chan";
+        // The hazard is real: twitch-irc 6.1.3 panics on it.
+        let raw = IRCMessage::parse(hazard).unwrap();
+        assert!(std::panic::catch_unwind(|| ServerMessage::try_from(raw)).is_err());
+
+        let before = count(BadLine::UnsafeTag);
+        let (mut server, mut lines, _rows, _task) = reader(Arc::default());
+        let roomstate = "@followers-only=999999999999999999;room-id=1 :tmi.twitch.tv ROOMSTATE #chan";
+        let usernotice = "@badge-info=;badges=;color=#F0F0F0;display-name=A;emotes=1:9-2;id=u1;login=a;mod=0;msg-id=resub;msg-param-cumulative-months=2;msg-param-streak-months=0;msg-param-should-share-streak=0;msg-param-sub-plan=1000;msg-param-sub-plan-name=x;room-id=1;subscriber=1;system-msg=x;tmi-sent-ts=1594545155039;user-id=2;user-type= :tmi.twitch.tv USERNOTICE #chan :hello there";
+        server.write_all(format!("{hazard}\r\n{roomstate}\r\n{usernotice}\r\n").as_bytes()).await.unwrap();
+        for _ in 0..3 {
+            let m = lines.recv().await.unwrap().unwrap();
+            ServerMessage::try_from(m).expect("twitch-irc reads the repaired line");
+        }
+        assert!(count(BadLine::UnsafeTag) >= before + 3);
+    }
+
+    #[tokio::test]
+    async fn chat_lines_twitch_irc_would_refuse_are_dropped_and_counted_not_handed_on() {
+        let before = count(BadLine::ChatRefused);
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let no_id = privmsg("", "no id");
+        server
+            .write_all(format!("{no_id}\r\n{}\r\n:tmi.twitch.tv PING :x\r\n", privmsg("ok-1", "kept")).as_bytes())
+            .await
+            .unwrap();
+        let Record::Message(m) = rows.recv().await.unwrap() else { panic!() };
+        assert_eq!(m.message_id, "ok-1");
+        assert_eq!(
+            lines.recv().await.unwrap().unwrap().command,
+            "PING",
+            "the refused PRIVMSG never reaches twitch-irc"
+        );
+        assert!(count(BadLine::ChatRefused) > before);
+    }
+
+    #[tokio::test]
+    async fn a_reader_paused_for_room_lets_go_of_the_writer_when_its_connection_is_dropped() {
+        let link: Arc<OnceLock<Link>> = Arc::default();
+        let pacer = Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS));
+        pacer.in_flight.store(IN_FLIGHT_LIMIT, Relaxed);
+        let _ = link.set(Link { login: "bot".into(), pacer: pacer.clone() });
+        let (server, lines, mut rows, task) = reader(link);
+        // The client is gone (shutdown): nobody will ever drain the 4,096 lines in flight.
+        drop(lines);
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("the reader ends").unwrap();
+        let all_senders_gone = tokio::time::timeout(Duration::from_secs(1), rows.recv()).await;
+        assert!(matches!(all_senders_gone, Ok(None)), "the reader still holds a record sender");
+        drop(server);
+    }
+
+    #[test]
+    fn an_endless_line_is_skipped_without_holding_it_in_memory() {
+        let mut codec = LineCodec::default();
+        let mut buf = BytesMut::from("y".repeat(MAX_LINE + 1).as_bytes());
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty(), "the skipped bytes are not kept");
+        buf.extend_from_slice(&b"yyy".repeat(10_000));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(
+            b"end
+next
+",
+        );
+        assert!(matches!(codec.decode(&mut buf).unwrap(), Some(Frame::TooLong(s)) if s.starts_with("yyy")));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Line("next".into())));
+    }
+
+    #[test]
+    fn the_framing_splits_on_newlines_and_keeps_a_last_line_without_one() {
+        let mut codec = LineCodec::default();
+        let mut buf = BytesMut::from(&b"a\r\nb\nc\r\r\n\npartial"[..]);
+        let mut out = vec![];
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out.push(codec.decode_eof(&mut buf).unwrap().unwrap());
+        let line = |s: &str| Frame::Line(s.to_string());
+        assert_eq!(out, [line("a"), line("b"), line("c"), line(""), line("partial")]);
+    }
 }
