@@ -288,12 +288,14 @@ impl BadLine {
 
     fn what(self) -> &'static str {
         match self {
-            BadLine::InvalidUtf8 => "was not UTF-8 (repaired with U+FFFD)",
-            BadLine::TooLong => "was longer than 64 KiB (dropped)",
-            BadLine::Malformed => "is not a valid IRC line (dropped)",
-            BadLine::ChatRefused => "is a chat message that cannot be stored as it is (dropped)",
-            BadLine::UnsafeTag => "had a malformed tag value (emptied before twitch-irc reads it)",
-            BadLine::Unparsed => "could not be read by twitch-irc (ignored)",
+            BadLine::InvalidUtf8 => "a line from Twitch was not UTF-8; its bad bytes were replaced with U+FFFD",
+            BadLine::TooLong => "a line from Twitch was longer than 64 KiB; it was dropped",
+            BadLine::Malformed => "a line from Twitch is not valid IRC; it was dropped",
+            BadLine::ChatRefused => {
+                "a chat line from Twitch was dropped: twitch-irc would refuse it or the table cannot hold it"
+            }
+            BadLine::UnsafeTag => "a line from Twitch had a tag value that crashes twitch-irc; the value was emptied",
+            BadLine::Unparsed => "twitch-irc could not read a line from Twitch; it was ignored",
         }
     }
 }
@@ -323,15 +325,16 @@ pub fn bad_line_counts() -> [(&'static str, u64); 6] {
 /// [`REPORT_EVERY`]. `detail` says which part was wrong; `line` is shown escaped and cut.
 pub(crate) fn report_bad_line(kind: BadLine, detail: &str, line: &str) {
     let total = BAD_LINES[kind as usize].fetch_add(1, Relaxed) + 1;
-    if let Some(more) = BAD_LINE_REPORTS[kind as usize].allow(REPORT_EVERY) {
+    if let Some(held) = BAD_LINE_REPORTS[kind as usize].allow(REPORT_EVERY) {
         let prefix: String = line.chars().take(LOGGED_PREFIX).collect();
         let cut = if prefix.len() < line.len() { "…" } else { "" };
+        let problem = if detail.is_empty() { String::new() } else { format!(" (problem: {detail})") };
+        let held = if held > 0 { format!(", {held} since the last report") } else { String::new() };
         tracing::warn!(
             reason = kind.label(),
-            total,
-            "a line from Twitch {}{}{detail}; {more} more like it not shown since the last report: {prefix:?}{cut}",
+            "{}{problem}; {total} so far{held}, reported at most every {}s: {prefix:?}{cut}",
             kind.what(),
-            if detail.is_empty() { "" } else { ": " },
+            REPORT_EVERY.as_secs()
         );
     }
 }
