@@ -208,16 +208,17 @@ impl Transport for PacedTransport {
 
     async fn new() -> Result<Self, std::io::Error> {
         let addr = server();
+        // twitch-irc gives up after 20 s by dropping this future, and retries every 2 s; its
+        // own lines about it are filtered out (see main), so the failure is told here, once.
+        let mut attempt = ConnectAttempt { addr: &addr, done: false };
         let socket = match connect(&addr).await {
             Ok(s) => s,
             Err(e) => {
-                // twitch-irc retries every 2 s; its own error lines are filtered out (see main).
-                if let Some(more) = CONNECT_FAILURES.allow(REPORT_EVERY) {
-                    tracing::warn!("cannot connect to {addr}: {e}; retrying ({more} more failures not shown)");
-                }
+                attempt.failed(&e.to_string());
                 return Err(e);
             }
         };
+        attempt.done = true;
         let (read, write) = tokio::io::split(socket);
         // The login is known once NICK goes out; the reader needs its in-flight counter.
         let link: Arc<OnceLock<Link>> = Arc::default();
@@ -238,6 +239,30 @@ impl Transport for PacedTransport {
 }
 
 type Line = Result<IRCMessage, Either<std::io::Error, IRCParseError>>;
+
+/// Reports a connection attempt that failed or was abandoned (rate-limited).
+struct ConnectAttempt<'a> {
+    addr: &'a ServerAddr,
+    done: bool,
+}
+
+impl ConnectAttempt<'_> {
+    fn failed(&mut self, why: &str) {
+        self.done = true;
+        if let Some(held) = CONNECT_FAILURES.allow(REPORT_EVERY) {
+            let held = if held > 0 { format!(" ({held} more failures since the last report)") } else { String::new() };
+            tracing::warn!("cannot connect to {}: {why}; retrying{held}", self.addr);
+        }
+    }
+}
+
+impl Drop for ConnectAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.failed("no connection within twitch-irc's 20 s timeout");
+        }
+    }
+}
 
 /// What a connection knows once its `NICK` went out.
 struct Link {
@@ -612,6 +637,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         p.open.fetch_add(1, Relaxed);
                         p.opened.fetch_add(1, Relaxed);
                         let _ = link.set(Link { login: login.to_string(), pacer: p.clone() });
+                        // One line per connection (start, pool growth, reconnect); twitch-irc's
+                        // own lines about it are filtered out.
+                        tracing::info!(login, "connected to {}", server());
                         pacer = Some(p);
                         m
                     }
