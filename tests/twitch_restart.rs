@@ -54,5 +54,17 @@ async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_count
 
     fake.to_channel("chan", &privmsg("chan", "after-1", "Al", "after the restart"));
     assert_eq!(next_message(&mut rows).await, "after-1");
+
+    // Dying again soon after: the wait doubles (1 s, then 2 s).
+    let conns = fake.conns().len();
+    let crashed = std::time::Instant::now();
+    fake.to_nick(ANON, CRASHING_USERSTATE);
+    fake.wait_for("a third connection joined #chan", 15 * SEC, |f| {
+        f.conns().iter().any(|c| c.id >= conns && c.open && c.joined.contains("chan"))
+    })
+    .await;
+    let took = crashed.elapsed();
+    assert!(took >= 2 * SEC, "second restart after {took:?}, expected the doubled wait");
+    assert_eq!(handle.stats.restarts.load(Relaxed), 2);
     tokio::time::timeout(5 * SEC, handle.stop()).await.expect("stops");
 }

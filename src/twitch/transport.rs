@@ -762,17 +762,13 @@ mod tests {
         let before = count(BadLine::ChatRefused);
         let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
         let no_id = privmsg("", "no id");
-        server
-            .write_all(format!("{no_id}\r\n{}\r\n:tmi.twitch.tv PING :x\r\n", privmsg("ok-1", "kept")).as_bytes())
-            .await
-            .unwrap();
+        let notice = "@msg-id=x :tmi.twitch.tv NOTICE #chan :say PRIVMSG #chan :hi to test";
+        let bytes = format!("{no_id}\r\n{}\r\n{notice}\r\n", privmsg("ok-1", "kept"));
+        server.write_all(bytes.as_bytes()).await.unwrap();
         let Record::Message(m) = rows.recv().await.unwrap() else { panic!() };
         assert_eq!(m.message_id, "ok-1");
-        assert_eq!(
-            lines.recv().await.unwrap().unwrap().command,
-            "PING",
-            "the refused PRIVMSG never reaches twitch-irc"
-        );
+        let next = lines.recv().await.unwrap().unwrap();
+        assert_eq!(next.command, "NOTICE", "the refused PRIVMSG never reaches twitch-irc; a NOTICE quoting one does");
         assert!(count(BadLine::ChatRefused) > before);
     }
 
