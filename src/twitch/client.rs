@@ -1,5 +1,6 @@
-//! One running Twitch account: a twitch-irc client, and the task that drains its unbounded
-//! incoming channel into our writer queue at once.
+//! One running Twitch account: a twitch-irc client, the task that drains its unbounded
+//! incoming channel into our writer queue at once, and a supervisor that starts a new client
+//! when that one dies.
 
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -170,12 +171,6 @@ fn install_panic_counter() {
             previous(info);
         }));
     });
-}
-
-/// Counts a panic in twitch-irc as the panic hook would (tests).
-#[doc(hidden)]
-pub fn note_library_panic() {
-    LIBRARY_PANICS.fetch_add(1, Relaxed);
 }
 
 fn new_client(creds: &StaticLoginCredentials, name: &str) -> (mpsc::UnboundedReceiver<ServerMessage>, Client) {

@@ -601,7 +601,7 @@ async fn store_chat(line: &str, sink: &RecordSender, link: &OnceLock<Link>) -> O
                 l.pacer.messages.fetch_add(1, Relaxed);
             }
             // Bounded: when the writer's queue is full this waits, and so does the socket.
-            Some(sink.send(Record::Message(*row)).await.is_ok())
+            Some(sink.send(Record::Message(row)).await.is_ok())
         }
         Chat::Refused(why) => {
             report_bad_line(BadLine::ChatRefused, why, line);
