@@ -330,7 +330,7 @@ impl Drain {
                 },
             };
             taken_since_check += 1;
-            if !self.take(msg, &mut client).await {
+            if !self.take(msg, &mut client, channels).await {
                 break;
             }
         }
@@ -343,14 +343,20 @@ impl Drain {
     async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>) {
         let mut none = None;
         while let Some(m) = incoming.recv().await {
-            if !self.take(m, &mut none).await {
+            if !self.take(m, &mut none, &BTreeSet::new()).await {
                 return;
             }
         }
     }
 
-    /// Handles one message from twitch-irc. False when the writer has gone.
-    async fn take(&self, msg: ServerMessage, client: &mut Option<(Client, JoinHandle<()>)>) -> bool {
+    /// Handles one message from twitch-irc. False when the writer has gone. Joins are logged
+    /// only for `wanted` channels, so a server cannot flood the log with made-up ones.
+    async fn take(
+        &self,
+        msg: ServerMessage,
+        client: &mut Option<(Client, JoinHandle<()>)>,
+        wanted: &BTreeSet<String>,
+    ) -> bool {
         let received_at = Utc::now();
         if !matches!(msg, ServerMessage::Whisper(_)) {
             self.pacer.drained(1);
@@ -380,7 +386,7 @@ impl Drain {
             }
             ServerMessage::Join(j) if client.is_some() => {
                 self.stats.joined(&j.channel_login);
-                if self.stats.announce_join(&j.channel_login) {
+                if wanted.contains(&j.channel_login) && self.stats.announce_join(&j.channel_login) {
                     tracing::info!(account = %self.name, channel = %j.channel_login, "joined #{}", j.channel_login);
                 }
             }
