@@ -349,8 +349,9 @@ impl Drain {
         }
     }
 
-    /// Handles one message from twitch-irc. False when the writer has gone. Joins are logged
-    /// only for `wanted` channels, so a server cannot flood the log with made-up ones.
+    /// Handles one message from twitch-irc. False when the writer has gone. Joins and join
+    /// failures are logged only for `wanted` channels, so a server cannot flood the log (or
+    /// grow our sets) with made-up ones.
     async fn take(
         &self,
         msg: ServerMessage,
@@ -378,7 +379,7 @@ impl Drain {
             }
             ServerMessage::Notice(n) if convert::is_join_failure(n) => {
                 let channel = n.channel_login.clone().unwrap_or_default();
-                if self.stats.report(&channel) {
+                if wanted.contains(&channel) && self.stats.report(&channel) {
                     tracing::warn!(account = %self.name, channel = %channel,
                         "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
                         n.message_text, n.message_id.as_deref().unwrap_or(""));
