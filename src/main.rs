@@ -52,18 +52,31 @@ enum Command {
 
 fn init_logging(cfg: &LogConfig) {
     // RUST_LOG wins over [log] level.
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    // twitch-irc logs every outgoing line at TRACE, PASS included: never let those through.
-    let no_secret_lines = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("twitch_irc") && *m.level() == tracing::Level::TRACE)
+    // twitch-irc's INFO/ERROR lines repeat what we log better (one line per join, part,
+    // disconnect or bad line); they show only when the filter names twitch_irc.
+    let chatter_wanted = from_env.as_deref().unwrap_or(&cfg.level).contains("twitch_irc");
+    let library = tracing_subscriber::filter::filter_fn(move |m| {
+        !m.target().starts_with("twitch_irc") || library_line_shown(m.level(), chatter_wanted)
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = match cfg.format {
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).boxed(),
     };
-    tracing_subscriber::registry().with(layer.with_filter(no_secret_lines).with_filter(filter)).init();
+    tracing_subscriber::registry().with(layer.with_filter(library).with_filter(filter)).init();
+}
+
+/// Which of twitch-irc's lines pass: never TRACE (it logs every outgoing line there, PASS and
+/// its token included); INFO and ERROR only on request; WARN and DEBUG as the filter says.
+fn library_line_shown(level: &tracing::Level, chatter_wanted: bool) -> bool {
+    match *level {
+        tracing::Level::TRACE => false,
+        tracing::Level::INFO | tracing::Level::ERROR => chatter_wanted,
+        _ => true,
+    }
 }
 
 /// `healthcheck`: needs the listen address only, so it works from any working directory and
@@ -166,5 +179,19 @@ async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
             eprintln!("database {}: {e}", store.target());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::library_line_shown;
+    use tracing::Level;
+
+    #[test]
+    fn library_warnings_pass_its_chatter_only_on_request_and_its_trace_never() {
+        assert!(library_line_shown(&Level::WARN, false));
+        assert!(!library_line_shown(&Level::INFO, false) && !library_line_shown(&Level::ERROR, false));
+        assert!(library_line_shown(&Level::INFO, true) && library_line_shown(&Level::ERROR, true));
+        assert!(!library_line_shown(&Level::TRACE, true), "PASS lines are logged at TRACE");
     }
 }

@@ -144,6 +144,14 @@ impl prometheus_client::collector::Collector for Observed {
         )?;
         counter(e, "dropped_rows", "Rows dropped because the spool was full", s.dropped.load(Relaxed))?;
 
+        counter_family(
+            e,
+            "bad_lines",
+            "Lines from Twitch dropped (too_long, malformed, chat_refused) or repaired (invalid_utf8, \
+             unsafe_tag) before twitch-irc, or that twitch-irc could not read (unparsed), by reason",
+            "reason",
+            &crate::twitch::transport::bad_line_counts(),
+        )?;
         flush_histogram(e, s)?;
 
         let backlog = self.writer.backlog();
@@ -167,7 +175,7 @@ impl prometheus_client::collector::Collector for Observed {
         )?;
 
         type Get = fn(&AccountView) -> i64;
-        let per_account: [(&str, &str, MetricType, Get); 8] = [
+        let per_account: [(&str, &str, MetricType, Get); 9] = [
             ("account_messages_received", "Chat messages received", MetricType::Counter, |a| {
                 a.pacer.messages.load(Relaxed) as i64
             }),
@@ -190,6 +198,12 @@ impl prometheus_client::collector::Collector for Observed {
             ("account_up", "1 when connected or deliberately stopped", MetricType::Gauge, |a| {
                 (a.stats.stopped.load(Relaxed) || a.pacer.open.load(Relaxed) > 0) as i64
             }),
+            (
+                "account_client_restarts",
+                "Times the account's Twitch client died and was started again",
+                MetricType::Counter,
+                |a| a.stats.restarts.load(Relaxed) as i64,
+            ),
         ];
         for (name, help, kind, get) in per_account {
             let mut fam = e.encode_descriptor(name, help, None, kind)?;

@@ -176,30 +176,25 @@ async fn rows_postgres_refuses_are_dead_lettered_and_the_rest_stored() {
         let text = if i == 5 || i == 13 { "poison" } else { "fine" };
         fake.to_channel("chan", &privmsg("chan", &format!("p-{i}"), "Oli", text));
     }
-    // A timestamp PostgreSQL cannot hold (year -7537), as a garbled line could carry.
+    // A timestamp PostgreSQL cannot hold (year -7537), as a garbled line could carry: the
+    // reader stores received_at instead (issue #10, item 7), so it is not a refused row.
     let bad_ts = privmsg("chan", "p-ts", "Oli", "ancient")
         .replace(&format!("tmi-sent-ts={}", chrono::Utc::now().timestamp_millis()), "tmi-sent-ts=-300000000000000");
     assert!(bad_ts.contains("-300000000000000"));
     fake.to_channel("chan", &bad_ts);
-    db.wait_count("SELECT count(*) FROM dead_letters", 3, 10 * SEC).await;
-    db.wait_count("SELECT count(*) FROM chat_messages", 18, 5 * SEC).await;
+    db.wait_count("SELECT count(*) FROM dead_letters", 2, 10 * SEC).await;
+    db.wait_count("SELECT count(*) FROM chat_messages", 19, 5 * SEC).await;
     let errors: Vec<String> =
         sqlx::query_scalar("SELECT error FROM dead_letters ORDER BY id").fetch_all(&db.pool).await.unwrap();
     assert!(errors.iter().filter(|e| e.contains("no_poison")).count() == 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("out of range")), "{errors:?}");
-    let payload: String = sqlx::query_scalar("SELECT payload FROM dead_letters WHERE payload LIKE '%p-ts%'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(payload.contains("\"message_id\":\"p-ts\""));
 
     // The writer keeps going.
     fake.to_channel("chan", &privmsg("chan", "p-after", "Oli", "later"));
-    db.wait_count("SELECT count(*) FROM chat_messages", 19, 5 * SEC).await;
+    db.wait_count("SELECT count(*) FROM chat_messages", 20, 5 * SEC).await;
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
-    eprintln!("poison: sent 22, stored 19, dead-lettered {}", summary(&logger, "dead_lettered"));
-    assert_eq!(summary(&logger, "dead_lettered"), 3);
+    eprintln!("poison: sent 22, stored 20, dead-lettered {}", summary(&logger, "dead_lettered"));
+    assert_eq!(summary(&logger, "dead_lettered"), 2);
 }
 
 #[tokio::test]

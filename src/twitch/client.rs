@@ -1,21 +1,24 @@
-//! One running Twitch account: a twitch-irc client, and the task that drains its unbounded
-//! incoming channel into our writer queue at once.
+//! One running Twitch account: a twitch-irc client, the task that drains its unbounded
+//! incoming channel into our writer queue at once, and a supervisor that starts a new client
+//! when that one dies.
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use secrecy::ExposeSecret;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use twitch_irc::login::StaticLoginCredentials;
-use twitch_irc::message::ServerMessage;
+use twitch_irc::message::{AsRawIRC, ServerMessage};
 use twitch_irc::{ClientConfig, TwitchIRCClient};
 
 use super::convert;
-use super::transport::{pacer_for, JoinPacer, PacedTransport};
+use super::transport::{pacer_for, report_bad_line, BadLine, JoinPacer, PacedTransport};
 use crate::config::{AccountConfig, Credentials, Rate};
 use crate::store::writer::RecordSender;
 use crate::store::Record;
@@ -40,11 +43,25 @@ pub struct AccountStats {
     pub channels_joined: AtomicU64,
     /// Stopped on purpose (login rejected): not counted against readiness.
     pub stopped: AtomicBool,
+    /// Times its twitch-irc client died and was started again.
+    pub restarts: AtomicU64,
     /// Channels reported as unjoinable, so each is reported once (until it is joined).
     reported: std::sync::Mutex<HashSet<String>>,
+    /// Channels whose JOIN was logged, so a rejoin after a reconnect is not logged again.
+    announced: std::sync::Mutex<HashSet<String>>,
 }
 
 impl AccountStats {
+    /// True the first time `channel` is joined (until it is parted).
+    fn announce_join(&self, channel: &str) -> bool {
+        self.announced.lock().expect("announced lock").insert(channel.to_string())
+    }
+
+    /// True if `channel`'s JOIN had been logged.
+    fn announce_part(&self, channel: &str) -> bool {
+        self.announced.lock().expect("announced lock").remove(channel)
+    }
+
     /// True the first time `channel` is reported.
     fn report(&self, channel: &str) -> bool {
         self.reported.lock().expect("reported lock").insert(channel.to_string())
@@ -76,7 +93,9 @@ pub struct AccountHandle {
 const JOINED_REFRESH: Duration = Duration::from_secs(2);
 
 impl AccountHandle {
-    /// Connects and joins `channels` (JOINs are paced by the transport).
+    /// Connects and joins `channels` (JOINs are paced by the transport). If its twitch-irc
+    /// client dies (a panic in the library, its event loop ending), it is started again with
+    /// backoff, logged and counted in `restarts`.
     pub fn start(
         name: &str,
         config: &AccountConfig,
@@ -84,6 +103,7 @@ impl AccountHandle {
         sender: RecordSender,
         events: mpsc::UnboundedSender<ClientEvent>,
     ) -> Self {
+        install_panic_counter();
         let creds = match &config.credentials {
             Credentials::Anonymous => StaticLoginCredentials::anonymous(),
             Credentials::Login { username, token } => {
@@ -91,9 +111,6 @@ impl AccountHandle {
             }
         };
         let pacer = pacer_for(&creds.credentials.login, config.join_rate);
-        let mut client_config = ClientConfig::new_simple(creds);
-        client_config.tracing_identifier = Some(name.to_string().into());
-        let (incoming, client) = Client::new(client_config);
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Command::SetChannels(channels));
         let stats = Arc::new(AccountStats::default());
@@ -105,7 +122,7 @@ impl AccountHandle {
             events,
             stats: stats.clone(),
         };
-        let task = tokio::spawn(ctx.run(client, incoming, rx));
+        let task = tokio::spawn(supervise(ctx, creds, rx));
         AccountHandle { name: name.to_string(), stats, pacer, commands: tx, task }
     }
 
@@ -131,6 +148,94 @@ impl AccountHandle {
     }
 }
 
+/// First wait before starting a dead client again; doubles up to [`RESTART_MAX`].
+pub const RESTART_MIN: Duration = Duration::from_secs(1);
+/// Longest wait before starting a dead client again.
+pub const RESTART_MAX: Duration = Duration::from_secs(60);
+/// A client that ran this long before dying starts again after [`RESTART_MIN`].
+const RESTART_STABLE: Duration = Duration::from_secs(120);
+
+/// Panics whose location is in twitch-irc's source, process-wide. A panic there kills one of
+/// its tasks without telling the client (a dead connection stays in its pool), so every client
+/// running when it happened is started again.
+static LIBRARY_PANICS: AtomicU64 = AtomicU64::new(0);
+
+fn install_panic_counter() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.location().is_some_and(|l| l.file().contains("twitch-irc") || l.file().contains("twitch_irc")) {
+                LIBRARY_PANICS.fetch_add(1, Relaxed);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn new_client(creds: &StaticLoginCredentials, name: &str) -> (mpsc::UnboundedReceiver<ServerMessage>, Client) {
+    let mut client_config = ClientConfig::new_simple(creds.clone());
+    client_config.tracing_identifier = Some(name.to_string().into());
+    Client::new(client_config)
+}
+
+/// Runs the account's client, and starts a new one whenever it dies, until told to stop.
+async fn supervise(ctx: Drain, creds: StaticLoginCredentials, mut commands: mpsc::UnboundedReceiver<Command>) {
+    // What the config wants, replayed to a restarted client.
+    let mut channels = BTreeSet::new();
+    let mut backoff = RESTART_MIN;
+    loop {
+        let started = Instant::now();
+        let (incoming, client) = new_client(&creds, &ctx.name);
+        let run = AssertUnwindSafe(ctx.run(client, incoming, &mut commands, &mut channels)).catch_unwind().await;
+        let why = match run {
+            Ok(End::Finished) => return,
+            Ok(End::Died(why)) => why.to_string(),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
+                format!("its task panicked: {}", text.unwrap_or_default())
+            }
+        };
+        if started.elapsed() >= RESTART_STABLE {
+            backoff = RESTART_MIN;
+        }
+        let n = ctx.stats.restarts.fetch_add(1, Relaxed) + 1;
+        tracing::error!(
+            account = %ctx.name,
+            restarts = n,
+            "the Twitch client of account `{}` died ({why}); starting it again in {}s and rejoining its channels",
+            ctx.name,
+            backoff.as_secs_f32()
+        );
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::SetChannels(ch)) => {
+                        ctx.stats.channels_wanted.store(ch.len() as u64, Relaxed);
+                        channels = ch;
+                    }
+                    Some(Command::Stop) | None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(RESTART_MAX);
+    }
+}
+
+/// How one client run ended.
+enum End {
+    /// Stopped on purpose: asked to, login rejected, or the writer gone.
+    Finished,
+    /// Died on its own; the supervisor starts a new one.
+    Died(&'static str),
+}
+
 struct Drain {
     pacer: Arc<JoinPacer>,
     name: String,
@@ -140,15 +245,27 @@ struct Drain {
     stats: Arc<AccountStats>,
 }
 
+/// How long a dead client's last messages are waited for before it is replaced.
+const DRAIN_DEAD: Duration = Duration::from_secs(5);
+
 impl Drain {
     async fn run(
-        self,
+        &self,
         client: Client,
         mut incoming: mpsc::UnboundedReceiver<ServerMessage>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        channels: &mut BTreeSet<String>,
+    ) -> End {
+        let panics_at_start = LIBRARY_PANICS.load(Relaxed);
         client.connect().await;
         let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+        if !channels.is_empty() {
+            // A restart: the new client wants what the old one had.
+            if let Err(e) = client.set_wanted_channels(channels.iter().cloned().collect()) {
+                tracing::error!(account = %self.name, "invalid channel list: {e}");
+            }
+            wanted_tx.send_replace(channels.clone());
+        }
         let tracker = tokio::spawn(track_joined(
             client.clone(),
             wanted_rx,
@@ -158,6 +275,7 @@ impl Drain {
         ));
         // The only other clone lives in `tracker`, which is aborted before ours is dropped.
         let mut client = Some((client, tracker));
+        let mut died: Option<&'static str> = None;
         let mut idle_check = tokio::time::interval(Duration::from_secs(1));
         let mut taken_since_check = 0u64;
         loop {
@@ -168,6 +286,19 @@ impl Drain {
                         self.pacer.reset_in_flight();
                     }
                     taken_since_check = 0;
+                    if died.is_none() {
+                        if LIBRARY_PANICS.load(Relaxed) != panics_at_start {
+                            died = Some("a twitch-irc task panicked");
+                        } else if client.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+                            died = Some("twitch-irc stopped answering");
+                        }
+                        if died.is_some() {
+                            // Hand over what it already read, then give up on it.
+                            close(&mut client);
+                            let _ = tokio::time::timeout(DRAIN_DEAD, self.hand_over_rest(&mut incoming)).await;
+                            return End::Died(died.unwrap_or_default());
+                        }
+                    }
                     continue;
                 }
                 cmd = commands.recv(), if client.is_some() => {
@@ -178,7 +309,8 @@ impl Drain {
                                 if let Err(e) = c.set_wanted_channels(ch.iter().cloned().collect()) {
                                     tracing::error!(account = %self.name, "invalid channel list: {e}");
                                 }
-                                wanted_tx.send_replace(ch);
+                                wanted_tx.send_replace(ch.clone());
+                                *channels = ch;
                             }
                         }
                         // Dropping the client closes its connections; `incoming` then yields
@@ -189,57 +321,127 @@ impl Drain {
                 }
                 m = incoming.recv() => match m {
                     Some(m) => m,
+                    // Ended without being closed by us: twitch-irc's event loop is gone.
+                    None if client.is_some() => {
+                        close(&mut client);
+                        return End::Died("twitch-irc's event loop ended");
+                    }
                     None => break,
                 },
             };
-            let received_at = Utc::now();
             taken_since_check += 1;
-            if !matches!(msg, ServerMessage::Whisper(_)) {
-                self.pacer.drained(1);
-            }
-            match &msg {
-                ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
-                    tracing::error!(
-                        account = %self.name,
-                        "Twitch rejected the login of account `{}` (user {}): \"{}\". Check its oauth_token (an IRC token for this \
-                         user, with chat:read scope) or remove username and token to log in anonymously. This account is \
-                         stopped; other accounts keep running.",
-                        self.name,
-                        self.login,
-                        n.message_text
-                    );
-                    self.stats.stopped.store(true, Relaxed);
-                    let _ = self.events.send(ClientEvent::LoginRejected { account: self.name.clone() });
-                    close(&mut client);
-                }
-                ServerMessage::Notice(n) if convert::is_join_failure(n) => {
-                    let channel = n.channel_login.clone().unwrap_or_default();
-                    if self.stats.report(&channel) {
-                        tracing::warn!(account = %self.name, channel = %channel,
-                            "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
-                            n.message_text, n.message_id.as_deref().unwrap_or(""));
-                    }
-                }
-                ServerMessage::Join(j) if client.is_some() => self.stats.joined(&j.channel_login),
-                ServerMessage::Reconnect(_) => {
-                    tracing::info!(account = %self.name, "server asked to reconnect; reconnecting and rejoining");
-                }
-                _ => {}
-            }
-            if let Some(rec) = convert::to_record(msg, received_at) {
-                match &rec {
-                    Record::Message(_) => self.pacer.messages.fetch_add(1, Relaxed),
-                    Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
-                };
-                if self.sender.send(rec).await.is_err() {
-                    tracing::error!(account = %self.name, "the writer has stopped; this client stops too");
-                    break;
-                }
+            if !self.take(msg, &mut client, channels).await {
+                break;
             }
         }
         close(&mut client);
         tracing::debug!(account = %self.name, "client stopped; its messages are handed to the writer");
+        End::Finished
     }
+
+    /// Hands what a dead client's channel still holds to the writer.
+    async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>) {
+        let mut none = None;
+        while let Some(m) = incoming.recv().await {
+            if !self.take(m, &mut none, &BTreeSet::new()).await {
+                return;
+            }
+        }
+    }
+
+    /// Handles one message from twitch-irc. False when the writer has gone. Joins and join
+    /// failures are logged only for `wanted` channels, so a server cannot flood the log (or
+    /// grow our sets) with made-up ones.
+    async fn take(
+        &self,
+        msg: ServerMessage,
+        client: &mut Option<(Client, JoinHandle<()>)>,
+        wanted: &BTreeSet<String>,
+    ) -> bool {
+        let received_at = Utc::now();
+        if !matches!(msg, ServerMessage::Whisper(_)) {
+            self.pacer.drained(1);
+        }
+        match &msg {
+            ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
+                tracing::error!(
+                    account = %self.name,
+                    "Twitch rejected the login of account `{}` (user {}): \"{}\". Check its oauth_token (an IRC token for this \
+                     user, with chat:read scope) or remove username and token to log in anonymously. This account is \
+                     stopped; other accounts keep running.",
+                    self.name,
+                    self.login,
+                    n.message_text
+                );
+                self.stats.stopped.store(true, Relaxed);
+                let _ = self.events.send(ClientEvent::LoginRejected { account: self.name.clone() });
+                close(client);
+            }
+            ServerMessage::Notice(n) if convert::is_join_failure(n) => {
+                let channel = n.channel_login.clone().unwrap_or_default();
+                if wanted.contains(&channel) && self.stats.report(&channel) {
+                    tracing::warn!(account = %self.name, channel = %channel,
+                        "cannot join #{channel}: {} ({}). Not retried until the next reconnect; remove it from the config if it stays so.",
+                        n.message_text, n.message_id.as_deref().unwrap_or(""));
+                }
+            }
+            ServerMessage::Join(j) if client.is_some() => {
+                self.stats.joined(&j.channel_login);
+                if wanted.contains(&j.channel_login) && self.stats.announce_join(&j.channel_login) {
+                    tracing::info!(account = %self.name, channel = %j.channel_login, "joined #{}", j.channel_login);
+                }
+            }
+            ServerMessage::Part(p) => {
+                if self.stats.announce_part(&p.channel_login) {
+                    tracing::info!(account = %self.name, channel = %p.channel_login, "left #{}", p.channel_login);
+                }
+            }
+            ServerMessage::Reconnect(_) => {
+                tracing::info!(account = %self.name, "server asked to reconnect; reconnecting and rejoining");
+            }
+            other => {
+                if let Some(command) = unparsed(other) {
+                    report_bad_line(BadLine::Unparsed, command, &other.source().as_raw_irc());
+                }
+            }
+        }
+        if let Some(rec) = convert::to_record(msg, received_at) {
+            match &rec {
+                Record::Message(_) => self.pacer.messages.fetch_add(1, Relaxed),
+                Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
+            };
+            if self.sender.send(rec).await.is_err() {
+                tracing::error!(account = %self.name, "the writer has stopped; this client stops too");
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The command of a message twitch-irc has a parser for but handed on as generic: its parser
+/// refused the line (and the library's own ERROR line about it is filtered out, see main).
+fn unparsed(msg: &ServerMessage) -> Option<&'static str> {
+    const PARSED: [&str; 14] = [
+        "CLEARCHAT",
+        "CLEARMSG",
+        "GLOBALUSERSTATE",
+        "JOIN",
+        "NOTICE",
+        "PART",
+        "PING",
+        "PONG",
+        "PRIVMSG",
+        "RECONNECT",
+        "ROOMSTATE",
+        "USERNOTICE",
+        "USERSTATE",
+        "WHISPER",
+    ];
+    if !matches!(msg, ServerMessage::Generic(_)) {
+        return None;
+    }
+    PARSED.iter().find(|c| **c == msg.source().command).copied()
 }
 
 fn close(client: &mut Option<(Client, JoinHandle<()>)>) {

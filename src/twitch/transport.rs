@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead};
 use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
 use twitch_irc::transport::Transport;
 
-use super::chatline;
+use super::chatline::{self, Chat};
 use super::login::ServerAddr;
 use crate::config::Rate;
 use crate::store::writer::RecordSender;
@@ -206,12 +207,24 @@ impl Transport for PacedTransport {
     type Outgoing = Outgoing;
 
     async fn new() -> Result<Self, std::io::Error> {
-        let socket = connect(&server()).await?;
+        let addr = server();
+        // twitch-irc gives up after 20 s by dropping this future, and retries every 2 s; its
+        // own lines about it are filtered out (see main), so the failure is told here, once.
+        let mut attempt = ConnectAttempt { addr: &addr, done: false };
+        let socket = match connect(&addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                attempt.failed(&e.to_string());
+                return Err(e);
+            }
+        };
+        attempt.done = true;
         let (read, write) = tokio::io::split(socket);
         // The login is known once NICK goes out; the reader needs its in-flight counter.
-        let link: Arc<OnceLock<Arc<JoinPacer>>> = Arc::default();
+        let link: Arc<OnceLock<Link>> = Arc::default();
         let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(read_loop(read, lines_tx, link.clone()));
+        let records = RECORDS.read().expect("sink lock").clone();
+        tokio::spawn(read_loop(read, lines_tx, link.clone(), records));
         let incoming = futures_util::stream::poll_fn(move |cx| lines_rx.poll_recv(cx)).fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
         tokio::spawn(write_loop(rx, write, link));
@@ -227,55 +240,374 @@ impl Transport for PacedTransport {
 
 type Line = Result<IRCMessage, Either<std::io::Error, IRCParseError>>;
 
-/// Reads and parses lines, pausing while the login has [`IN_FLIGHT_LIMIT`] lines its client
-/// has not taken yet.
+/// Reports a connection attempt that failed or was abandoned (rate-limited).
+struct ConnectAttempt<'a> {
+    addr: &'a ServerAddr,
+    done: bool,
+}
+
+impl ConnectAttempt<'_> {
+    fn failed(&mut self, why: &str) {
+        self.done = true;
+        if let Some(held) = CONNECT_FAILURES.allow(REPORT_EVERY) {
+            let held = if held > 0 { format!(" ({held} more failures since the last report)") } else { String::new() };
+            tracing::warn!("cannot connect to {}: {why}; retrying{held}", self.addr);
+        }
+    }
+}
+
+impl Drop for ConnectAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.failed("no connection within twitch-irc's 20 s timeout");
+        }
+    }
+}
+
+/// What a connection knows once its `NICK` went out.
+struct Link {
+    login: String,
+    pacer: Arc<JoinPacer>,
+}
+
+/// Why a line from the server was dropped or repaired. Each is counted
+/// ([`bad_line_counts`]) and reported at most every [`REPORT_EVERY`] per kind, with a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLine {
+    /// Not UTF-8: repaired (each bad byte becomes U+FFFD).
+    InvalidUtf8,
+    /// Longer than [`MAX_LINE`]: dropped up to its newline.
+    TooLong,
+    /// Not an IRC line twitch-irc can tokenise (e.g. two spaces between parameters): dropped.
+    Malformed,
+    /// A PRIVMSG twitch-irc would refuse, or one we cannot store as it is: dropped.
+    ChatRefused,
+    /// A tag value that would crash twitch-irc's parser (e.g. `color=#aééa`): emptied.
+    UnsafeTag,
+    /// A line twitch-irc could tokenise but not read (handed on as a generic message).
+    Unparsed,
+}
+
+impl BadLine {
+    /// Every kind, in metric order.
+    pub const ALL: [BadLine; 6] = [
+        BadLine::InvalidUtf8,
+        BadLine::TooLong,
+        BadLine::Malformed,
+        BadLine::ChatRefused,
+        BadLine::UnsafeTag,
+        BadLine::Unparsed,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BadLine::InvalidUtf8 => "invalid_utf8",
+            BadLine::TooLong => "too_long",
+            BadLine::Malformed => "malformed",
+            BadLine::ChatRefused => "chat_refused",
+            BadLine::UnsafeTag => "unsafe_tag",
+            BadLine::Unparsed => "unparsed",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            BadLine::InvalidUtf8 => "a line from Twitch was not UTF-8; its bad bytes were replaced with U+FFFD",
+            BadLine::TooLong => "a line from Twitch was longer than 64 KiB; it was dropped",
+            BadLine::Malformed => "a line from Twitch is not valid IRC; it was dropped",
+            BadLine::ChatRefused => {
+                "a chat line from Twitch was dropped: twitch-irc would refuse it or the table cannot hold it"
+            }
+            BadLine::UnsafeTag => "a line from Twitch had a tag value that crashes twitch-irc; the value was emptied",
+            BadLine::Unparsed => "twitch-irc could not read a line from Twitch; it was ignored",
+        }
+    }
+}
+
+static PASS_UNSAFE_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tests only: hand lines to twitch-irc without [`sanitize`], to crash it on purpose and see
+/// the client started again. Never called by the logger.
+#[doc(hidden)]
+pub fn pass_unsafe_lines_for_tests(yes: bool) {
+    PASS_UNSAFE_LINES.store(yes, Relaxed);
+}
+
+static BAD_LINES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static BAD_LINE_REPORTS: [RateLimit; 6] = [const { RateLimit::new() }; 6];
+static CONNECT_FAILURES: RateLimit = RateLimit::new();
+
+/// Shortest time between two log lines about the same kind of problem.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lines dropped or repaired since start, by kind (for `/metrics`).
+pub fn bad_line_counts() -> [(&'static str, u64); 6] {
+    BadLine::ALL.map(|k| (k.label(), BAD_LINES[k as usize].load(Relaxed)))
+}
+
+/// Counts a bad line and logs it unless one of its kind was logged in the last
+/// [`REPORT_EVERY`]. `detail` says which part was wrong; `line` is shown escaped and cut.
+pub(crate) fn report_bad_line(kind: BadLine, detail: &str, line: &str) {
+    let total = BAD_LINES[kind as usize].fetch_add(1, Relaxed) + 1;
+    if let Some(held) = BAD_LINE_REPORTS[kind as usize].allow(REPORT_EVERY) {
+        let prefix: String = line.chars().take(LOGGED_PREFIX).collect();
+        let cut = if prefix.len() < line.len() { "…" } else { "" };
+        let problem = if detail.is_empty() { String::new() } else { format!(" (problem: {detail})") };
+        let held = if held > 0 { format!(", {held} since the last report") } else { String::new() };
+        tracing::warn!(
+            reason = kind.label(),
+            "{}{problem}; {total} so far{held}, reported at most every {}s: {prefix:?}{cut}",
+            kind.what(),
+            REPORT_EVERY.as_secs()
+        );
+    }
+}
+
+/// Characters of a bad line shown in the log.
+const LOGGED_PREFIX: usize = 120;
+
+/// Lets one event through per period and counts those held back.
+struct RateLimit {
+    /// Milliseconds since [`epoch`] of the last event let through, plus one (0: never).
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl RateLimit {
+    const fn new() -> Self {
+        RateLimit { last: AtomicU64::new(0), held: AtomicU64::new(0) }
+    }
+
+    /// `Some(events held back since the last one let through)` if this one may be logged.
+    fn allow(&self, every: std::time::Duration) -> Option<u64> {
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < every.as_millis() as u64 {
+            self.held.fetch_add(1, Relaxed);
+            return None;
+        }
+        if self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            self.held.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.held.swap(0, Relaxed))
+    }
+}
+
+fn epoch() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Empties or removes tag values that twitch-irc 6.1.3 would panic on (it slices `color` by
+/// byte, and overflows on `emotes` ranges and huge `followers-only` in debug builds) or
+/// refuse. True if anything changed.
+pub fn sanitize(m: &mut IRCMessage) -> bool {
+    let mut changed = false;
+    if let Some(c) = m.tags.0.get_mut("color") {
+        if !c.is_empty() && !chatline::is_color(c) {
+            c.clear();
+            changed = true;
+        }
+    }
+    if let Some(e) = m.tags.0.get_mut("emotes") {
+        if !chatline::is_emotes(e) {
+            e.clear();
+            changed = true;
+        }
+    }
+    if m.tags.0.get("followers-only").and_then(|f| f.parse::<i64>().ok()).is_some_and(|n| n.checked_mul(60).is_none()) {
+        m.tags.0.remove("followers-only");
+        changed = true;
+    }
+    changed
+}
+
+/// One frame of the byte stream.
+#[derive(Debug, PartialEq)]
+enum Frame {
+    Line(String),
+    /// The line, with each invalid byte replaced.
+    BadUtf8(String),
+    /// A line over [`MAX_LINE`], dropped; its start, for the log.
+    TooLong(String),
+}
+
+/// Splits bytes at `\n` (dropping trailing `\r`s) without ever failing: unlike `LinesCodec`,
+/// a bad byte or an endless line costs that line only, never the connection.
+#[derive(Debug, Default)]
+struct LineCodec {
+    /// Where to resume looking for `\n`.
+    scanned: usize,
+    /// The start of a line being skipped for length, until its `\n`.
+    skipping: Option<String>,
+}
+
+fn frame(bytes: &[u8]) -> Frame {
+    let end = bytes.iter().rposition(|b| *b != b'\r').map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Frame::Line(s.to_string()),
+        Err(_) => Frame::BadUtf8(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+        let found = buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| i + self.scanned);
+        match found {
+            Some(i) => {
+                self.scanned = 0;
+                let line = buf.split_to(i + 1);
+                Ok(Some(match self.skipping.take() {
+                    Some(start) => Frame::TooLong(start),
+                    None if i > MAX_LINE => {
+                        Frame::TooLong(String::from_utf8_lossy(&line[..LOGGED_PREFIX * 4]).into_owned())
+                    }
+                    None => frame(&line[..i]),
+                }))
+            }
+            None if self.skipping.is_some() => {
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+            None if buf.len() > MAX_LINE => {
+                let head = &buf[..buf.len().min(LOGGED_PREFIX * 4)];
+                self.skipping = Some(String::from_utf8_lossy(head).into_owned());
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+            None => {
+                self.scanned = buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+        if let Some(f) = self.decode(buf)? {
+            return Ok(Some(f));
+        }
+        self.scanned = 0;
+        if let Some(start) = self.skipping.take() {
+            buf.clear();
+            return Ok(Some(Frame::TooLong(start)));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let rest = buf.split_to(buf.len());
+        Ok(Some(frame(&rest)))
+    }
+}
+
+/// Reads lines: chat lines become rows for `records` here, every other line is checked and
+/// handed to twitch-irc. No line can end the connection or reach code that panics on it.
+/// Pauses while the login has [`IN_FLIGHT_LIMIT`] lines its client has not taken yet, and
+/// ends (releasing its `records` sender) as soon as twitch-irc drops the connection, even
+/// while paused.
 async fn read_loop<R: AsyncRead + Unpin>(
     read: R,
     tx: tokio::sync::mpsc::Sender<Line>,
-    link: Arc<OnceLock<Arc<JoinPacer>>>,
+    link: Arc<OnceLock<Link>>,
+    records: Option<RecordSender>,
 ) {
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
-    let records = RECORDS.read().expect("sink lock").clone();
+    let mut lines = FramedRead::new(read, LineCodec::default());
     loop {
-        if let Some(p) = link.get() {
-            p.wait_for_room().await;
+        if let Some(l) = link.get() {
+            tokio::select! {
+                _ = l.pacer.wait_for_room() => {}
+                _ = tx.closed() => return,
+            }
         }
         let next = tokio::select! {
             l = lines.next() => l,
             _ = tx.closed() => return,
         };
-        let item = match next {
-            None => return,
-            Some(Ok(l)) if l.trim().is_empty() => continue,
-            Some(Ok(l)) if records.is_some() && chatline::is_privmsg(&l) => {
-                match chatline::parse_privmsg(l.trim_end_matches('\r'), Utc::now()) {
-                    Some(row) => {
-                        if let Some(p) = link.get() {
-                            p.messages.fetch_add(1, Relaxed);
-                        }
-                        let sink = records.as_ref().expect("checked above");
-                        // Bounded: when the writer's queue is full this waits, and so does the socket.
-                        if sink.send(Record::Message(row)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    None => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
-                }
+        let login = || link.get().map_or("(not logged in yet)", |l| l.login.as_str());
+        let line = match next {
+            None => {
+                tracing::info!(login = login(), "the server closed the connection; twitch-irc reconnects");
+                return;
             }
-            Some(Ok(l)) => IRCMessage::parse(l.trim_end_matches('\r')).map_err(Either::Right),
-            Some(Err(e)) => Err(Either::Left(std::io::Error::other(e))),
+            Some(Err(e)) => {
+                tracing::warn!(login = login(), "connection lost: {e}; twitch-irc reconnects");
+                let _ = tx.send(Err(Either::Left(e))).await;
+                return;
+            }
+            Some(Ok(Frame::TooLong(start))) => {
+                report_bad_line(BadLine::TooLong, "", &start);
+                continue;
+            }
+            Some(Ok(Frame::BadUtf8(l))) => {
+                report_bad_line(BadLine::InvalidUtf8, "", &l);
+                l
+            }
+            Some(Ok(Frame::Line(l))) => l,
         };
-        // twitch-irc forwards every line to the client except whispers it de-duplicates.
-        if let (Ok(m), Some(p)) = (&item, link.get()) {
-            if m.command != "WHISPER" {
-                p.in_flight.fetch_add(1, Relaxed);
+        // NUL is never valid IRC, and PostgreSQL text cannot hold it.
+        let line = if line.contains('\0') { line.replace('\0', "") } else { line };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(sink) = records.as_ref().filter(|_| chatline::is_privmsg(&line)) {
+            match store_chat(&line, sink, &link).await {
+                Some(true) => continue,
+                Some(false) => return,
+                None => {}
             }
         }
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        let mut msg = match IRCMessage::parse(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                report_bad_line(BadLine::Malformed, &e.to_string(), &line);
+                continue;
+            }
+        };
+        if let (Some(sink), "PRIVMSG") = (&records, msg.command.as_str()) {
+            // A PRIVMSG the cheap check missed (lower-case command): ours too, never twitch-irc's.
+            match store_chat(&line, sink, &link).await {
+                Some(false) => return,
+                _ => continue,
+            }
+        }
+        if !PASS_UNSAFE_LINES.load(Relaxed) && sanitize(&mut msg) {
+            report_bad_line(BadLine::UnsafeTag, "", &line);
+        }
+        // twitch-irc forwards every line to the client except whispers it de-duplicates.
+        if let Some(l) = link.get() {
+            if msg.command != "WHISPER" {
+                l.pacer.in_flight.fetch_add(1, Relaxed);
+            }
+        }
+        if tx.send(Ok(msg)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
+/// not a chat line after all. `Some(false)`: the writer has gone.
+async fn store_chat(line: &str, sink: &RecordSender, link: &OnceLock<Link>) -> Option<bool> {
+    match chatline::classify(line, Utc::now()) {
+        Chat::Row(row) => {
+            if let Some(l) = link.get() {
+                l.pacer.messages.fetch_add(1, Relaxed);
+            }
+            // Bounded: when the writer's queue is full this waits, and so does the socket.
+            Some(sink.send(Record::Message(row)).await.is_ok())
+        }
+        Chat::Refused(why) => {
+            report_bad_line(BadLine::ChatRefused, why, line);
+            Some(true)
+        }
+        Chat::Other => None,
     }
 }
 
@@ -284,7 +616,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
     mut w: W,
-    link: Arc<OnceLock<Arc<JoinPacer>>>,
+    link: Arc<OnceLock<Link>>,
 ) {
     let mut pacer: Option<Arc<JoinPacer>> = None;
     let mut pending: VecDeque<IRCMessage> = VecDeque::new();
@@ -300,10 +632,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => break,
                 Some(m) => match m.command.as_str() {
                     "NICK" if pacer.is_none() => {
-                        let p = lookup_pacer(m.params.first().map_or("", String::as_str));
+                        let login = m.params.first().map_or("", String::as_str);
+                        let p = lookup_pacer(login);
                         p.open.fetch_add(1, Relaxed);
                         p.opened.fetch_add(1, Relaxed);
-                        let _ = link.set(p.clone());
+                        let _ = link.set(Link { login: login.to_string(), pacer: p.clone() });
+                        // One line per connection (start, pool growth, reconnect); twitch-irc's
+                        // own lines about it are filtered out.
+                        tracing::info!(login, "connected to {}", server());
                         pacer = Some(p);
                         m
                     }
@@ -343,4 +679,141 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         p.open.fetch_sub(1, Relaxed);
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use twitch_irc::message::ServerMessage;
+
+    fn count(kind: BadLine) -> u64 {
+        BAD_LINES[kind as usize].load(Relaxed)
+    }
+
+    fn privmsg(id: &str, text: &str) -> String {
+        format!("@badge-info=;badges=;color=#1E90FF;display-name=Al;emotes=;id={id};mod=0;room-id=1;subscriber=0;tmi-sent-ts=1594545155039;user-id=2 :al!al@al.tmi.twitch.tv PRIVMSG #chan :{text}")
+    }
+
+    /// A reader on one end of a pipe; returns the server's end, what reaches twitch-irc and
+    /// the rows.
+    fn reader(
+        link: Arc<OnceLock<Link>>,
+    ) -> (tokio::io::DuplexStream, tokio::sync::mpsc::Receiver<Line>, tokio::sync::mpsc::Receiver<Record>, JoinHandleUnit)
+    {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (rec_tx, rec_rx) = tokio::sync::mpsc::channel(1024);
+        let task = tokio::spawn(read_loop(client, tx, link, Some(rec_tx)));
+        (server, rx, rec_rx, task)
+    }
+    type JoinHandleUnit = tokio::task::JoinHandle<()>;
+
+    #[tokio::test]
+    async fn a_bad_byte_an_endless_line_or_an_untokenisable_line_costs_only_that_line() {
+        let (utf8, long, malformed) = (count(BadLine::InvalidUtf8), count(BadLine::TooLong), count(BadLine::Malformed));
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b":tmi.twitch.tv PING :one\r\n");
+        bytes.extend_from_slice(b"@msg-id=x :tmi.twitch.tv NOTICE #c00 :caf\xe9 au lait\r\n");
+        bytes.extend_from_slice(format!("{}\r\n", "x".repeat(70 * 1024)).as_bytes());
+        bytes.extend_from_slice(privmsg("m-1", "after the long line").as_bytes());
+        bytes.extend_from_slice(b"\r\n@msg-id=x :tmi.twitch.tv NOTICE  #c00 :x\r\n");
+        bytes.extend_from_slice(b":tmi.twitch.tv PING :two\r\n");
+        server.write_all(&bytes).await.unwrap();
+
+        let mut got = vec![];
+        for _ in 0..3 {
+            let l = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await.unwrap().unwrap();
+            got.push(l.expect("no error reaches twitch-irc"));
+        }
+        assert_eq!(got[0].params, ["one"]);
+        assert_eq!(got[1].params, ["#c00", "caf\u{FFFD} au lait"], "invalid UTF-8 is repaired, not fatal");
+        assert_eq!(got[2].params, ["two"], "the line with two spaces is dropped, the next one arrives");
+        let Record::Message(m) = rows.recv().await.unwrap() else { panic!("not a message") };
+        assert_eq!(m.text, "after the long line");
+        assert!(count(BadLine::InvalidUtf8) > utf8);
+        assert!(count(BadLine::TooLong) > long);
+        assert!(count(BadLine::Malformed) > malformed);
+    }
+
+    #[tokio::test]
+    async fn a_tag_that_crashes_twitch_irc_is_emptied_before_it_gets_there() {
+        let hazard = "@badge-info=;badges=;color=#aééa;display-name=A;emote-sets=0;mod=0;subscriber=0;user-type= :tmi.twitch.tv USERSTATE #chan";
+        // The hazard is real: twitch-irc 6.1.3 panics on it.
+        let raw = IRCMessage::parse(hazard).unwrap();
+        assert!(std::panic::catch_unwind(|| ServerMessage::try_from(raw)).is_err());
+
+        let before = count(BadLine::UnsafeTag);
+        let (mut server, mut lines, _rows, _task) = reader(Arc::default());
+        let roomstate = "@followers-only=999999999999999999;room-id=1 :tmi.twitch.tv ROOMSTATE #chan";
+        let usernotice = "@badge-info=;badges=;color=#F0F0F0;display-name=A;emotes=1:9-2;id=u1;login=a;mod=0;msg-id=resub;msg-param-cumulative-months=2;msg-param-streak-months=0;msg-param-should-share-streak=0;msg-param-sub-plan=1000;msg-param-sub-plan-name=x;room-id=1;subscriber=1;system-msg=x;tmi-sent-ts=1594545155039;user-id=2;user-type= :tmi.twitch.tv USERNOTICE #chan :hello there";
+        server.write_all(format!("{hazard}\r\n{roomstate}\r\n{usernotice}\r\n").as_bytes()).await.unwrap();
+        for _ in 0..3 {
+            let m = lines.recv().await.unwrap().unwrap();
+            ServerMessage::try_from(m).expect("twitch-irc reads the repaired line");
+        }
+        assert!(count(BadLine::UnsafeTag) >= before + 3);
+    }
+
+    #[tokio::test]
+    async fn chat_lines_twitch_irc_would_refuse_are_dropped_and_counted_not_handed_on() {
+        let before = count(BadLine::ChatRefused);
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let no_id = privmsg("", "no id");
+        let notice = "@msg-id=x :tmi.twitch.tv NOTICE #chan :say PRIVMSG #chan :hi to test";
+        let bytes = format!("{no_id}\r\n{}\r\n{notice}\r\n", privmsg("ok-1", "kept"));
+        server.write_all(bytes.as_bytes()).await.unwrap();
+        let Record::Message(m) = rows.recv().await.unwrap() else { panic!() };
+        assert_eq!(m.message_id, "ok-1");
+        let next = lines.recv().await.unwrap().unwrap();
+        assert_eq!(next.command, "NOTICE", "the refused PRIVMSG never reaches twitch-irc; a NOTICE quoting one does");
+        assert!(count(BadLine::ChatRefused) > before);
+    }
+
+    #[tokio::test]
+    async fn a_reader_paused_for_room_lets_go_of_the_writer_when_its_connection_is_dropped() {
+        let link: Arc<OnceLock<Link>> = Arc::default();
+        let pacer = Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS));
+        pacer.in_flight.store(IN_FLIGHT_LIMIT, Relaxed);
+        let _ = link.set(Link { login: "bot".into(), pacer: pacer.clone() });
+        let (server, lines, mut rows, task) = reader(link);
+        // The client is gone (shutdown): nobody will ever drain the 4,096 lines in flight.
+        drop(lines);
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("the reader ends").unwrap();
+        let all_senders_gone = tokio::time::timeout(Duration::from_secs(1), rows.recv()).await;
+        assert!(matches!(all_senders_gone, Ok(None)), "the reader still holds a record sender");
+        drop(server);
+    }
+
+    #[test]
+    fn an_endless_line_is_skipped_without_holding_it_in_memory() {
+        let mut codec = LineCodec::default();
+        let mut buf = BytesMut::from("y".repeat(MAX_LINE + 1).as_bytes());
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty(), "the skipped bytes are not kept");
+        buf.extend_from_slice(&b"yyy".repeat(10_000));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(
+            b"end
+next
+",
+        );
+        assert!(matches!(codec.decode(&mut buf).unwrap(), Some(Frame::TooLong(s)) if s.starts_with("yyy")));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Line("next".into())));
+    }
+
+    #[test]
+    fn the_framing_splits_on_newlines_and_keeps_a_last_line_without_one() {
+        let mut codec = LineCodec::default();
+        let mut buf = BytesMut::from(&b"a\r\nb\nc\r\r\n\npartial"[..]);
+        let mut out = vec![];
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out.push(codec.decode_eof(&mut buf).unwrap().unwrap());
+        let line = |s: &str| Frame::Line(s.to_string());
+        assert_eq!(out, [line("a"), line("b"), line("c"), line(""), line("partial")]);
+    }
 }

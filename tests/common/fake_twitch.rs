@@ -23,6 +23,8 @@ pub struct Conn {
 
 enum Cmd {
     Send(String),
+    /// Bytes as they are, in one write (not even a line end added).
+    SendRaw(Vec<u8>),
     Close,
 }
 
@@ -113,6 +115,15 @@ impl FakeTwitch {
         }
     }
 
+    /// Writes `bytes` unchanged, in one write, to every open connection of `nick`: for lines
+    /// that are not valid UTF-8, and for several lines arriving in one read.
+    pub fn raw_to_nick(&self, nick: &str, bytes: &[u8]) {
+        let s = self.state.lock().unwrap();
+        for c in s.conns.iter().filter(|c| c.open && c.nick.as_deref() == Some(nick)) {
+            let _ = c.tx.send(Cmd::SendRaw(bytes.to_vec()));
+        }
+    }
+
     /// Closes every open connection of `nick` (a dropped connection).
     pub fn drop_nick(&self, nick: &str) {
         let s = self.state.lock().unwrap();
@@ -162,6 +173,7 @@ async fn serve(id: usize, sock: TcpStream, mut rx: mpsc::UnboundedReceiver<Cmd>,
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Send(l)) => { if w.write_all(format!("{l}\r\n").as_bytes()).await.is_err() { break } }
+                Some(Cmd::SendRaw(b)) => { if w.write_all(&b).await.is_err() { break } }
                 Some(Cmd::Close) | None => break,
             },
             line = lines.next_line() => {
