@@ -215,3 +215,15 @@ fn the_systemd_unit_runs_a_real_subcommand_and_outlasts_the_shutdown_flush() {
     }
     assert!(key("ExecReload").contains("-HUP"), "systemctl reload re-reads the config");
 }
+
+#[tokio::test]
+async fn our_info_lines_survive_a_debug_directive_for_another_target() {
+    // Two nested per-layer filters used to drop our INFO lines once a DEBUG directive existed.
+    let db = TestDb::new().await;
+    let (_dir, path) = config_dir("[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"chan\"]\n");
+    let out =
+        file_mode(&path, &db.url).env("RUST_LOG", "info,twitch_chat_logger=debug").arg("migrate").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("database ready, schema up to date"), "the INFO line is missing:\n{log}");
+}
