@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -71,20 +72,43 @@ impl PgStore {
     }
 }
 
-/// Connection-level failures are retried; anything the server said about the data is not.
-fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // Class 22 (data exception) and 23 (integrity) are about the rows themselves;
-            // everything else (57P01 admin shutdown, 53xxx resources, 08xxx connection) is retryable.
-            if code.starts_with("22") || code.starts_with("23") {
-                StoreError::Rejected(db.message().to_string())
-            } else {
-                StoreError::Unavailable(format!("{} ({code})", db.message()))
+/// SQLSTATE classes about the server's state, not the rows: retrying can succeed (connection,
+/// resources, operator action or statement timeout, serialization/deadlock, lock not
+/// available, transaction state, system/internal errors, a schema a person must fix, login).
+const SERVER_STATE_CLASSES: [&str; 11] = ["08", "53", "57", "58", "40", "55", "25", "XX", "42", "3D", "28"];
+
+/// How long the probe after a failed write may take before the database counts as unavailable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an error says before any probe: `Ok` when its kind or class decides it, else `Err`
+/// with its text.
+fn classify_by_code(e: &sqlx::Error) -> Result<StoreError, String> {
+    let sqlx::Error::Database(db) = e else { return Ok(StoreError::Unavailable(e.to_string())) };
+    let code = db.code().unwrap_or_default().to_string();
+    let text = format!("{} (SQLSTATE {code})", db.message());
+    if code.starts_with("22") || code.starts_with("23") {
+        // Data exception, integrity violation: about the rows themselves.
+        Ok(StoreError::Rejected(text))
+    } else if SERVER_STATE_CLASSES.iter().any(|c| code.starts_with(c)) {
+        Ok(StoreError::Unavailable(text))
+    } else {
+        Err(text)
+    }
+}
+
+/// Classifies a failed write by what the error is: any class not known either way (e.g. 54000,
+/// an index row over the btree limit) is decided by a probe on the same connection. If it
+/// answers `SELECT 1` right after, the server is fine and the batch is at fault.
+async fn classify(e: sqlx::Error, conn: &mut PgConnection) -> StoreError {
+    match classify_by_code(&e) {
+        Ok(known) => known,
+        Err(text) => {
+            // The failed transaction was dropped: sqlx rolls it back before the probe runs.
+            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await {
+                Ok(Ok(_)) => StoreError::Rejected(text),
+                _ => StoreError::Unavailable(text),
             }
         }
-        _ => StoreError::Unavailable(e.to_string()),
     }
 }
 
@@ -110,7 +134,16 @@ const PARALLEL_MIN: usize = 1000;
 impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match Self::insert(&mut conn, ms, ns).await {
+            Ok(report) => Ok(report),
+            Err(e) => Err(classify(e, &mut conn).await),
+        }
+    }
+
+    /// The inserts, in one transaction on `conn`.
+    async fn insert(conn: &mut PgConnection, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, sqlx::Error> {
+        let mut tx = conn.begin().await?;
         let mut report = WriteReport::default();
         if !ms.is_empty() {
             // Columns as slices of references: no per-row string copies.
@@ -146,8 +179,7 @@ impl PgStore {
                 .bind(col!(sent_at))
                 .bind(col!(received_at))
                 .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+                .await?;
             report.messages_inserted = done.rows_affected();
             report.duplicates = ms.len() as u64 - done.rows_affected();
         }
@@ -158,11 +190,10 @@ impl PgStore {
                 .bind(ns.iter().map(|n| n.message.as_str()).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| n.received_at).collect::<Vec<_>>())
                 .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+                .await?;
             report.notices_inserted = done.rows_affected();
         }
-        tx.commit().await.map_err(classify)?;
+        tx.commit().await?;
         Ok(report)
     }
 }
@@ -209,7 +240,12 @@ impl Store for PgStore {
             .bind(received_at)
             .execute(&self.pool)
             .await
-            .map_err(classify)?;
+            .map_err(|e| match classify_by_code(&e) {
+                Ok(known) => known,
+                // A dead letter is plain text in an unindexed column: an unknown refusal is rare
+                // enough to count as the database's state, retried.
+                _ => StoreError::Unavailable(e.to_string()),
+            })?;
         Ok(())
     }
 }
