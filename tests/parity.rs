@@ -35,7 +35,7 @@ async fn real_twitch_lines_fill_every_column_like_the_original() {
         assert_eq!(fake.to_channel("pajlada", &sample(kind)), 1);
     }
     fake.to_channel("retoon", &sample("PRIVMSG reply-parent tags + first-msg/returning-chatter"));
-    fake.to_channel("pajlada", "@badge-info=;badges=broadcaster/1;color=;display-name=pajlada;emotes=;id=me-1;mod=0;room-id=11148817;subscriber=0;tmi-sent-ts=1594545155039;user-id=11148817;user-type= :pajlada!pajlada@pajlada.tmi.twitch.tv PRIVMSG #pajlada :\u{1}ACTION waves\u{1}");
+    fake.to_channel("pajlada", "@badge-info=;badges=broadcaster/1;color=;display-name=pajlada;emotes=;id=00000000-0000-4000-8000-000000000e01;mod=0;room-id=11148817;subscriber=0;tmi-sent-ts=1594545155039;user-id=11148817;user-type= :pajlada!pajlada@pajlada.tmi.twitch.tv PRIVMSG #pajlada :\u{1}ACTION waves\u{1}");
     db.wait_count("SELECT count(*) FROM chat_messages", 6, 10 * SEC).await;
 
     let row = sqlx::query("SELECT channel, user_id, username, display_name, text, badges::text, color, is_mod, is_subscriber, bits, sent_at, room_id, is_action FROM chat_messages WHERE message_id = 'e9d998c3-36f1-430f-89ec-6b887c28af36'")
@@ -83,10 +83,12 @@ async fn real_twitch_lines_fill_every_column_like_the_original() {
     assert_eq!(reply.get::<Option<bool>, _>("first_msg"), Some(false));
     assert_eq!(reply.get::<Option<String>, _>("color"), None, "an empty color tag is NULL");
 
-    let me = sqlx::query("SELECT text, is_action, is_mod FROM chat_messages WHERE message_id = 'me-1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let me = sqlx::query(
+        "SELECT text, is_action, is_mod FROM chat_messages WHERE message_id = '00000000-0000-4000-8000-000000000e01'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(me.get::<String, _>("text"), "waves");
     assert!(me.get::<bool, _>("is_action"));
     assert!(me.get::<bool, _>("is_mod"), "the broadcaster counts as a moderator");

@@ -142,7 +142,11 @@ impl PgStore {
     }
 
     /// The inserts, in one transaction on `conn`.
-    async fn insert(conn: &mut PgConnection, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, sqlx::Error> {
+    async fn insert(
+        conn: &mut PgConnection,
+        ms: &[ChatMessage],
+        ns: &[ChannelNotice],
+    ) -> Result<WriteReport, sqlx::Error> {
         let mut tx = conn.begin().await?;
         let mut report = WriteReport::default();
         if !ms.is_empty() {

@@ -266,7 +266,8 @@ impl Spool {
                 }
             }
             if records.is_empty() {
-                let why = if text.is_empty() { "it is empty".to_string() } else { "no line in it is a row".to_string() };
+                let why =
+                    if text.is_empty() { "it is empty".to_string() } else { "no line in it is a row".to_string() };
                 self.move_aside(seq, lines.len() as u64, &why);
                 continue;
             }
@@ -307,8 +308,12 @@ impl Spool {
             fs::rename(&from, &to).map(|()| to)
         });
         match moved {
-            Ok(to) => tracing::warn!(segment = %from.display(), rows, moved_to = %to.display(), "a spool segment cannot be replayed ({why}); moved aside, going on"),
-            Err(e) => tracing::error!(segment = %from.display(), rows, "a spool segment cannot be replayed ({why}) nor moved aside ({e}); skipping it until the next start"),
+            Ok(to) => {
+                tracing::warn!(segment = %from.display(), rows, moved_to = %to.display(), "a spool segment cannot be replayed ({why}); moved aside, going on")
+            }
+            Err(e) => {
+                tracing::error!(segment = %from.display(), rows, "a spool segment cannot be replayed ({why}) nor moved aside ({e}); skipping it until the next start")
+            }
         }
         self.forget(seq);
         self.set_aside += 1;

@@ -329,7 +329,11 @@ impl Shared {
                 if !st.disk_trouble {
                     st.disk_trouble = true;
                     let dir = st.spool.dir().display().to_string();
-                    let what = if is_disk_full(&e) { format!("disk full at {dir}") } else { format!("cannot write the spool at {dir} ({e})") };
+                    let what = if is_disk_full(&e) {
+                        format!("disk full at {dir}")
+                    } else {
+                        format!("cannot write the spool at {dir} ({e})")
+                    };
                     tracing::error!("{what}: keeping {} rows in memory and retrying", rows.len());
                 }
                 false
@@ -387,7 +391,8 @@ impl Writer {
         let left = st.mem.len();
         st.mem.clear();
         stats.dropped.fetch_add(left as u64, Relaxed);
-        let stored = stats.messages_stored.load(Relaxed) + stats.duplicates.load(Relaxed) + stats.notices_stored.load(Relaxed);
+        let stored =
+            stats.messages_stored.load(Relaxed) + stats.duplicates.load(Relaxed) + stats.notices_stored.load(Relaxed);
         Finished { stored, spooled: st.spool.rows(), lost: stats.dropped.load(Relaxed) }
     }
 }
@@ -521,7 +526,8 @@ async fn next_batch(
     loop {
         let (max_rows, interval) = {
             let s = settings.borrow_and_update();
-            (s.max_rows, s.flush_interval)
+            // A write gets at least a quarter of `durable_within` before its rows are spilled.
+            (s.max_rows, s.flush_interval.min(s.durable_within / 2))
         };
         let deadline = *deadline_rx.borrow_and_update();
         // A flush starts when `max_rows` rows wait; if more have piled up meanwhile (the
@@ -730,7 +736,9 @@ async fn write_out(
                     },
                     Job::DeadLetter(_, why) => {
                         // Not even the dead letters take it: nowhere left to keep it.
-                        tracing::error!("a row cannot be stored ({why}) nor kept in dead_letters ({reason}); it is lost");
+                        tracing::error!(
+                            "a row cannot be stored ({why}) nor kept in dead_letters ({reason}); it is lost"
+                        );
                         shared.note_dropped(1, Loss::NowhereToKeep);
                     }
                 }
