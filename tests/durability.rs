@@ -324,8 +324,6 @@ async fn a_row_over_the_btree_limit_is_found_by_the_probe_and_dead_lettered_and_
     assert_eq!(spool_rows(spool.path()), 0, "nothing spooled: the database was never taken for down");
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
-    let log = logger.log_text();
-    assert_eq!(log.matches("kept in the dead_letters table").count() as u64 <= summary(&logger, "dead_lettered"), true);
     eprintln!("btree limit: sent 13, stored 10, dead-lettered {} ({errors:?})", summary(&logger, "dead_lettered"));
 }
 

@@ -450,14 +450,14 @@ enum Source {
 /// Work for the database: a batch to write, or one row to keep in the dead letters.
 enum Job {
     Write(Batch),
-    DeadLetter(Record, String),
+    DeadLetter(Box<Record>, String),
 }
 
 impl Job {
     fn records(&self) -> Vec<Record> {
         match self {
             Job::Write(b) => b.clone().into_records().collect(),
-            Job::DeadLetter(r, _) => vec![r.clone()],
+            Job::DeadLetter(r, _) => vec![(**r).clone()],
         }
     }
 
@@ -476,7 +476,7 @@ fn jobs_for(batch: Batch) -> VecDeque<Job> {
     for r in batch.into_records() {
         match invalid_reason(&r) {
             None => good.push(r),
-            Some(why) => jobs.push_back(Job::DeadLetter(r, why)),
+            Some(why) => jobs.push_back(Job::DeadLetter(Box::new(r), why)),
         }
     }
     if !good.is_empty() {
@@ -731,7 +731,7 @@ async fn write_out(
                         }
                         Err(one) => {
                             let record = one.into_records().next().expect("a one-row batch");
-                            jobs.push_front(Job::DeadLetter(record, reason));
+                            jobs.push_front(Job::DeadLetter(Box::new(record), reason));
                         }
                     },
                     Job::DeadLetter(_, why) => {
@@ -827,7 +827,7 @@ mod tests {
         /// Every id a write was attempted with.
         seen: Mutex<BTreeSet<String>>,
         fail_next: AtomicU64,
-        reject: Mutex<Option<String>>,
+        reject: Mutex<Vec<String>>,
         hang: std::sync::atomic::AtomicBool,
         delay_ms: AtomicU64,
     }
@@ -847,10 +847,9 @@ mod tests {
                 self.fail_next.fetch_sub(1, Relaxed);
                 return Err(StoreError::Unavailable("connection refused".into()));
             }
-            if let Some(bad) = &*self.reject.lock().unwrap() {
-                if batch.messages.iter().any(|m| &m.message_id == bad) {
-                    return Err(StoreError::Rejected("index row size exceeds btree maximum".into()));
-                }
+            let reject = self.reject.lock().unwrap().clone();
+            if batch.messages.iter().any(|m| reject.contains(&m.message_id)) {
+                return Err(StoreError::Rejected("index row size exceeds btree maximum".into()));
             }
             let mut stored = self.stored.lock().unwrap();
             let mut report = WriteReport::default();
@@ -954,7 +953,7 @@ mod tests {
     async fn exactly_the_row_the_store_rejects_is_dead_lettered_and_the_rest_stored() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
-        *fake.reject.lock().unwrap() = Some(id(37));
+        *fake.reject.lock().unwrap() = vec![id(37)];
         let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
         send(&w, 0..100).await;
         run_for(Duration::from_secs(1)).await;
@@ -1154,5 +1153,71 @@ mod tests {
         run_for(Duration::from_millis(500)).await;
         let done = w.finish().await;
         assert_eq!(done, Finished { stored: 0, spooled: 0, lost: 30 });
+    }
+
+    /// Log output of the current thread (a paused-clock test runs its tasks on it).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let sub = tracing_subscriber::fmt().with_writer(self.clone()).with_ansi(false).finish();
+            tracing::subscriber::set_default(sub)
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_refused_rows_in_one_batch_make_one_warning_with_their_count() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.reject.lock().unwrap() = (0..10).map(|i| id(i * 10 + 3)).collect();
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored().len(), 90);
+        assert_eq!(fake.dead.lock().unwrap().len(), 10);
+        let text = log.text();
+        assert_eq!(text.matches("kept in the dead_letters table").count(), 1, "{text}");
+        assert!(text.contains("rows=10"), "{text}");
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_segment_is_logged_once_not_once_per_loop() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.jsonl", 5)), b"garbage\n").unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(10), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..5).await;
+        run_for(Duration::from_secs(60)).await;
+        assert_eq!(fake.stored(), ids(0..5));
+        let text = log.text();
+        assert_eq!(text.matches("cannot be replayed").count(), 1, "{text}");
+        assert!(text.lines().count() < 20, "{text}");
+        w.finish().await;
     }
 }
