@@ -561,7 +561,7 @@ async fn next_batch(
                     return Some((batch, Source::Memory(oldest)));
                 }
                 Some(Instant::now() + (interval - age))
-            } else if st.spooling {
+            } else if st.spooling && !past_deadline {
                 let head = st.spool.read_head();
                 shared.stats.spool_corrupt_segments.store(st.spool.set_aside(), Relaxed);
                 match head {
@@ -581,6 +581,8 @@ async fn next_batch(
                 None
             }
         };
+        // A deadline already past wakes nothing: intake's end (or a new row) will.
+        let deadline = deadline.filter(|d| *d > Instant::now());
         let wait_until = match (wait_until, deadline) {
             (Some(w), Some(d)) => Some(w.min(d)),
             (w, d) => w.or(d),
@@ -1219,5 +1221,27 @@ mod tests {
         assert_eq!(text.matches("cannot be replayed").count(), 1, "{text}");
         assert!(text.lines().count() < 20, "{text}");
         w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_shutdown_deadline_with_a_sender_still_held_the_writer_waits_without_spinning_and_spools_late_rows(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..3).await;
+        let late = w.sender.clone();
+        let finishing = tokio::spawn(w.finish());
+        run_for(Duration::from_secs(5)).await;
+        assert!(!finishing.is_finished(), "a client still holds a sender");
+        assert_eq!(fake.stored(), ids(0..3));
+        fake.hang.store(true, Relaxed);
+        for i in 3..6 {
+            late.send(msg(i)).await.unwrap();
+        }
+        run_for(Duration::from_millis(100)).await;
+        drop(late);
+        let done = finishing.await.unwrap();
+        assert_eq!(done, Finished { stored: 3, spooled: 3, lost: 0 });
     }
 }
