@@ -55,7 +55,7 @@ fn args() -> Option<Args> {
 fn line(channel: &str, i: usize, ts: i64) -> String {
     let user = format!("viewer{}", i % 5000);
     format!(
-        "@badge-info=subscriber/14;badges=subscriber/12,premium/1;client-nonce=9b4f3c2a1d;color=#1E90FF;display-name=Viewer{u};emotes=25:0-4;first-msg=0;flags=;id=bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d;mod=0;returning-chatter=0;room-id=123456;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id={uid};user-type= :{user}!{user}@{user}.tmi.twitch.tv PRIVMSG #{channel} :Kappa that play was something else, gg {i}\r\n",
+        "@badge-info=subscriber/14;badges=subscriber/12,premium/1;client-nonce=9b4f3c2a1d;color=#1E90FF;display-name=Viewer{u};emotes=25:0-4;first-msg=0;flags=;id={i:08x}-5f1c-4a2e-9d1e-3c7b2a1f0e9d;mod=0;returning-chatter=0;room-id=123456;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id={uid};user-type= :{user}!{user}@{user}.tmi.twitch.tv PRIVMSG #{channel} :Kappa that play was something else, gg {i}\r\n",
         u = i % 5000,
         uid = 100000 + i % 5000,
     )
@@ -221,7 +221,7 @@ fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
     let now = Utc::now();
     (0..n)
         .map(|i| ChatMessage {
-            message_id: format!("bench-{i:09}-5f1c-4a2e-9d1e-3c7b2a1f0e9d"),
+            message_id: format!("{i:08x}-5f1c-4a2e-9d1e-3c7b2a1f0e9d"),
             channel: format!("chan{}", i % channels),
             room_id: Some("123456".into()),
             user_id: Some(format!("{}", 100000 + i % 5000)),
