@@ -142,7 +142,7 @@ async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     // A long flush interval: without the size trigger and the shutdown flush nothing would be stored.
     let (_dir, path) = config_dir(&format!(
-        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
+        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\ndurable_within = \"20m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
     let mut logger = Logger::spawn(file_mode(&path, &db.url));
@@ -355,7 +355,7 @@ async fn a_database_made_by_the_original_is_upgraded_with_its_rows_kept() {
     sqlx::raw_sql(include_str!("fixtures/original_init.sql")).execute(&db.pool).await.unwrap();
     sqlx::raw_sql(
         "INSERT INTO chat_messages (message_id, channel, user_id, username, display_name, text, badges, color, is_mod, is_subscriber, bits, sent_at, received_at)
-         VALUES ('old-1', 'chan', '1', 'olduser', 'OldUser', 'from the Go logger', '{\"subscriber\":12}', '#FF0000', false, true, 0, now() - interval '1 day', now() - interval '1 day'),
+         VALUES ('6f6c642d-3100-0000-0000-000000000000', 'chan', '1', 'olduser', 'OldUser', 'from the Go logger', '{\"subscriber\":12}', '#FF0000', false, true, 0, now() - interval '1 day', now() - interval '1 day'),
                 ('old-2', 'chan', '2', 'other', 'Other', 'second', '{}', NULL, true, false, 50, now() - interval '1 day', now() - interval '1 day');
          INSERT INTO channel_notices (channel, msg_id, message) VALUES ('chan', 'msg_banned', 'old notice');",
     )
@@ -372,7 +372,7 @@ async fn a_database_made_by_the_original_is_upgraded_with_its_rows_kept() {
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
 
     let old: (String, String, i32) =
-        sqlx::query_as("SELECT text, badges->>'subscriber', bits FROM chat_messages WHERE message_id = 'old-1'")
+        sqlx::query_as("SELECT text, badges->>'subscriber', bits FROM chat_messages WHERE message_id = '6f6c642d-3100-0000-0000-000000000000'")
             .fetch_one(&db.pool)
             .await
             .unwrap();

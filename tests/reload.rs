@@ -181,7 +181,8 @@ async fn an_invalid_edit_changes_nothing_and_a_later_fix_applies() {
 #[tokio::test]
 async fn batch_settings_apply_to_the_running_writer() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
-    let slow = cfg(&fake, "", &["one"]).replace("flush_interval = \"100ms\"", "flush_interval = \"10m\"");
+    let slow = cfg(&fake, "", &["one"])
+        .replace("flush_interval = \"100ms\"", "flush_interval = \"10m\"\ndurable_within = \"20m\"");
     let (dir, path) = config_dir(&slow);
     let _logger = start(&fake, &db, dir.path(), &path).await;
     fake.to_channel("one", &privmsg("one", "f-1", "Max", "waiting"));

@@ -80,35 +80,36 @@ const SERVER_STATE_CLASSES: [&str; 11] = ["08", "53", "57", "58", "40", "55", "2
 /// How long the probe after a failed write may take before the database counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What an error says before any probe: `Ok` when its kind or class decides it, else `Err`
-/// with its text.
-fn classify_by_code(e: &sqlx::Error) -> Result<StoreError, String> {
-    let sqlx::Error::Database(db) = e else { return Ok(StoreError::Unavailable(e.to_string())) };
+/// A failed write, classified by what the error is, before any probe.
+enum Failure {
+    /// The error's kind or SQLSTATE class decides it.
+    Decided(StoreError),
+    /// A class not known either way (e.g. 54000, an index row over the btree limit): a probe
+    /// of the connection decides. The error's text.
+    Undecided(String),
+}
+
+fn classify(e: sqlx::Error) -> Failure {
+    let sqlx::Error::Database(db) = &e else { return Failure::Decided(StoreError::Unavailable(e.to_string())) };
     let code = db.code().unwrap_or_default().to_string();
     let text = format!("{} (SQLSTATE {code})", db.message());
     if code.starts_with("22") || code.starts_with("23") {
         // Data exception, integrity violation: about the rows themselves.
-        Ok(StoreError::Rejected(text))
+        Failure::Decided(StoreError::Rejected(text))
     } else if SERVER_STATE_CLASSES.iter().any(|c| code.starts_with(c)) {
-        Ok(StoreError::Unavailable(text))
+        Failure::Decided(StoreError::Unavailable(text))
     } else {
-        Err(text)
+        Failure::Undecided(text)
     }
 }
 
-/// Classifies a failed write by what the error is: any class not known either way (e.g. 54000,
-/// an index row over the btree limit) is decided by a probe on the same connection. If it
-/// answers `SELECT 1` right after, the server is fine and the batch is at fault.
-async fn classify(e: sqlx::Error, conn: &mut PgConnection) -> StoreError {
-    match classify_by_code(&e) {
-        Ok(known) => known,
-        Err(text) => {
-            // The failed transaction was dropped: sqlx rolls it back before the probe runs.
-            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await {
-                Ok(Ok(_)) => StoreError::Rejected(text),
-                _ => StoreError::Unavailable(text),
-            }
-        }
+/// After an undecided failure: if the database answers `SELECT 1` on the same connection right
+/// after, the server is fine and the batch is at fault.
+async fn probe(conn: &mut PgConnection, text: String) -> StoreError {
+    // The failed transaction was dropped: sqlx rolls it back before the probe runs.
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await {
+        Ok(Ok(_)) => StoreError::Rejected(text),
+        _ => StoreError::Unavailable(text),
     }
 }
 
@@ -135,19 +136,20 @@ impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        match Self::insert(&mut conn, ms, ns).await {
+        match Self::write_tx(&mut conn, ms, ns).await {
             Ok(report) => Ok(report),
-            Err(e) => Err(classify(e, &mut conn).await),
+            Err(Failure::Decided(e)) => Err(e),
+            Err(Failure::Undecided(text)) => Err(probe(&mut conn, text).await),
         }
     }
 
-    /// The inserts, in one transaction on `conn`.
-    async fn insert(
+    /// The inserts, in one transaction on `conn` (kept for the probe if they fail).
+    async fn write_tx(
         conn: &mut PgConnection,
         ms: &[ChatMessage],
         ns: &[ChannelNotice],
-    ) -> Result<WriteReport, sqlx::Error> {
-        let mut tx = conn.begin().await?;
+    ) -> Result<WriteReport, Failure> {
+        let mut tx = conn.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
         if !ms.is_empty() {
             // Columns as slices of references: no per-row string copies.
@@ -183,7 +185,8 @@ impl PgStore {
                 .bind(col!(sent_at))
                 .bind(col!(received_at))
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(classify)?;
             report.messages_inserted = done.rows_affected();
             report.duplicates = ms.len() as u64 - done.rows_affected();
         }
@@ -194,10 +197,11 @@ impl PgStore {
                 .bind(ns.iter().map(|n| n.message.as_str()).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| n.received_at).collect::<Vec<_>>())
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(classify)?;
             report.notices_inserted = done.rows_affected();
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(classify)?;
         Ok(report)
     }
 }
@@ -244,11 +248,11 @@ impl Store for PgStore {
             .bind(received_at)
             .execute(&self.pool)
             .await
-            .map_err(|e| match classify_by_code(&e) {
-                Ok(known) => known,
+            .map_err(|e| match classify(e) {
+                Failure::Decided(known) => known,
                 // A dead letter is plain text in an unindexed column: an unknown refusal is rare
                 // enough to count as the database's state, retried.
-                _ => StoreError::Unavailable(e.to_string()),
+                Failure::Undecided(text) => StoreError::Unavailable(text),
             })?;
         Ok(())
     }

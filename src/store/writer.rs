@@ -9,9 +9,11 @@
 //!
 //! A batch is never dropped: a connection-level failure is retried with backoff, and after
 //! [`SPILL_AFTER`] of failing the batch and the memory backlog move to the spool, so an outage
-//! costs disk, not memory, and a crash during one loses only rows not yet handed to the OS.
-//! A row the database refuses (row-level error) is found by splitting the batch and goes to
-//! the dead-letter place; the rest is stored.
+//! costs disk, not memory. Time is bounded too: a row is committed or on disk within
+//! `durable_within` of being read; a write still waiting when its oldest row reaches
+//! [`spill_age`] has its rows copied to the spool (a late commit is deduplicated at replay).
+//! Rows that can never be valid, and rows the database refuses (found by splitting the batch),
+//! go to the dead-letter place; the rest is stored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
