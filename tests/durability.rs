@@ -343,11 +343,27 @@ async fn bad_spool_segments_at_start_are_moved_aside_once_and_new_rows_are_store
     let corrupt = std::fs::read_dir(spool.path().join("corrupt")).unwrap().count();
     assert_eq!(corrupt, 3);
     assert!(spool.path().join("1.jsonl").exists());
+    let metrics = http_get(&logger, "/metrics").await;
+    assert!(metrics.contains("twitch_logger_spool_corrupt_segments_total 3"), "{metrics}");
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
     let log = logger.log_text();
     assert_eq!(log.matches("cannot be replayed").count(), 3, "one warning per segment:\n{log}");
     assert!(log.len() < 100_000, "{} bytes of log", log.len());
+}
+
+/// The body of a GET to the logger's HTTP listener (its address is in the log).
+async fn http_get(logger: &Logger, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    logger.wait_log("health and metrics on http://", 10 * SEC).await;
+    let log = logger.log_text();
+    let rest = log.split("health and metrics on http://").nth(1).unwrap();
+    let addr = rest.split(|c: char| c.is_whitespace() || c == '/').next().unwrap().to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 /// Sends `per_tick` messages every 100 ms for `ticks` ticks; returns when each tick was sent.

@@ -1246,4 +1246,26 @@ mod tests {
         let done = finishing.await.unwrap();
         assert_eq!(done, Finished { stored: 3, spooled: 3, lost: 0 });
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_is_logged_as_such_and_its_rows_wait_in_memory_instead_of_being_dropped() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        // The first spill's file is /dev/full, which answers every write with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
+        send(&w, 0..10).await;
+        run_for(Duration::from_secs(5)).await;
+        let text = log.text();
+        assert!(text.contains(&format!("disk full at {}", dir.path().display())), "{text}");
+        assert_eq!(w.stats.dropped.load(Relaxed), 0);
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(10)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, ids(0..10));
+        assert_eq!(w.finish().await.lost, 0);
+    }
 }
