@@ -388,6 +388,10 @@ impl Writer {
         drop(sender);
         let _ = intake.await;
         let _ = flush.await;
+        // The flush task may have given up with rows in memory (a disk error then): one last try.
+        if !shared.lock().mem.is_empty() {
+            shared.spill(&VecDeque::new());
+        }
         let mut st = shared.lock();
         // What neither the database nor the disk took is lost; say so.
         let left = st.mem.len();
