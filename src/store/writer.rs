@@ -1163,13 +1163,20 @@ mod tests {
         assert_eq!(done, Finished { stored: 0, spooled: 0, lost: 30 });
     }
 
-    /// Log output of the current thread (a paused-clock test runs its tasks on it).
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    thread_local! {
+        static SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+    }
 
-    impl std::io::Write for Captured {
+    /// Writes to the buffer of the current thread's test, if it captures.
+    struct ThreadSink;
+
+    impl std::io::Write for ThreadSink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            SINK.with(|s| {
+                if let Some(buf) = &*s.borrow() {
+                    buf.lock().unwrap().extend_from_slice(b);
+                }
+            });
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -1177,17 +1184,29 @@ mod tests {
         }
     }
 
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
+    /// Log output of the current thread (a paused-clock test runs its tasks on it). One global
+    /// subscriber routes by thread: per-thread subscribers race with other tests over
+    /// tracing's cached callsite interest and lose events.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    struct Uncapture;
+
+    impl Drop for Uncapture {
+        fn drop(&mut self) {
+            SINK.with(|s| *s.borrow_mut() = None);
         }
     }
 
     impl Captured {
-        fn install(&self) -> tracing::subscriber::DefaultGuard {
-            let sub = tracing_subscriber::fmt().with_writer(self.clone()).with_ansi(false).finish();
-            tracing::subscriber::set_default(sub)
+        fn install(&self) -> Uncapture {
+            static GLOBAL: std::sync::Once = std::sync::Once::new();
+            GLOBAL.call_once(|| {
+                let sub = tracing_subscriber::fmt().with_writer(|| ThreadSink).with_ansi(false).finish();
+                tracing::subscriber::set_global_default(sub).expect("no other global subscriber in unit tests");
+            });
+            SINK.with(|s| *s.borrow_mut() = Some(self.0.clone()));
+            Uncapture
         }
         fn text(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
