@@ -23,6 +23,9 @@ pub enum Outcome {
     Stopped,
     /// Every account's login was rejected: nothing left to log.
     NoAccountLeft,
+    /// Stopped, but this many rows received during the run were kept nowhere (the spool's
+    /// disk was full, read-only or over `spool_max_bytes`, and the database did not take them).
+    RowsLost(u64),
 }
 
 /// What runs: the config in effect, one client per account, the shared writer.
@@ -195,31 +198,50 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("stopping: no more reading; writing out everything received");
-    stop(rt.accounts, rt.writer).await;
+    let lost = stop(rt.accounts, rt.writer).await;
     match fatal {
         Some(e) => Err(e),
-        None => Ok(outcome),
+        None => Ok(if lost > 0 && outcome == Outcome::Stopped { Outcome::RowsLost(lost) } else { outcome }),
     }
 }
 
 /// Stops every client (each hands over what it read), then lets the writer finish the queue.
-async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) {
+/// Returns how many rows received during the run were lost, after logging the truth.
+async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) -> u64 {
     futures_util::future::join_all(accounts.into_values().map(AccountHandle::stop)).await;
     let stats = writer.stats.clone();
     // The readers' copies went with their connections; this is the last one besides the writer's.
     transport::set_record_sink(None);
-    writer.finish().await;
+    let done = writer.finish().await;
     use std::sync::atomic::Ordering::Relaxed;
-    tracing::info!(
-        messages = stats.messages_stored.load(Relaxed),
-        duplicates = stats.duplicates.load(Relaxed),
-        notices = stats.notices_stored.load(Relaxed),
-        spooled = stats.spooled.load(Relaxed),
-        replayed = stats.replayed.load(Relaxed),
-        dead_lettered = stats.dead_lettered.load(Relaxed),
-        dropped = stats.dropped.load(Relaxed),
-        "stopped; everything received is in the database or the spool"
-    );
+    macro_rules! summary {
+        ($level:ident, $msg:expr) => {
+            tracing::$level!(
+                messages = stats.messages_stored.load(Relaxed),
+                duplicates = stats.duplicates.load(Relaxed),
+                notices = stats.notices_stored.load(Relaxed),
+                spooled = stats.spooled.load(Relaxed),
+                replayed = stats.replayed.load(Relaxed),
+                dead_lettered = stats.dead_lettered.load(Relaxed),
+                left_in_spool = done.spooled,
+                dropped = done.lost,
+                "{}",
+                $msg
+            )
+        };
+    }
+    if done.lost == 0 {
+        summary!(info, "stopped; everything received is in the database or the spool");
+    } else {
+        summary!(
+            error,
+            format!(
+                "stopped; {} rows received were lost (the spool could not take them and the database did not): see the errors above",
+                done.lost
+            )
+        );
+    }
+    done.lost
 }
 
 /// Applies migrations, waiting for the database only while waiting can help (connection

@@ -149,6 +149,7 @@ async fn main() -> ExitCode {
             match app::run(cfg).await {
                 Ok(Outcome::Stopped) => ExitCode::SUCCESS,
                 Ok(Outcome::NoAccountLeft) => ExitCode::from(3),
+                Ok(Outcome::RowsLost(_)) => ExitCode::from(4),
                 Err(e) => {
                     tracing::error!("{e:#}");
                     ExitCode::FAILURE

@@ -142,7 +142,24 @@ impl prometheus_client::collector::Collector for Observed {
             "Rows the database refused, kept in dead_letters",
             s.dead_lettered.load(Relaxed),
         )?;
-        counter(e, "dropped_rows", "Rows dropped because the spool was full", s.dropped.load(Relaxed))?;
+        counter(
+            e,
+            "dropped_rows",
+            "Rows lost: the spool was full (spool_max_bytes) or its disk refused them with the memory queue full",
+            s.dropped.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "spool_corrupt_segments",
+            "Spool segments that could not be replayed (empty, unreadable, missing), moved to spool_dir/corrupt/",
+            s.spool_corrupt_segments.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "slow_write_spills",
+            "Writes not committed within batch.durable_within, whose rows were copied to the spool",
+            s.slow_write_spills.load(Relaxed),
+        )?;
 
         counter_family(
             e,

@@ -57,7 +57,11 @@ channels = ["b1", "shared"]
     fake.to_channel("b1", &privmsg("b1", "b-1", "Gus", "only beta"));
     db.wait_count("SELECT count(*) FROM chat_messages", 3, 10 * SEC).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(db.count("SELECT count(*) FROM chat_messages WHERE message_id = 'sh-1'").await, 1);
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM chat_messages WHERE message_id = '{}'", fake_twitch::msg_uuid("sh-1")))
+            .await,
+        1
+    );
 }
 
 fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {

@@ -35,7 +35,7 @@ async fn real_twitch_lines_fill_every_column_like_the_original() {
         assert_eq!(fake.to_channel("pajlada", &sample(kind)), 1);
     }
     fake.to_channel("retoon", &sample("PRIVMSG reply-parent tags + first-msg/returning-chatter"));
-    fake.to_channel("pajlada", "@badge-info=;badges=broadcaster/1;color=;display-name=pajlada;emotes=;id=me-1;mod=0;room-id=11148817;subscriber=0;tmi-sent-ts=1594545155039;user-id=11148817;user-type= :pajlada!pajlada@pajlada.tmi.twitch.tv PRIVMSG #pajlada :\u{1}ACTION waves\u{1}");
+    fake.to_channel("pajlada", "@badge-info=;badges=broadcaster/1;color=;display-name=pajlada;emotes=;id=00000000-0000-4000-8000-000000000e01;mod=0;room-id=11148817;subscriber=0;tmi-sent-ts=1594545155039;user-id=11148817;user-type= :pajlada!pajlada@pajlada.tmi.twitch.tv PRIVMSG #pajlada :\u{1}ACTION waves\u{1}");
     db.wait_count("SELECT count(*) FROM chat_messages", 6, 10 * SEC).await;
 
     let row = sqlx::query("SELECT channel, user_id, username, display_name, text, badges::text, color, is_mod, is_subscriber, bits, sent_at, room_id, is_action FROM chat_messages WHERE message_id = 'e9d998c3-36f1-430f-89ec-6b887c28af36'")
@@ -83,10 +83,12 @@ async fn real_twitch_lines_fill_every_column_like_the_original() {
     assert_eq!(reply.get::<Option<bool>, _>("first_msg"), Some(false));
     assert_eq!(reply.get::<Option<String>, _>("color"), None, "an empty color tag is NULL");
 
-    let me = sqlx::query("SELECT text, is_action, is_mod FROM chat_messages WHERE message_id = 'me-1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let me = sqlx::query(
+        "SELECT text, is_action, is_mod FROM chat_messages WHERE message_id = '00000000-0000-4000-8000-000000000e01'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(me.get::<String, _>("text"), "waves");
     assert!(me.get::<bool, _>("is_action"));
     assert!(me.get::<bool, _>("is_mod"), "the broadcaster counts as a moderator");
@@ -140,7 +142,7 @@ async fn batches_flush_by_size_and_sigterm_writes_what_waits_then_exits_zero() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     // A long flush interval: without the size trigger and the shutdown flush nothing would be stored.
     let (_dir, path) = config_dir(&format!(
-        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
+        "[twitch]\nserver = \"{}\"\n[batch]\nmax_rows = 5\nflush_interval = \"10m\"\ndurable_within = \"20m\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [\"chan\"]\n",
         fake.url()
     ));
     let mut logger = Logger::spawn(file_mode(&path, &db.url));
@@ -353,7 +355,7 @@ async fn a_database_made_by_the_original_is_upgraded_with_its_rows_kept() {
     sqlx::raw_sql(include_str!("fixtures/original_init.sql")).execute(&db.pool).await.unwrap();
     sqlx::raw_sql(
         "INSERT INTO chat_messages (message_id, channel, user_id, username, display_name, text, badges, color, is_mod, is_subscriber, bits, sent_at, received_at)
-         VALUES ('old-1', 'chan', '1', 'olduser', 'OldUser', 'from the Go logger', '{\"subscriber\":12}', '#FF0000', false, true, 0, now() - interval '1 day', now() - interval '1 day'),
+         VALUES ('6f6c642d-3100-0000-0000-000000000000', 'chan', '1', 'olduser', 'OldUser', 'from the Go logger', '{\"subscriber\":12}', '#FF0000', false, true, 0, now() - interval '1 day', now() - interval '1 day'),
                 ('old-2', 'chan', '2', 'other', 'Other', 'second', '{}', NULL, true, false, 50, now() - interval '1 day', now() - interval '1 day');
          INSERT INTO channel_notices (channel, msg_id, message) VALUES ('chan', 'msg_banned', 'old notice');",
     )
@@ -370,7 +372,7 @@ async fn a_database_made_by_the_original_is_upgraded_with_its_rows_kept() {
     assert_eq!(logger.wait_exit(10 * SEC).await, 0);
 
     let old: (String, String, i32) =
-        sqlx::query_as("SELECT text, badges->>'subscriber', bits FROM chat_messages WHERE message_id = 'old-1'")
+        sqlx::query_as("SELECT text, badges->>'subscriber', bits FROM chat_messages WHERE message_id = '6f6c642d-3100-0000-0000-000000000000'")
             .fetch_one(&db.pool)
             .await
             .unwrap();

@@ -158,6 +158,50 @@ impl Batch {
     }
 }
 
+/// Longest Twitch channel login.
+pub const MAX_LOGIN_CHARS: usize = 25;
+
+/// Why a row can never be stored, found before it is sent: PostgreSQL would refuse it (an
+/// index entry over its size limit) or it is not something Twitch sends. `None`: plausible.
+///
+/// Channel logins are 1 to 25 characters of `[a-z0-9_]` (`*` is allowed on a notice: a
+/// server-wide one); message ids are hyphenated UUIDs, as Twitch sends them.
+pub fn invalid_reason(record: &Record) -> Option<String> {
+    let channel_ok = |c: &str| {
+        !c.is_empty()
+            && c.chars().count() <= MAX_LOGIN_CHARS
+            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+    };
+    match record {
+        Record::Message(m) => {
+            if !channel_ok(&m.channel) {
+                return Some(format!(
+                    "channel {} is not a Twitch login (1 to {MAX_LOGIN_CHARS} characters of a-z, 0-9, _)",
+                    preview(&m.channel)
+                ));
+            }
+            let uuid_ok = m.message_id.len() == 36 && uuid::Uuid::try_parse(&m.message_id).is_ok();
+            if !uuid_ok {
+                return Some(format!("message id {} is not a UUID", preview(&m.message_id)));
+            }
+            None
+        }
+        Record::Notice(n) => (n.channel != "*" && !channel_ok(&n.channel))
+            .then(|| format!("notice channel {} is not a Twitch login or `*`", preview(&n.channel))),
+    }
+}
+
+/// A value from the network for a message: at most 40 characters, quoted, then its length.
+fn preview(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= 40 {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(40).collect();
+        format!("{head:?}… ({n} characters)")
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteReport {

@@ -555,20 +555,44 @@ async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
     Ok(problems)
 }
 
-/// Connection-level failures are retried; anything the server said about the data is not.
-fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // Class 22 (data exception) and 23 (integrity) are about the rows themselves;
-            // everything else (57P01 admin shutdown, 53xxx resources, 08xxx connection) is retryable.
-            if code.starts_with("22") || code.starts_with("23") {
-                StoreError::Rejected(db.message().to_string())
-            } else {
-                StoreError::Unavailable(format!("{} ({code})", db.message()))
-            }
-        }
-        _ => StoreError::Unavailable(e.to_string()),
+/// SQLSTATE classes about the server's state, not the rows: retrying can succeed (connection,
+/// resources, operator action or statement timeout, serialization/deadlock, lock not
+/// available, transaction state, system/internal errors, a schema a person must fix, login).
+const SERVER_STATE_CLASSES: [&str; 11] = ["08", "53", "57", "58", "40", "55", "25", "XX", "42", "3D", "28"];
+
+/// How long the probe after a failed write may take before the database counts as unavailable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed write, classified by what the error is, before any probe.
+enum Failure {
+    /// The error's kind or SQLSTATE class decides it.
+    Decided(StoreError),
+    /// A class not known either way (e.g. 54000, an index row over the btree limit): a probe
+    /// of the connection decides. The error's text.
+    Undecided(String),
+}
+
+fn classify(e: sqlx::Error) -> Failure {
+    let sqlx::Error::Database(db) = &e else { return Failure::Decided(StoreError::Unavailable(e.to_string())) };
+    let code = db.code().unwrap_or_default().to_string();
+    let text = format!("{} (SQLSTATE {code})", db.message());
+    if code.starts_with("22") || code.starts_with("23") {
+        // Data exception, integrity violation: about the rows themselves.
+        Failure::Decided(StoreError::Rejected(text))
+    } else if SERVER_STATE_CLASSES.iter().any(|c| code.starts_with(c)) {
+        Failure::Decided(StoreError::Unavailable(text))
+    } else {
+        Failure::Undecided(text)
+    }
+}
+
+/// After an undecided failure: if the database answers `SELECT 1` on the same connection right
+/// after, the server is fine and the batch is at fault.
+async fn probe(conn: &mut PgConnection, text: String) -> StoreError {
+    // The failed transaction was dropped: sqlx rolls it back before the probe runs.
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await {
+        Ok(Ok(_)) => StoreError::Rejected(text),
+        _ => StoreError::Unavailable(text),
     }
 }
 
@@ -600,7 +624,21 @@ impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
         self.gate()?;
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match Self::write_tx(&mut conn, ms, ns).await {
+            Ok(report) => Ok(report),
+            Err(Failure::Decided(e)) => Err(e),
+            Err(Failure::Undecided(text)) => Err(probe(&mut conn, text).await),
+        }
+    }
+
+    /// The inserts, in one transaction on `conn` (kept for the probe if they fail).
+    async fn write_tx(
+        conn: &mut PgConnection,
+        ms: &[ChatMessage],
+        ns: &[ChannelNotice],
+    ) -> Result<WriteReport, Failure> {
+        let mut tx = conn.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
         if !ms.is_empty() {
             // Columns as slices of references: no per-row string copies.
@@ -703,7 +741,12 @@ impl Store for PgStore {
             .bind(received_at)
             .execute(&self.pool)
             .await
-            .map_err(classify)?;
+            .map_err(|e| match classify(e) {
+                Failure::Decided(known) => known,
+                // A dead letter is plain text in an unindexed column: an unknown refusal is rare
+                // enough to count as the database's state, retried.
+                Failure::Undecided(text) => StoreError::Unavailable(text),
+            })?;
         Ok(())
     }
 }

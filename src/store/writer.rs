@@ -9,9 +9,11 @@
 //!
 //! A batch is never dropped: a connection-level failure is retried with backoff, and after
 //! [`SPILL_AFTER`] of failing the batch and the memory backlog move to the spool, so an outage
-//! costs disk, not memory, and a crash during one loses only rows not yet handed to the OS.
-//! A row the database refuses (row-level error) is found by splitting the batch and goes to
-//! the dead-letter place; the rest is stored.
+//! costs disk, not memory. Time is bounded too: a row is committed or on disk within
+//! `durable_within` of being read; a write still waiting when its oldest row reaches
+//! [`spill_age`] has its rows copied to the spool (a late commit is deduplicated at replay).
+//! Rows that can never be valid, and rows the database refuses (found by splitting the batch),
+//! go to the dead-letter place; the rest is stored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,10 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep_until, Instant};
 
-use super::spool::Spool;
-use super::{Batch, Record, Store, StoreError};
+use super::spool::{is_disk_full, Spool};
+use super::{invalid_reason, Batch, Record, Store, StoreError};
 use crate::config::BatchConfig;
 
 /// How long a batch may keep failing before it and the memory backlog go to disk.
@@ -33,6 +35,15 @@ pub const BULK_ROWS: usize = 5000;
 const HANDOFF: usize = 8192;
 /// Longest a single database write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most of `durable_within` that goes to the disk write of a spill (the spill starts this much
+/// before the bound).
+const SPILL_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a row may wait in memory before the spill that keeps `durable_within` starts:
+/// `durable_within` minus a quarter of it, at most [`SPILL_MARGIN`].
+pub fn spill_age(durable_within: Duration) -> Duration {
+    durable_within - (durable_within / 4).min(SPILL_MARGIN)
+}
 
 /// Counters the writer keeps (read by tests, logs and metrics).
 #[derive(Debug, Default)]
@@ -51,10 +62,15 @@ pub struct WriterStats {
     pub spooled: AtomicU64,
     /// Rows written to the database from the spool.
     pub replayed: AtomicU64,
-    /// Rows dropped because the spool was full (or the disk failed).
+    /// Rows lost: past `spool_max_bytes`, or neither the spool nor the memory queue could take
+    /// them (disk full or failing), or left in memory at exit. Never a row stored later.
     pub dropped: AtomicU64,
-    /// Rows the database refused, kept in the dead-letter place.
+    /// Rows the database refused (or that can never be valid), kept in the dead-letter place.
     pub dead_lettered: AtomicU64,
+    /// Spool segments that could not be replayed (empty, unreadable, missing), set aside.
+    pub spool_corrupt_segments: AtomicU64,
+    /// Writes not committed within `durable_within`: their rows were copied to the spool.
+    pub slow_write_spills: AtomicU64,
     /// Sum of batch commit times, in microseconds.
     pub flush_micros: AtomicU64,
     /// Commit-time histogram: counts per bucket of [`FLUSH_BUCKETS`] (last: above all).
@@ -102,28 +118,73 @@ pub struct Backlog {
     pub spool_bytes: u64,
 }
 
+/// What [`Writer::finish`] achieved: the truth for the last log line and the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Rows committed during this run (messages new or already stored, and notices).
+    pub stored: u64,
+    /// Rows left in the spool for the next start.
+    pub spooled: u64,
+    /// Rows received but kept nowhere during this run (see [`WriterStats::dropped`]).
+    pub lost: u64,
+}
+
 /// The sending side that clients hold.
 pub type RecordSender = mpsc::Sender<Record>;
 
+/// A row in memory and when it was read, on the writer's clock (paused in tests).
+struct Stamped {
+    at: Instant,
+    rec: Record,
+}
+
+impl std::borrow::Borrow<Record> for Stamped {
+    fn borrow(&self) -> &Record {
+        &self.rec
+    }
+}
+
+/// When a row was read, on the writer's clock: its `received_at` is wall time, which a
+/// paused test clock does not follow, so only the (small) wall age is carried over.
+fn stamp(rec: Record) -> Stamped {
+    let received = match &rec {
+        Record::Message(m) => m.received_at,
+        Record::Notice(n) => n.received_at,
+    };
+    let age = chrono::Utc::now().signed_duration_since(received).to_std().unwrap_or_default();
+    let now = Instant::now();
+    Stamped { at: now.checked_sub(age.min(Duration::from_secs(3600))).unwrap_or(now), rec }
+}
+
 struct State {
-    mem: VecDeque<Record>,
+    mem: VecDeque<Stamped>,
     spool: Spool,
     /// Once set, new rows go to the spool until it is written out (keeps arrival order).
     spooling: bool,
     /// Intake has ended: no more rows will come.
     closed: bool,
-    /// Shutdown deadline: past it, what is not written goes to the spool.
-    deadline: Option<Instant>,
     /// The last write failed (cleared by the next success): intake spools instead of waiting.
     db_failing: bool,
+    /// The spool's disk refused a write (cleared by the next one that works): logged once.
+    disk_trouble: bool,
     capacity: usize,
+    durable_within: Duration,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
     room: Notify,
+    /// Shutdown deadline: past it, what is not written goes to the spool.
+    deadline: watch::Sender<Option<Instant>>,
     stats: Arc<WriterStats>,
+}
+
+/// Why rows were lost, for the one log line per 10,000.
+#[derive(Clone, Copy)]
+enum Loss {
+    SpoolLimit,
+    NowhereToKeep,
 }
 
 impl Shared {
@@ -131,23 +192,32 @@ impl Shared {
         self.state.lock().expect("writer state lock")
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.borrow()
+    }
+
     /// Intake: rows to memory while there is room and nothing is spooled, else to the spool.
-    /// With memory full but the database writing fine (it is just behind), intake waits up to
-    /// [`SPILL_AFTER`] for room: the pause travels back to the sockets, which is cheaper than a
-    /// trip through the disk. A failing database, or a longer wait, sends the rest to the spool.
-    async fn accept(&self, rows: &mut Vec<Record>) {
-        let give_up = Instant::now() + SPILL_AFTER;
+    /// With memory full but the database writing fine (it is just behind), intake waits for
+    /// room, up to [`SPILL_AFTER`] and never past the oldest row's [`spill_age`]: the pause
+    /// travels back to the sockets, which is cheaper than a trip through the disk. A failing
+    /// database, a longer wait, or shutdown sends the rest to the spool.
+    async fn accept(&self, rows: &mut Vec<Stamped>) {
+        let Some(oldest) = rows.first().map(|r| r.at) else { return };
+        let give_up = (Instant::now() + SPILL_AFTER).min(oldest + spill_age(self.lock().durable_within));
         loop {
             let room_freed = self.room.notified();
             {
                 let mut st = self.lock();
                 if !st.spooling {
                     let room = st.capacity.saturating_sub(st.mem.len()).min(rows.len());
-                    let rest = rows.split_off(room);
-                    st.mem.extend(rows.drain(..));
-                    *rows = rest;
+                    st.mem.extend(rows.drain(..room));
                 }
-                let wait = !rows.is_empty() && !st.spooling && !st.db_failing && !st.closed && Instant::now() < give_up;
+                let wait = !rows.is_empty()
+                    && !st.spooling
+                    && !st.db_failing
+                    && !st.closed
+                    && self.deadline().is_none()
+                    && Instant::now() < give_up;
                 if !wait {
                     drop(st);
                     self.spool_rest(rows);
@@ -159,7 +229,9 @@ impl Shared {
         }
     }
 
-    fn spool_rest(&self, rows: &mut Vec<Record>) {
+    /// Appends `rows` to the spool. What the disk refuses stays in memory while there is
+    /// room, and only the rest is lost (counted).
+    fn spool_rest(&self, rows: &mut Vec<Stamped>) {
         let mut st = self.lock();
         if !rows.is_empty() {
             if !st.spooling {
@@ -169,20 +241,45 @@ impl Shared {
                 );
                 st.spooling = true;
             }
-            let n = rows.len();
-            match st.spool.append(rows) {
-                Ok(dropped) => {
-                    self.stats.spooled.fetch_add((n - dropped) as u64, Relaxed);
-                    self.note_dropped(dropped);
+            let a = st.spool.append(rows);
+            self.stats.spooled.fetch_add(a.written as u64, Relaxed);
+            let limit_dropped = a.over_limit;
+            let mut unkept = 0;
+            if let Some(e) = a.error {
+                let unwritten: Vec<Stamped> = rows.drain(a.written..rows.len() - limit_dropped).collect();
+                let room = st.capacity.saturating_sub(st.mem.len());
+                unkept = unwritten.len().saturating_sub(room);
+                if !st.disk_trouble {
+                    st.disk_trouble = true;
+                    let dir = st.spool.dir().display().to_string();
+                    if is_disk_full(&e) {
+                        tracing::error!(
+                            queue_capacity = st.capacity,
+                            "disk full at {dir}: rows wait in memory (up to batch.queue_capacity) until the disk has room or the database takes them"
+                        );
+                    } else {
+                        tracing::error!(
+                            queue_capacity = st.capacity,
+                            "cannot write the spool at {dir} ({e}): rows wait in memory (up to batch.queue_capacity); check the directory's permissions and disk"
+                        );
+                    }
                 }
-                Err(e) => {
-                    tracing::error!("cannot write the spool ({e}): {n} rows are lost");
-                    self.note_dropped(n);
-                }
+                st.mem.extend(unwritten.into_iter().take(room));
+            } else if st.disk_trouble && a.written > 0 {
+                st.disk_trouble = false;
+                tracing::info!(dir = %st.spool.dir().display(), "the spool is writable again");
+            }
+            if st.spool.is_empty() {
+                // Nothing is on disk, so memory holds everything in order.
+                st.spooling = false;
             }
             rows.clear();
+            drop(st);
+            self.note_dropped(limit_dropped, Loss::SpoolLimit);
+            self.note_dropped(unkept, Loss::NowhereToKeep);
+        } else {
+            drop(st);
         }
-        drop(st);
         self.wake.notify_one();
     }
 
@@ -191,37 +288,56 @@ impl Shared {
         self.room.notify_waiters();
     }
 
-    fn note_dropped(&self, n: usize) {
+    fn note_dropped(&self, n: usize, why: Loss) {
         if n > 0 {
             let before = self.stats.dropped.fetch_add(n as u64, Relaxed);
             // Loud, but one line per 10,000 rows rather than one per chunk.
             if before / 10_000 != (before + n as u64) / 10_000 || before == 0 {
-                tracing::error!(
-                    dropped_total = before + n as u64,
-                    "the spool is full (batch.spool_max_bytes): dropping rows"
-                );
+                match why {
+                    Loss::SpoolLimit => tracing::error!(
+                        dropped_total = before + n as u64,
+                        "the spool is full (batch.spool_max_bytes): dropping rows"
+                    ),
+                    Loss::NowhereToKeep => tracing::error!(
+                        dropped_total = before + n as u64,
+                        "neither the spool nor the memory queue can take more rows: dropping rows"
+                    ),
+                }
             }
         }
     }
 
-    /// Moves `pending` (oldest) and the memory backlog in front of everything spooled.
-    fn spill(&self, pending: &mut VecDeque<Batch>) -> bool {
+    /// Writes `jobs` (oldest) and the memory backlog in front of everything spooled, synced.
+    /// Memory is emptied; `jobs` are left to the caller (a write of them may still be running).
+    /// All or nothing: on a disk error everything stays in memory and `false` comes back.
+    fn spill(&self, jobs: &VecDeque<Job>) -> bool {
         let mut st = self.lock();
-        let mut rows: Vec<Record> = pending.iter().flat_map(|b| b.clone().into_records()).collect();
-        rows.extend(st.mem.iter().cloned());
+        let mut rows: Vec<Record> = jobs.iter().flat_map(Job::records).collect();
+        rows.extend(st.mem.iter().map(|s| s.rec.clone()));
+        if rows.is_empty() {
+            return true;
+        }
         match st.spool.prepend(&rows) {
-            Ok(dropped) => {
+            Ok(_) => {
                 st.mem.clear();
                 st.spooling = true;
-                pending.clear();
+                st.disk_trouble = false;
                 drop(st);
                 self.freed();
-                self.stats.spooled.fetch_add((rows.len() - dropped) as u64, Relaxed);
-                self.note_dropped(dropped);
+                self.stats.spooled.fetch_add(rows.len() as u64, Relaxed);
                 true
             }
             Err(e) => {
-                tracing::error!("cannot write the spool ({e}); keeping {} rows in memory", rows.len());
+                if !st.disk_trouble {
+                    st.disk_trouble = true;
+                    let dir = st.spool.dir().display().to_string();
+                    let what = if is_disk_full(&e) {
+                        format!("disk full at {dir}")
+                    } else {
+                        format!("cannot write the spool at {dir} ({e})")
+                    };
+                    tracing::error!("{what}: keeping {} rows in memory and retrying", rows.len());
+                }
                 false
             }
         }
@@ -252,21 +368,38 @@ impl Writer {
         {
             let mut st = self.shared.lock();
             st.capacity = cfg.queue_capacity;
+            st.durable_within = cfg.durable_within;
             st.spool.set_max_bytes(cfg.spool_max_bytes);
         }
         self.settings.send_replace(cfg);
         self.shared.wake.notify_one();
     }
 
-    /// Shutdown: takes what the clients already handed over, writes it to the database, or
-    /// after `shutdown_timeout` to the spool, then returns.
-    pub async fn finish(self) {
-        let Writer { sender, settings, shared, intake, flush, .. } = self;
+    /// Shutdown: takes what the clients already handed over and writes it to the database;
+    /// when `shutdown_timeout` expires, a write still waiting is abandoned and what is not
+    /// committed goes to the spool (a late commit is deduplicated at replay). Returns what
+    /// was kept and what was lost.
+    pub async fn finish(self) -> Finished {
+        let Writer { sender, settings, shared, intake, flush, stats } = self;
         let timeout = settings.borrow().shutdown_timeout;
-        shared.lock().deadline = Some(Instant::now() + timeout);
+        shared.deadline.send_replace(Some(Instant::now() + timeout));
+        shared.freed();
+        shared.wake.notify_one();
         drop(sender);
         let _ = intake.await;
         let _ = flush.await;
+        // The flush task may have given up with rows in memory (a disk error then): one last try.
+        if !shared.lock().mem.is_empty() {
+            shared.spill(&VecDeque::new());
+        }
+        let mut st = shared.lock();
+        // What neither the database nor the disk took is lost; say so.
+        let left = st.mem.len();
+        st.mem.clear();
+        stats.dropped.fetch_add(left as u64, Relaxed);
+        let stored =
+            stats.messages_stored.load(Relaxed) + stats.duplicates.load(Relaxed) + stats.notices_stored.load(Relaxed);
+        Finished { stored, spooled: st.spool.rows(), lost: stats.dropped.load(Relaxed) }
     }
 }
 
@@ -284,12 +417,14 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer>
             spooling: !spool.is_empty(),
             spool,
             closed: false,
-            deadline: None,
             db_failing: false,
+            disk_trouble: false,
             capacity: cfg.queue_capacity,
+            durable_within: cfg.durable_within,
         }),
         wake: Notify::new(),
         room: Notify::new(),
+        deadline: watch::channel(None).0,
         stats: stats.clone(),
     });
     let (tx, rx) = mpsc::channel(HANDOFF);
@@ -301,8 +436,10 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer>
 
 async fn intake(mut rx: mpsc::Receiver<Record>, shared: Arc<Shared>) {
     let mut buf = Vec::with_capacity(1024);
+    let mut rows = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 1024).await > 0 {
-        shared.accept(&mut buf).await;
+        rows.extend(buf.drain(..).map(stamp));
+        shared.accept(&mut rows).await;
     }
     shared.lock().closed = true;
     shared.wake.notify_one();
@@ -311,16 +448,58 @@ async fn intake(mut rx: mpsc::Receiver<Record>, shared: Arc<Shared>) {
 /// Where a batch came from: memory (its only copy) or a spool segment (still on disk).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
-    Memory,
+    /// From memory; the oldest row's stamp.
+    Memory(Instant),
     Spool(u64),
+}
+
+/// Work for the database: a batch to write, or one row to keep in the dead letters.
+enum Job {
+    Write(Batch),
+    DeadLetter(Box<Record>, String),
+}
+
+impl Job {
+    fn records(&self) -> Vec<Record> {
+        match self {
+            Job::Write(b) => b.clone().into_records().collect(),
+            Job::DeadLetter(r, _) => vec![(**r).clone()],
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Job::Write(b) => b.len(),
+            Job::DeadLetter(..) => 1,
+        }
+    }
+}
+
+/// Rows can never be valid go straight to the dead letters; the rest is one write.
+fn jobs_for(batch: Batch) -> VecDeque<Job> {
+    let mut good = Batch::default();
+    let mut jobs = VecDeque::new();
+    for r in batch.into_records() {
+        match invalid_reason(&r) {
+            None => good.push(r),
+            Some(why) => jobs.push_back(Job::DeadLetter(Box::new(r), why)),
+        }
+    }
+    if !good.is_empty() {
+        jobs.push_front(Job::Write(good));
+    }
+    jobs
 }
 
 async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: watch::Receiver<BatchConfig>) {
     let mut replay: Option<(u64, VecDeque<Record>)> = None;
     while let Some((batch, source)) = next_batch(&shared, &mut settings, &mut replay).await {
-        let mut pending = VecDeque::from([batch]);
-        match write_out(&*store, &shared, &mut pending, source).await {
-            Outcome::Written => {
+        let mut jobs = jobs_for(batch);
+        let mut refused = Refused::default();
+        let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused).await;
+        refused.log();
+        match outcome {
+            Flushed::Written => {
                 if let (Source::Spool(seq), Some((_, rows))) = (source, &replay) {
                     if rows.is_empty() {
                         if let Err(e) = shared.lock().spool.remove(seq) {
@@ -332,8 +511,8 @@ async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: wa
                     }
                 }
             }
-            Outcome::Spilled => {}
-            Outcome::GaveUp => break,
+            Flushed::Spilled => {}
+            Flushed::GaveUp => break,
         }
     }
     let st = shared.lock();
@@ -349,56 +528,57 @@ async fn next_batch(
     settings: &mut watch::Receiver<BatchConfig>,
     replay: &mut Option<(u64, VecDeque<Record>)>,
 ) -> Option<(Batch, Source)> {
+    let mut deadline_rx = shared.deadline.subscribe();
     loop {
         let (max_rows, interval) = {
             let s = settings.borrow_and_update();
-            (s.max_rows, s.flush_interval)
+            // A write gets at least a quarter of `durable_within` before its rows are spilled.
+            (s.max_rows, s.flush_interval.min(s.durable_within / 2))
         };
+        let deadline = *deadline_rx.borrow_and_update();
         // A flush starts when `max_rows` rows wait; if more have piled up meanwhile (the
         // database is the bottleneck), they go in the same batch: fewer, larger transactions.
         let bulk = max_rows.max(BULK_ROWS);
+        let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
         if let Some((seq, rows)) = replay.as_mut() {
-            if !rows.is_empty() {
+            if !rows.is_empty() && !past_deadline {
                 let n = rows.len().min(bulk);
                 return Some((Batch::from_records(rows.drain(..n)), Source::Spool(*seq)));
             }
         }
         let wait_until = {
             let mut st = shared.lock();
-            let past_deadline = st.deadline.is_some_and(|d| Instant::now() >= d);
             if st.closed && past_deadline {
                 // Out of time: what is still in memory goes to disk for the next start.
                 if !st.mem.is_empty() {
                     drop(st);
-                    shared.spill(&mut VecDeque::new());
+                    shared.spill(&VecDeque::new());
                 }
                 return None;
             }
             if let Some(front) = st.mem.front() {
-                let age =
-                    chrono::Utc::now().signed_duration_since(front_received_at(front)).to_std().unwrap_or_default();
+                let age = front.at.elapsed();
                 if st.mem.len() >= max_rows || st.closed || age >= interval {
                     let n = st.mem.len().min(bulk);
-                    let batch = Batch::from_records(st.mem.drain(..n));
+                    let oldest = front.at;
+                    let batch = Batch::from_records(st.mem.drain(..n).map(|s| s.rec));
                     drop(st);
                     shared.freed();
-                    return Some((batch, Source::Memory));
+                    return Some((batch, Source::Memory(oldest)));
                 }
                 Some(Instant::now() + (interval - age))
-            } else if st.spooling {
-                match st.spool.read_head() {
-                    Ok(Some((seq, rows))) => {
+            } else if st.spooling && !past_deadline {
+                let head = st.spool.read_head();
+                shared.stats.spool_corrupt_segments.store(st.spool.set_aside(), Relaxed);
+                match head {
+                    Some((seq, rows)) => {
                         *replay = Some((seq, rows.into()));
                         continue;
                     }
-                    Ok(None) => {
+                    None => {
                         st.spooling = false;
                         tracing::info!("spool written out; back to memory");
                         continue;
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot read the spool ({e}); retrying in 1 s");
-                        Some(Instant::now() + Duration::from_secs(1))
                     }
                 }
             } else if st.closed {
@@ -407,55 +587,133 @@ async fn next_batch(
                 None
             }
         };
+        // A deadline already past wakes nothing: intake's end (or a new row) will.
+        let deadline = deadline.filter(|d| *d > Instant::now());
+        let wait_until = match (wait_until, deadline) {
+            (Some(w), Some(d)) => Some(w.min(d)),
+            (w, d) => w.or(d),
+        };
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = settings.changed() => {}
-            _ = async { tokio::time::sleep_until(wait_until.unwrap()).await }, if wait_until.is_some() => {}
+            _ = deadline_rx.changed() => {}
+            _ = async { sleep_until(wait_until.unwrap()).await }, if wait_until.is_some() => {}
         }
     }
 }
 
-fn front_received_at(r: &Record) -> chrono::DateTime<chrono::Utc> {
-    match r {
-        Record::Message(m) => m.received_at,
-        Record::Notice(n) => n.received_at,
-    }
-}
-
-enum Outcome {
+enum Flushed {
     Written,
+    /// The rows are in the spool (a write of them may have committed too).
     Spilled,
     GaveUp,
 }
 
-/// Writes `pending`, isolating rows the database refuses. Keeps retrying connection-level
-/// failures; moves memory rows to the spool after [`SPILL_AFTER`] of failing or at the
+/// Rows refused during one batch, for one log line.
+#[derive(Default)]
+struct Refused {
+    rows: u64,
+    first_reason: Option<String>,
+}
+
+impl Refused {
+    fn log(self) {
+        if self.rows > 0 {
+            tracing::warn!(
+                rows = self.rows,
+                first_reason = %self.first_reason.unwrap_or_default(),
+                "rows that cannot be stored were kept in the dead_letters table"
+            );
+        }
+    }
+}
+
+/// Writes `jobs`, isolating rows the database refuses. Keeps retrying connection-level
+/// failures; moves memory rows to the spool after [`SPILL_AFTER`] of failing, when the oldest
+/// reaches [`spill_age`] of `durable_within` (even while a write still waits), or at the
 /// shutdown deadline.
-async fn write_out(store: &dyn Store, shared: &Shared, pending: &mut VecDeque<Batch>, source: Source) -> Outcome {
+async fn write_out(
+    store: &dyn Store,
+    shared: &Shared,
+    jobs: &mut VecDeque<Job>,
+    source: Source,
+    refused: &mut Refused,
+) -> Flushed {
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     let mut failures = 0u32;
-    while let Some(batch) = pending.pop_front() {
-        let deadline = shared.lock().deadline;
-        let limit = deadline.map_or(WRITE_TIMEOUT, |d| d.saturating_duration_since(Instant::now()).min(WRITE_TIMEOUT));
+    // The jobs are also in the spool: whatever the database does next, they are kept.
+    let mut spilled = false;
+    let mut deadline_rx = shared.deadline.subscribe();
+    while let Some(job) = jobs.front() {
         let started = Instant::now();
-        let result = match tokio::time::timeout(limit, store.write(&batch)).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {limit:?}"))),
+        let result = {
+            let write = async {
+                match job {
+                    Job::Write(batch) => store.write(batch).await.map(Some),
+                    Job::DeadLetter(record, reason) => store.dead_letter(record, reason).await.map(|()| None),
+                }
+            };
+            tokio::pin!(write);
+            let give_up = started + WRITE_TIMEOUT;
+            let mut spill_retry: Option<Instant> = None;
+            loop {
+                let deadline = *deadline_rx.borrow_and_update();
+                let spill_at = match source {
+                    Source::Memory(oldest) if !spilled => {
+                        Some(spill_retry.unwrap_or(oldest + spill_age(shared.lock().durable_within)))
+                    }
+                    _ => None,
+                };
+                tokio::select! {
+                    r = &mut write => break r,
+                    _ = sleep_until(give_up) => {
+                        break Err(StoreError::Unavailable(format!("no answer within {WRITE_TIMEOUT:?}")))
+                    }
+                    _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                        break Err(StoreError::Unavailable("batch.shutdown_timeout expired with the write still waiting; abandoned".into()))
+                    }
+                    _ = deadline_rx.changed() => {}
+                    _ = async { sleep_until(spill_at.unwrap()).await }, if spill_at.is_some() => {
+                        if shared.spill(jobs) {
+                            spilled = true;
+                            shared.stats.slow_write_spills.fetch_add(1, Relaxed);
+                            tracing::warn!(
+                                rows = jobs.iter().map(Job::len).sum::<usize>(),
+                                "a write has not committed within batch.durable_within: its rows and the memory queue are copied to the spool (a late commit is deduplicated)"
+                            );
+                        } else {
+                            spill_retry = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
         };
         match result {
             Ok(report) => {
+                let job = jobs.pop_front().expect("the job just written");
                 let s = &shared.stats;
-                s.messages_stored.fetch_add(report.messages_inserted, Relaxed);
-                s.duplicates.fetch_add(report.duplicates, Relaxed);
-                s.notices_stored.fetch_add(report.notices_inserted, Relaxed);
-                s.batches.fetch_add(1, Relaxed);
-                s.observe_flush(started.elapsed());
-                if report.messages_inserted > 0 {
-                    s.last_stored_ms.store(chrono::Utc::now().timestamp_millis() as u64, Relaxed);
+                match report {
+                    Some(report) => {
+                        s.messages_stored.fetch_add(report.messages_inserted, Relaxed);
+                        s.duplicates.fetch_add(report.duplicates, Relaxed);
+                        s.notices_stored.fetch_add(report.notices_inserted, Relaxed);
+                        s.batches.fetch_add(1, Relaxed);
+                        s.observe_flush(started.elapsed());
+                        if report.messages_inserted > 0 {
+                            s.last_stored_ms.store(chrono::Utc::now().timestamp_millis() as u64, Relaxed);
+                        }
+                    }
+                    None => {
+                        s.dead_lettered.fetch_add(1, Relaxed);
+                        refused.rows += 1;
+                        if let Job::DeadLetter(_, reason) = job {
+                            refused.first_reason.get_or_insert(reason);
+                        }
+                    }
                 }
                 if matches!(source, Source::Spool(_)) {
-                    s.replayed.fetch_add(batch.len() as u64, Relaxed);
+                    s.replayed.fetch_add(job_len_written(&report), Relaxed);
                 }
                 shared.lock().db_failing = false;
                 if failures > 0 {
@@ -464,74 +722,573 @@ async fn write_out(store: &dyn Store, shared: &Shared, pending: &mut VecDeque<Ba
                     failing_since = None;
                     backoff = Duration::from_millis(100);
                 }
-            }
-            Err(StoreError::Rejected(reason)) => match batch.split() {
-                Ok((a, b)) => {
-                    pending.push_front(b);
-                    pending.push_front(a);
+                if spilled {
+                    // The rest is in the spool; it is written from there.
+                    return Flushed::Spilled;
                 }
-                Err(batch) => {
-                    let record = batch.into_records().next().expect("a one-row batch");
-                    match store.dead_letter(&record, &reason).await {
-                        Ok(()) => {
-                            shared.stats.dead_lettered.fetch_add(1, Relaxed);
-                            tracing::warn!(reason = %reason, "the database refused a row; it is kept in the dead_letters table");
+            }
+            Err(StoreError::Rejected(reason)) => {
+                if spilled {
+                    return Flushed::Spilled;
+                }
+                match jobs.pop_front().expect("the job just tried") {
+                    Job::Write(batch) => match batch.split() {
+                        Ok((a, b)) => {
+                            jobs.push_front(Job::Write(b));
+                            jobs.push_front(Job::Write(a));
                         }
-                        Err(e) => {
-                            // Try the row again later, like any failed write.
-                            pending.push_front(Batch::from_records([record]));
-                            if let Some(o) =
-                                fail(shared, pending, source, &e, &mut failing_since, &mut failures, &mut backoff).await
-                            {
-                                return o;
-                            }
+                        Err(one) => {
+                            let record = one.into_records().next().expect("a one-row batch");
+                            jobs.push_front(Job::DeadLetter(Box::new(record), reason));
                         }
+                    },
+                    Job::DeadLetter(_, why) => {
+                        // Not even the dead letters take it: nowhere left to keep it.
+                        tracing::error!(
+                            "a row cannot be stored ({why}) nor kept in dead_letters ({reason}); it is lost"
+                        );
+                        shared.note_dropped(1, Loss::NowhereToKeep);
                     }
                 }
-            },
-            Err(e) => {
-                pending.push_front(batch);
-                if let Some(o) =
-                    fail(shared, pending, source, &e, &mut failing_since, &mut failures, &mut backoff).await
-                {
-                    return o;
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                if spilled {
+                    return Flushed::Spilled;
                 }
+                shared.stats.failed_attempts.fetch_add(1, Relaxed);
+                shared.lock().db_failing = true;
+                shared.freed();
+                failures += 1;
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if failures == 1 || failures.is_multiple_of(20) {
+                    let rows: usize = jobs.iter().map(Job::len).sum();
+                    tracing::warn!(rows, attempt = failures, "writing to the database failed, will retry: {e}");
+                }
+                let deadline = shared.deadline();
+                let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                if let Source::Memory(_) = source {
+                    if (out_of_time || since.elapsed() >= SPILL_AFTER) && shared.spill(jobs) {
+                        jobs.clear();
+                        tracing::warn!("the database is unavailable: rows go to the spool until it is back");
+                        return Flushed::Spilled;
+                    }
+                    if out_of_time {
+                        let lost: usize = jobs.iter().map(Job::len).sum();
+                        jobs.clear();
+                        shared.note_dropped(lost, Loss::NowhereToKeep);
+                        return Flushed::GaveUp;
+                    }
+                } else if out_of_time {
+                    return Flushed::GaveUp;
+                }
+                // The next attempt's own timers cover `durable_within` and the deadline.
+                let mut nap = Instant::now() + backoff;
+                if let Some(d) = deadline {
+                    nap = nap.min(d);
+                }
+                if let Source::Memory(oldest) = source {
+                    // Wake for the spill when it is due; once past (a spill failed), the
+                    // backoff paces the retries: never a busy loop.
+                    let spill_at = oldest + spill_age(shared.lock().durable_within);
+                    if spill_at > Instant::now() {
+                        nap = nap.min(spill_at);
+                    }
+                }
+                tokio::select! {
+                    _ = sleep_until(nap) => {}
+                    _ = deadline_rx.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
-    Outcome::Written
+    if spilled {
+        Flushed::Spilled
+    } else {
+        Flushed::Written
+    }
 }
 
-/// After a connection-level failure: spill, give up (shutdown), or wait and let the caller retry.
-async fn fail(
-    shared: &Shared,
-    pending: &mut VecDeque<Batch>,
-    source: Source,
-    e: &StoreError,
-    failing_since: &mut Option<Instant>,
-    failures: &mut u32,
-    backoff: &mut Duration,
-) -> Option<Outcome> {
-    shared.stats.failed_attempts.fetch_add(1, Relaxed);
-    shared.lock().db_failing = true;
-    shared.freed();
-    *failures += 1;
-    let since = *failing_since.get_or_insert_with(Instant::now);
-    if *failures == 1 || failures.is_multiple_of(20) {
-        let rows: usize = pending.iter().map(Batch::len).sum();
-        tracing::warn!(rows, attempt = *failures, "writing to the database failed, will retry: {e}");
+/// Rows a successful job wrote (a dead letter is one row).
+fn job_len_written(report: &Option<super::WriteReport>) -> u64 {
+    match report {
+        Some(r) => r.messages_inserted + r.duplicates + r.notices_inserted,
+        None => 1,
     }
-    let deadline = shared.lock().deadline;
-    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-    if source == Source::Memory && (out_of_time || since.elapsed() >= SPILL_AFTER) && shared.spill(pending) {
-        tracing::warn!("the database is unavailable: rows go to the spool until it is back");
-        return Some(Outcome::Spilled);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a fake in-memory store, on a paused clock: each runs in milliseconds.
+    use super::*;
+    use crate::store::{ChatMessage, WriteReport};
+    use async_trait::async_trait;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// A store that remembers message ids (deduplicating like `ON CONFLICT`) and misbehaves
+    /// on request.
+    #[derive(Default)]
+    struct Fake {
+        stored: Mutex<Vec<String>>,
+        dead: Mutex<Vec<(String, String)>>,
+        /// Every id a write was attempted with.
+        seen: Mutex<BTreeSet<String>>,
+        fail_next: AtomicU64,
+        reject: Mutex<Vec<String>>,
+        hang: std::sync::atomic::AtomicBool,
+        delay_ms: AtomicU64,
     }
-    if out_of_time {
-        return Some(Outcome::GaveUp);
+
+    #[async_trait]
+    impl Store for Fake {
+        async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
+            self.seen.lock().unwrap().extend(batch.messages.iter().map(|m| m.message_id.clone()));
+            if self.hang.load(Relaxed) {
+                std::future::pending::<()>().await;
+            }
+            let delay = self.delay_ms.load(Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if self.fail_next.load(Relaxed) > 0 {
+                self.fail_next.fetch_sub(1, Relaxed);
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            let reject = self.reject.lock().unwrap().clone();
+            if batch.messages.iter().any(|m| reject.contains(&m.message_id)) {
+                return Err(StoreError::Rejected("index row size exceeds btree maximum".into()));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            let mut report = WriteReport::default();
+            for m in &batch.messages {
+                if stored.contains(&m.message_id) {
+                    report.duplicates += 1;
+                } else {
+                    stored.push(m.message_id.clone());
+                    report.messages_inserted += 1;
+                }
+            }
+            Ok(report)
+        }
+
+        async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
+            if self.fail_next.load(Relaxed) > 0 {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            let Record::Message(m) = record else { unreachable!() };
+            self.dead.lock().unwrap().push((m.message_id.clone(), error.to_string()));
+            Ok(())
+        }
     }
-    let nap = deadline.map_or(*backoff, |d| d.saturating_duration_since(Instant::now()).min(*backoff));
-    sleep(nap).await;
-    *backoff = (*backoff * 2).min(Duration::from_secs(5));
-    None
+
+    impl Fake {
+        fn stored(&self) -> Vec<String> {
+            self.stored.lock().unwrap().clone()
+        }
+    }
+
+    fn id(i: u128) -> String {
+        uuid::Uuid::from_u128(i).hyphenated().to_string()
+    }
+
+    fn msg(i: u128) -> Record {
+        Record::Message(ChatMessage {
+            message_id: id(i),
+            channel: "chan".into(),
+            room_id: None,
+            user_id: None,
+            username: "nia".into(),
+            display_name: None,
+            text: format!("m{i}"),
+            badges: "{}".into(),
+            color: None,
+            is_mod: false,
+            is_subscriber: false,
+            bits: 0,
+            is_action: false,
+            emotes: None,
+            first_msg: None,
+            reply_parent_msg_id: None,
+            reply_parent_user_login: None,
+            sent_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+        })
+    }
+
+    fn cfg(spool: &Path) -> BatchConfig {
+        BatchConfig {
+            max_rows: 100,
+            flush_interval: Duration::from_millis(100),
+            queue_capacity: 1000,
+            spool_dir: spool.to_path_buf(),
+            spool_max_bytes: 1 << 30,
+            shutdown_timeout: Duration::from_secs(2),
+            durable_within: Duration::from_secs(5),
+        }
+    }
+
+    async fn send(w: &Writer, ids: std::ops::Range<u128>) {
+        for i in ids {
+            w.sender.send(msg(i)).await.unwrap();
+        }
+    }
+
+    /// Lets the paused clock run for `d`.
+    async fn run_for(d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    fn ids(r: std::ops::Range<u128>) -> Vec<String> {
+        r.map(id).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_fails_three_times_then_recovers_gets_every_row_once_without_a_spill() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(3), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..10).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored(), ids(0..10));
+        assert_eq!(w.stats.failed_attempts.load(Relaxed), 3);
+        assert_eq!(w.stats.spooled.load(Relaxed), 0, "100+200+400 ms of retries stay under SPILL_AFTER");
+        let done = w.finish().await;
+        assert_eq!(done, Finished { stored: 10, spooled: 0, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_the_row_the_store_rejects_is_dead_lettered_and_the_rest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.reject.lock().unwrap() = vec![id(37)];
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_secs(1)).await;
+        let mut want = ids(0..100);
+        want.retain(|i| *i != id(37));
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, want);
+        let dead = fake.dead.lock().unwrap().clone();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, id(37));
+        assert!(dead[0].1.contains("btree"), "{dead:?}");
+        assert_eq!(w.stats.dead_lettered.load(Relaxed), 1);
+        send(&w, 100..101).await;
+        run_for(Duration::from_millis(300)).await;
+        assert!(fake.stored().contains(&id(100)), "the writer goes on after a refused row");
+        assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_of_4000_characters_or_an_id_that_is_no_uuid_goes_to_dead_letters_without_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let Record::Message(mut long) = msg(1) else { unreachable!() };
+        long.channel = "é".repeat(4000);
+        let Record::Message(mut no_uuid) = msg(2) else { unreachable!() };
+        no_uuid.message_id = "x".repeat(4000);
+        w.sender.send(Record::Message(long)).await.unwrap();
+        w.sender.send(Record::Message(no_uuid)).await.unwrap();
+        send(&w, 3..5).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored(), ids(3..5));
+        let dead = fake.dead.lock().unwrap().clone();
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(dead[0].1.contains("not a Twitch login") && dead[0].1.contains("4000 characters"), "{}", dead[0].1);
+        assert!(dead[1].1.contains("not a UUID"), "{}", dead[1].1);
+        assert!(!fake.seen.lock().unwrap().contains(&"x".repeat(4000)), "invalid rows are never sent");
+        assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_hangs_forever_has_the_rows_on_disk_within_durable_within_and_shutdown_keeps_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.hang.store(true, Relaxed);
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let t0 = Instant::now();
+        send(&w, 0..10).await;
+        let obs = w.observer();
+        while obs.backlog().spool_rows < 10 {
+            run_for(Duration::from_millis(10)).await;
+            assert!(t0.elapsed() <= Duration::from_secs(5), "not on disk within durable_within");
+        }
+        let on_disk_after = t0.elapsed();
+        assert!(on_disk_after >= spill_age(Duration::from_secs(5)), "spilled at {on_disk_after:?}");
+        // New rows go straight behind them on disk.
+        send(&w, 10..20).await;
+        run_for(Duration::from_millis(10)).await;
+        assert_eq!(obs.backlog().spool_rows, 20);
+        let t1 = Instant::now();
+        let done = w.finish().await;
+        let took = t1.elapsed();
+        assert!(took <= Duration::from_millis(2100), "shutdown took {took:?} with a 2 s timeout");
+        assert_eq!(done, Finished { stored: 0, spooled: 20, lost: 0 });
+        eprintln!("hung store: on disk after {on_disk_after:?}, shutdown in {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shutdown_deadline_abandons_a_write_still_waiting_and_spools_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.hang.store(true, Relaxed);
+        let mut c = cfg(dir.path());
+        c.durable_within = Duration::from_secs(60);
+        let w = spawn(fake.clone(), c).unwrap();
+        send(&w, 0..10).await;
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.seen.lock().unwrap().len(), 10, "the write is in flight");
+        let t1 = Instant::now();
+        let done = w.finish().await;
+        let took = t1.elapsed();
+        assert!(took >= Duration::from_secs(2) && took <= Duration::from_millis(2100), "took {took:?}");
+        assert_eq!(done, Finished { stored: 0, spooled: 10, lost: 0 });
+
+        // The next start writes them.
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.stored(), ids(0..10));
+        assert_eq!(w.finish().await, Finished { stored: 10, spooled: 0, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_slower_than_durable_within_is_copied_to_disk_and_its_late_commit_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.delay_ms.store(10_000, Relaxed);
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let t0 = Instant::now();
+        send(&w, 0..10).await;
+        let obs = w.observer();
+        while obs.backlog().spool_rows < 10 {
+            run_for(Duration::from_millis(10)).await;
+        }
+        assert!(t0.elapsed() <= Duration::from_secs(5), "on disk after {:?}", t0.elapsed());
+        assert!(fake.stored().is_empty(), "the write is still waiting");
+        fake.delay_ms.store(0, Relaxed);
+        run_for(Duration::from_secs(11)).await;
+        assert_eq!(fake.stored(), ids(0..10), "stored once");
+        assert_eq!(w.stats.slow_write_spills.load(Relaxed), 1);
+        assert_eq!(w.stats.duplicates.load(Relaxed), 10, "the replay of the copy is deduplicated");
+        assert_eq!(w.finish().await, Finished { stored: 20, spooled: 0, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_waiting_for_room_while_the_store_is_slow_are_on_disk_within_durable_within() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.delay_ms.store(3_000, Relaxed);
+        let mut c = cfg(dir.path());
+        c.queue_capacity = 10;
+        c.max_rows = 10;
+        c.durable_within = Duration::from_secs(1);
+        let w = spawn(fake.clone(), c).unwrap();
+        let t0 = Instant::now();
+        send(&w, 0..50).await;
+        let obs = w.observer();
+        while obs.backlog().spool_rows + (fake.stored().len() as u64) < 50 {
+            run_for(Duration::from_millis(10)).await;
+            assert!(t0.elapsed() <= Duration::from_secs(1), "{:?} after {:?}", obs.backlog(), t0.elapsed());
+        }
+        fake.delay_ms.store(0, Relaxed);
+        run_for(Duration::from_secs(5)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, ids(0..50));
+        assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_garbage_and_torn_spool_segments_are_set_aside_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = |seq: u64| dir.path().join(format!("{seq:020}.jsonl"));
+        std::fs::write(seg(10), b"").unwrap();
+        std::fs::write(seg(11), b"\xff\xfe garbage\n{]\n").unwrap();
+        std::fs::write(seg(12), b"{\"kind\":\"message\",\"message_id\":\"0").unwrap();
+        let mut good = serde_json::to_vec(&msg(1)).unwrap();
+        good.push(b'\n');
+        std::fs::write(seg(13), &good).unwrap();
+        std::fs::write(dir.path().join("1.jsonl"), b"not ours\n").unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.stored(), ids(1..2));
+        assert_eq!(w.stats.spool_corrupt_segments.load(Relaxed), 3);
+        assert_eq!(std::fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 3);
+        assert!(dir.path().join("1.jsonl").exists(), "files not ours are left alone");
+        send(&w, 2..4).await;
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.stored(), ids(1..4), "new rows are stored after the bad segments");
+        assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spool_that_cannot_be_written_keeps_rows_in_memory_up_to_the_queue_and_counts_only_real_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let mut c = cfg(dir.path());
+        c.queue_capacity = 20;
+        let w = spawn(fake.clone(), c).unwrap();
+        // Every segment name the writer would use is taken by a directory: no write can land.
+        std::fs::create_dir(dir.path().join(format!("{:020}.jsonl", 1u64 << 40))).unwrap();
+        std::fs::create_dir(dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
+        send(&w, 0..20).await;
+        run_for(Duration::from_secs(3)).await;
+        send(&w, 20..50).await;
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(w.stats.dropped.load(Relaxed), 10, "20 in the failing batch, 20 in memory, 10 lost");
+        assert_eq!(w.stats.spooled.load(Relaxed), 0);
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(6)).await;
+        let stored = fake.stored();
+        assert_eq!(stored.len(), 40);
+        let done = w.finish().await;
+        assert_eq!(done, Finished { stored: 40, spooled: 0, lost: 10 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_with_nowhere_to_keep_the_rows_reports_them_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        std::fs::create_dir(dir.path().join(format!("{:020}.jsonl", 1u64 << 40))).unwrap();
+        std::fs::create_dir(dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
+        send(&w, 0..30).await;
+        run_for(Duration::from_millis(500)).await;
+        let done = w.finish().await;
+        assert_eq!(done, Finished { stored: 0, spooled: 0, lost: 30 });
+    }
+
+    thread_local! {
+        static SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Writes to the buffer of the current thread's test, if it captures.
+    struct ThreadSink;
+
+    impl std::io::Write for ThreadSink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            SINK.with(|s| {
+                if let Some(buf) = &*s.borrow() {
+                    buf.lock().unwrap().extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Log output of the current thread (a paused-clock test runs its tasks on it). One global
+    /// subscriber routes by thread: per-thread subscribers race with other tests over
+    /// tracing's cached callsite interest and lose events.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    struct Uncapture;
+
+    impl Drop for Uncapture {
+        fn drop(&mut self) {
+            SINK.with(|s| *s.borrow_mut() = None);
+        }
+    }
+
+    impl Captured {
+        fn install(&self) -> Uncapture {
+            static GLOBAL: std::sync::Once = std::sync::Once::new();
+            GLOBAL.call_once(|| {
+                let sub = tracing_subscriber::fmt().with_writer(|| ThreadSink).with_ansi(false).finish();
+                tracing::subscriber::set_global_default(sub).expect("no other global subscriber in unit tests");
+            });
+            SINK.with(|s| *s.borrow_mut() = Some(self.0.clone()));
+            Uncapture
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_refused_rows_in_one_batch_make_one_warning_with_their_count() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.reject.lock().unwrap() = (0..10).map(|i| id(i * 10 + 3)).collect();
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored().len(), 90);
+        assert_eq!(fake.dead.lock().unwrap().len(), 10);
+        let text = log.text();
+        assert_eq!(text.matches("kept in the dead_letters table").count(), 1, "{text}");
+        assert!(text.contains("rows=10"), "{text}");
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_segment_is_logged_once_not_once_per_loop() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.jsonl", 5)), b"garbage\n").unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(10), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..5).await;
+        run_for(Duration::from_secs(60)).await;
+        assert_eq!(fake.stored(), ids(0..5));
+        let text = log.text();
+        assert_eq!(text.matches("cannot be replayed").count(), 1, "{text}");
+        assert!(text.lines().count() < 20, "{text}");
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_shutdown_deadline_with_a_sender_still_held_the_writer_waits_without_spinning_and_spools_late_rows(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        send(&w, 0..3).await;
+        let late = w.sender.clone();
+        let finishing = tokio::spawn(w.finish());
+        run_for(Duration::from_secs(5)).await;
+        assert!(!finishing.is_finished(), "a client still holds a sender");
+        assert_eq!(fake.stored(), ids(0..3));
+        fake.hang.store(true, Relaxed);
+        for i in 3..6 {
+            late.send(msg(i)).await.unwrap();
+        }
+        run_for(Duration::from_millis(100)).await;
+        drop(late);
+        let done = finishing.await.unwrap();
+        assert_eq!(done, Finished { stored: 3, spooled: 3, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_is_logged_as_such_and_its_rows_wait_in_memory_instead_of_being_dropped() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        // The first spill's file is /dev/full, which answers every write with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
+        send(&w, 0..10).await;
+        run_for(Duration::from_secs(5)).await;
+        let text = log.text();
+        assert!(text.contains(&format!("disk full at {}", dir.path().display())), "{text}");
+        assert_eq!(w.stats.dropped.load(Relaxed), 0);
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(10)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, ids(0..10));
+        assert_eq!(w.finish().await.lost, 0);
+    }
 }

@@ -261,7 +261,23 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
 }
 
 /// A real-looking tagged PRIVMSG.
+/// The message id a test label stands for: Twitch ids are UUIDs (the writer dead-letters any
+/// other), so a label such as `o-00042` becomes a UUID whose bytes spell it; a UUID is kept.
+pub fn msg_uuid(label: &str) -> String {
+    if label.len() == 36 && uuid::Uuid::try_parse(label).is_ok() {
+        return label.to_string();
+    }
+    let mut bytes = [0u8; 16];
+    if label.len() <= 16 {
+        bytes[..label.len()].copy_from_slice(label.as_bytes());
+        uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
+    } else {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, label.as_bytes()).hyphenated().to_string()
+    }
+}
+
 pub fn privmsg(channel: &str, id: &str, user: &str, text: &str) -> String {
+    let id = msg_uuid(id);
     let ts = chrono::Utc::now().timestamp_millis();
     format!(
         "@badge-info=;badges=subscriber/12,premium/1;client-nonce=abc;color=#1E90FF;display-name={u};emotes=;first-msg=0;flags=;id={id};mod=0;returning-chatter=0;room-id=12345;subscriber=1;tmi-sent-ts={ts};turbo=0;user-id=777;user-type= :{l}!{l}@{l}.tmi.twitch.tv PRIVMSG #{channel} :{text}",
