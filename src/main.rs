@@ -66,10 +66,9 @@ fn init_logging(cfg: &LogConfig) {
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).boxed(),
     };
-    // One combined filter: two nested per-layer filters lost our INFO lines whenever the env
-    // filter had a DEBUG directive for another target (their interest caches disagreed).
-    use tracing_subscriber::filter::FilterExt;
-    tracing_subscriber::registry().with(layer.with_filter(filter.and(library))).init();
+    // The level filter is global and only the library rule is per layer: two nested per-layer
+    // filters lost our INFO lines whenever a DEBUG directive existed for another target.
+    tracing_subscriber::registry().with(filter).with(layer.with_filter(library)).init();
 }
 
 /// Which of twitch-irc's lines pass: never TRACE (it logs every outgoing line there, PASS and

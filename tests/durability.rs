@@ -188,7 +188,10 @@ async fn rows_postgres_refuses_are_dead_lettered_and_the_rest_stored() {
     let errors: Vec<String> =
         sqlx::query_scalar("SELECT error FROM dead_letters ORDER BY id").fetch_all(&db.pool).await.unwrap();
     assert!(errors.iter().filter(|e| e.contains("no_poison")).count() == 2, "{errors:?}");
-    let ts_row = format!("SELECT count(*) FROM chat_messages WHERE message_id = '{}' AND sent_at = received_at", msg_uuid("p-ts"));
+    let ts_row = format!(
+        "SELECT count(*) FROM chat_messages WHERE message_id = '{}' AND sent_at = received_at",
+        msg_uuid("p-ts")
+    );
     assert_eq!(db.count(&ts_row).await, 1, "the impossible timestamp is stored as received_at");
 
     // The writer keeps going.

@@ -119,10 +119,13 @@ async fn a_bad_byte_an_endless_line_and_an_untokenisable_line_cost_only_themselv
     fake.raw_to_nick(ANON, &bytes);
 
     db.wait_count("SELECT count(*) FROM chat_messages", 3, 10 * SEC).await;
-    let text: String = sqlx::query_scalar("SELECT text FROM chat_messages WHERE message_id = 'latin1-1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT text FROM chat_messages WHERE message_id = '{}'",
+        msg_uuid("latin1-1")
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(text, "caf\u{FFFD} au lait", "the bad byte is replaced, the message kept");
     assert_eq!(open_conns(&fake), conns, "no reconnect, so no 30 s of rejoining");
 
@@ -141,18 +144,31 @@ async fn nul_and_impossible_timestamps_are_cleaned_not_dead_lettered() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     let (dir, path) = config_dir(&cfg(&fake, &["chan"]));
     let _logger = start(&fake, &db, dir.path(), &path, &["chan"]).await;
-    let line = privmsg("chan", "nul\0id", "Di", "hi").replacen("badges=subscriber/12", "badges=sub\0scriber/12", 1);
+    // A NUL inside the id and inside a badge name: removed, the row kept.
+    let id = msg_uuid("nulid");
+    let (head, tail) = id.split_at(8);
+    let line = privmsg("chan", "nulid", "Di", "hi")
+        .replacen(&format!("id={id}"), &format!("id={head}\0{tail}"), 1)
+        .replacen("badges=subscriber/12", "badges=sub\0scriber/12", 1);
     fake.to_channel("chan", &line);
     let old = privmsg("chan", "ancient-1", "Di", "from before time");
     let ts = old.split("tmi-sent-ts=").nth(1).unwrap().split(';').next().unwrap().to_string();
     fake.to_channel("chan", &old.replace(&format!("tmi-sent-ts={ts}"), "tmi-sent-ts=-300000000000000"));
     db.wait_count("SELECT count(*) FROM chat_messages", 2, 10 * SEC).await;
     assert_eq!(
-        db.count("SELECT count(*) FROM chat_messages WHERE message_id = 'nulid' AND badges ? 'subscriber'").await,
+        db.count(&format!(
+            "SELECT count(*) FROM chat_messages WHERE message_id = '{}' AND badges ? 'subscriber'",
+            msg_uuid("nulid")
+        ))
+        .await,
         1
     );
     assert_eq!(
-        db.count("SELECT count(*) FROM chat_messages WHERE message_id = 'ancient-1' AND sent_at = received_at").await,
+        db.count(&format!(
+            "SELECT count(*) FROM chat_messages WHERE message_id = '{}' AND sent_at = received_at",
+            msg_uuid("ancient-1")
+        ))
+        .await,
         1,
         "an impossible tmi-sent-ts falls back to received_at"
     );

@@ -41,7 +41,7 @@ async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_count
     let handle = AccountHandle::start("anon", &account, BTreeSet::from(["chan".to_string()]), tx, events);
     fake.wait_for("joined #chan", 10 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     fake.to_channel("chan", &privmsg("chan", "before-1", "Al", "before"));
-    assert_eq!(next_message(&mut rows).await, "before-1");
+    assert_eq!(next_message(&mut rows).await, msg_uuid("before-1"));
 
     fake.to_nick(ANON, CRASHING_USERSTATE);
     fake.wait_for("the crashed connection closed", 5 * SEC, |f| f.conns().iter().all(|c| !c.open)).await;
@@ -53,7 +53,7 @@ async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_count
     assert!(handle.is_running());
 
     fake.to_channel("chan", &privmsg("chan", "after-1", "Al", "after the restart"));
-    assert_eq!(next_message(&mut rows).await, "after-1");
+    assert_eq!(next_message(&mut rows).await, msg_uuid("after-1"));
 
     // Dying again soon after: the wait doubles (1 s, then 2 s).
     let conns = fake.conns().len();

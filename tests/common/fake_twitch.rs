@@ -264,7 +264,8 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
 /// The message id a test label stands for: Twitch ids are UUIDs (the writer dead-letters any
 /// other), so a label such as `o-00042` becomes a UUID whose bytes spell it; a UUID is kept.
 pub fn msg_uuid(label: &str) -> String {
-    if label.len() == 36 && uuid::Uuid::try_parse(label).is_ok() {
+    // An empty label stays empty: a line without an id.
+    if label.is_empty() || label.len() == 36 && uuid::Uuid::try_parse(label).is_ok() {
         return label.to_string();
     }
     let mut bytes = [0u8; 16];

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use fake_twitch::{privmsg, FakeTwitch};
+pub use fake_twitch::{msg_uuid, privmsg, FakeTwitch};
 
 /// A database of the test's own, dropped (with the roles and other databases registered on
 /// it) when the test ends, pass or fail. `KEEP_TEST_DBS=1` keeps them for a post-mortem.
