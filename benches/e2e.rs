@@ -237,6 +237,7 @@ fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
             display_name: Some(format!("Viewer{}", i % 5000)),
             text: format!("Kappa that play was something else, gg {i}"),
             badges: r#"{"premium":1,"subscriber":12}"#.into(),
+            badge_info: None,
             color: Some("#1E90FF".into()),
             is_mod: false,
             is_subscriber: true,

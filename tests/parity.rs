@@ -62,9 +62,17 @@ async fn real_twitch_lines_fill_every_column_like_the_original() {
     assert_eq!(cheer.get::<i32, _>("bits"), 1);
     assert_eq!(cheer.get::<String, _>("badges"), r#"{"bits": 100}"#);
 
-    let m = sqlx::query("SELECT is_mod, is_subscriber, badges->>'subscriber' AS sub, emotes FROM chat_messages WHERE message_id = 'f9c5774b-faa7-4378-b1af-c4e08b532dc2'").fetch_one(&db.pool).await.unwrap();
+    let m = sqlx::query("SELECT is_mod, is_subscriber, badges->>'subscriber' AS sub, badge_info::text AS info, emotes FROM chat_messages WHERE message_id = 'f9c5774b-faa7-4378-b1af-c4e08b532dc2'").fetch_one(&db.pool).await.unwrap();
     assert!(m.get::<bool, _>("is_mod") && m.get::<bool, _>("is_subscriber"));
-    assert_eq!(m.get::<String, _>("sub"), "12");
+    assert_eq!(m.get::<String, _>("sub"), "12", "the badge's version");
+    assert_eq!(m.get::<String, _>("info"), r#"{"subscriber": 22}"#, "the real tenure, from badge-info");
+    let no_info: Option<String> = sqlx::query_scalar(
+        "SELECT badge_info::text FROM chat_messages WHERE message_id = 'd7f03a35-f339-41ca-b4d4-7c0721438570'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(no_info, None, "an empty badge-info is NULL");
     assert!(m.get::<String, _>("emotes").starts_with("1902:6-10"));
 
     let uni = sqlx::query(

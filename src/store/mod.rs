@@ -31,6 +31,10 @@ pub struct ChatMessage {
     pub text: String,
     /// Badges as a JSON object text, badge → version.
     pub badges: String,
+    /// `badge-info` as a JSON object text, badge → value: the real subscription tenure in
+    /// months (`{"subscriber":14}`), which the `subscriber` badge's version is not. None if empty.
+    #[serde(default)]
+    pub badge_info: Option<String>,
     /// Name colour, `#RRGGBB`, or none.
     pub color: Option<String>,
     /// Moderator or broadcaster.

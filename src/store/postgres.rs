@@ -479,6 +479,7 @@ const WRITTEN: &[(&str, Columns)] = &[
             ("reply_parent_user_login", TEXT),
             ("sent_at", TIME),
             ("received_at", TIME),
+            ("badge_info", JSONB),
         ],
     ),
     (
@@ -599,12 +600,12 @@ async fn probe(conn: &mut PgConnection, text: String) -> StoreError {
 const INSERT_MESSAGES: &str = "
 INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, display_name, text,
     badges, color, is_mod, is_subscriber, bits, is_action, emotes, first_msg,
-    reply_parent_msg_id, reply_parent_user_login, sent_at, received_at)
-SELECT m, c, r, u, un, dn, t, b::jsonb, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra
+    reply_parent_msg_id, reply_parent_user_login, sent_at, received_at, badge_info)
+SELECT m, c, r, u, un, dn, t, b::jsonb, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf::jsonb
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::bool[], $14::text[],
-    $15::bool[], $16::text[], $17::text[], $18::timestamptz[], $19::timestamptz[])
-    AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra)
+    $15::bool[], $16::text[], $17::text[], $18::timestamptz[], $19::timestamptz[], $20::text[])
+    AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf)
 ON CONFLICT (message_id) DO NOTHING";
 
 // Deduplicated on the key fixed when the line was read; records spooled by older versions
@@ -673,6 +674,7 @@ impl PgStore {
                 .bind(col!(opt reply_parent_user_login))
                 .bind(col!(sent_at))
                 .bind(col!(received_at))
+                .bind(col!(opt badge_info))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;

@@ -902,6 +902,7 @@ mod tests {
             display_name: None,
             text: format!("m{i}"),
             badges: "{}".into(),
+            badge_info: None,
             color: None,
             is_mod: false,
             is_subscriber: false,

@@ -152,9 +152,12 @@ fn parse(
     let room_id = required(t.room_id).ok_or("room-id")?;
     let user_id = required(t.user_id).ok_or("user-id")?;
     let display_name = required(t.display_name).ok_or("display-name")?;
-    if !badges_ok(&unescape(t.badge_info.ok_or("badge-info")?)) {
+    let badge_info = unescape(t.badge_info.ok_or("badge-info")?);
+    if !badges_ok(&badge_info) {
         return Err("badge-info");
     }
+    let badge_info = if badge_info.contains('\0') { Cow::Owned(badge_info.replace('\0', "")) } else { badge_info };
+    let info_pairs = badge_pairs(&badge_info).ok_or("badge-info")?;
     // Checked before NUL goes: an item that is only NUL is refused by twitch-irc too.
     let badges = unescape(t.badges.ok_or("badges")?);
     if !badges_ok(&badges) {
@@ -206,6 +209,7 @@ fn parse(
         display_name: nonempty(owned(display_name)),
         text: strip_nul(text.to_string()),
         badges: badges_json(&pairs),
+        badge_info: (!info_pairs.is_empty()).then(|| badges_json(&info_pairs)),
         color: nonempty(color.into_owned()),
         is_mod: t.is_mod || has(&["moderator", "broadcaster"]),
         is_subscriber: t.subscriber || has(&["subscriber", "founder"]),
