@@ -171,6 +171,12 @@ fn the_compose_file_parses_and_names_what_exists() {
         .collect();
     assert!(offered.len() >= 9, "the eight variables and TWITCH_IRC_SERVER: {offered:?}");
     for var in offered {
+        if var == "METRICS_PORT" {
+            // Compose's own: it moves the published port, the logger never sees it.
+            let ports = logger["ports"].as_vec().unwrap();
+            assert!(ports.iter().any(|p| p.as_str().is_some_and(|p| p.contains("${METRICS_PORT"))), "{ports:?}");
+            continue;
+        }
         let value = env[var].as_str().unwrap_or_else(|| panic!("{var} is not passed to the logger"));
         assert!(value.starts_with(&format!("${{{var}")), "{var} is fixed to {value:?} instead of read from .env");
     }
