@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod record;
 pub mod reload;
 pub mod store;
 pub mod twitch;

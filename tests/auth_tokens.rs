@@ -561,7 +561,7 @@ async fn a_token_without_chat_read_is_warned_about_once() {
 
 #[tokio::test]
 async fn the_next_irc_connection_sends_the_renewed_token_as_pass() {
-    use twitch_chat_logger::twitch::login::ServerAddr;
+    use twitch_chat_logger::config::ServerAddr;
     use twitch_chat_logger::twitch::transport::{set_server, PacedTransport};
     let cap = Capture::start();
     let fake = FakeAuth::start().await;

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use twitch_chat_logger::config::ServerAddr;
 use twitch_chat_logger::config::{AccountConfig, Credentials, Rate};
 use twitch_chat_logger::store::Record;
 use twitch_chat_logger::twitch::client::AccountHandle;
-use twitch_chat_logger::twitch::login::ServerAddr;
 use twitch_chat_logger::twitch::transport;
 
 const ANON: &str = "justinfan12345";

@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod env;
 pub mod file;
+pub mod login;
 pub mod render;
 pub mod validate;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 pub use duration::Rate;
 
-use crate::twitch::login::ServerAddr;
+pub use login::ServerAddr;
 
 /// The default file looked for under the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/config.toml";

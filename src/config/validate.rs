@@ -9,8 +9,8 @@ use validator::Validate;
 
 use super::duration::{parse_duration, parse_rate, Rate};
 use super::file::{line_col, FileConfig};
+use super::login::{normalize_login, ServerAddr};
 use super::*;
-use crate::twitch::login::{normalize_login, ServerAddr};
 
 /// Numeric limits checked with `validator`. Only non-secret values go here: validator copies a
 /// field's value into its error.
@@ -138,7 +138,7 @@ pub fn validate(
     let server = match &file.twitch.server {
         None => ServerAddr::twitch(),
         Some(s) => ServerAddr::parse(s.get_ref()).unwrap_or_else(|e| {
-            cx.problem("twitch.server", Some(s.span()), e);
+            cx.problem("twitch.server", Some(s.span()), e.to_string());
             ServerAddr::twitch()
         }),
     };

@@ -104,8 +104,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
+    use crate::config::ServerAddr;
     use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, TwitchConfig};
-    use crate::twitch::login::ServerAddr;
     use secrecy::SecretString;
     use std::time::Duration;
 

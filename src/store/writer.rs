@@ -26,6 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use super::spool::{is_disk_full, Spool};
 use super::{invalid_reason, Batch, Record, Store, StoreError};
 use crate::config::BatchConfig;
+use crate::record::RecordTx;
 
 /// How long a batch may keep failing before it and the memory backlog go to disk.
 pub const SPILL_AFTER: Duration = Duration::from_secs(2);
@@ -128,9 +129,6 @@ pub struct Finished {
     /// Rows received but kept nowhere during this run (see [`WriterStats::dropped`]).
     pub lost: u64,
 }
-
-/// The sending side that clients hold.
-pub type RecordSender = mpsc::Sender<Record>;
 
 /// A row in memory and when it was read, on the writer's clock (paused in tests).
 struct Stamped {
@@ -347,7 +345,7 @@ impl Shared {
 /// A running writer.
 pub struct Writer {
     /// Clone this for each client.
-    pub sender: RecordSender,
+    pub sender: RecordTx,
     /// Live batch settings.
     pub settings: watch::Sender<BatchConfig>,
     /// Counters.
@@ -427,7 +425,7 @@ pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer>
         deadline: watch::channel(None).0,
         stats: stats.clone(),
     });
-    let (tx, rx) = mpsc::channel(HANDOFF);
+    let (tx, rx) = crate::record::channel(HANDOFF);
     let (settings, settings_rx) = watch::channel(cfg);
     let intake = tokio::spawn(intake(rx, shared.clone()));
     let flush = tokio::spawn(flush_loop(store, shared.clone(), settings_rx));

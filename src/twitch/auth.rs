@@ -939,7 +939,7 @@ fn parse_validation(body: &[u8]) -> Result<Validation, HttpError> {
     let raw: Raw =
         serde_json::from_slice(body).map_err(|e| HttpError::Malformed(json_problem("the validate answer", &e)))?;
     let login = raw.login.ok_or_else(|| HttpError::Malformed("the validate answer has no login".into()))?;
-    let login = crate::twitch::login::normalize_login(&login)
+    let login = crate::config::login::normalize_login(&login)
         .map_err(|_| HttpError::Malformed("the validate answer's login is not a Twitch login".into()))?;
     // Scopes end up in a log line: keep only scope-shaped ones.
     let scopes = raw

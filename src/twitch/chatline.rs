@@ -14,7 +14,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use std::borrow::Cow;
 
-use crate::store::ChatMessage;
+use crate::record::ChatMessage;
 
 /// Tags we store or check, escaped as on the wire. Later duplicates win, as in twitch-irc.
 #[derive(Default)]

@@ -20,8 +20,8 @@ use twitch_irc::{ClientConfig, TwitchIRCClient};
 use super::convert;
 use super::transport::{pacer_for, report_bad_line, BadLine, JoinPacer, PacedTransport};
 use crate::config::{AccountConfig, Credentials, Rate};
-use crate::store::writer::RecordSender;
-use crate::store::Record;
+use crate::record::Record;
+use crate::record::RecordTx;
 
 type Client = TwitchIRCClient<PacedTransport, StaticLoginCredentials>;
 
@@ -100,7 +100,7 @@ impl AccountHandle {
         name: &str,
         config: &AccountConfig,
         channels: BTreeSet<String>,
-        sender: RecordSender,
+        sender: RecordTx,
         events: mpsc::UnboundedSender<ClientEvent>,
     ) -> Self {
         install_panic_counter();
@@ -240,7 +240,7 @@ struct Drain {
     pacer: Arc<JoinPacer>,
     name: String,
     login: String,
-    sender: RecordSender,
+    sender: RecordTx,
     events: mpsc::UnboundedSender<ClientEvent>,
     stats: Arc<AccountStats>,
 }

@@ -6,7 +6,7 @@ use twitch_irc::message::{AsRawIRC, NoticeMessage, ServerMessage};
 
 use super::chatline;
 
-use crate::store::{ChannelNotice, Record};
+use crate::record::{ChannelNotice, Record};
 use uuid::Uuid;
 
 /// The row for a message we store, or `None` for protocol chatter (PING, JOIN, ROOMSTATE …).

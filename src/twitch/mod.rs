@@ -1,5 +1,4 @@
-//! Twitch side: login names and server address ([`login`]), our connection type with JOIN
-//! pacing, which also parses chat lines itself ([`transport`], [`chatline`]), one client per
+//! Twitch side: token renewal ([`auth`]), our connection type with JOIN pacing, which also parses chat lines itself ([`transport`], [`chatline`]), one client per
 //! account for everything else ([`client`]), and the remaining message → row mapping
 //! ([`convert`]).
 
@@ -7,5 +6,4 @@ pub mod auth;
 pub mod chatline;
 pub mod client;
 pub mod convert;
-pub mod login;
 pub mod transport;

@@ -23,18 +23,18 @@ use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
 use twitch_irc::transport::Transport;
 
 use super::chatline::{self, Chat};
-use super::login::ServerAddr;
 use crate::config::Rate;
-use crate::store::writer::RecordSender;
-use crate::store::Record;
+use crate::config::ServerAddr;
+use crate::record::Record;
+use crate::record::RecordTx;
 use chrono::Utc;
 
 static SERVER: RwLock<Option<ServerAddr>> = RwLock::new(None);
-static RECORDS: RwLock<Option<RecordSender>> = RwLock::new(None);
+static RECORDS: RwLock<Option<RecordTx>> = RwLock::new(None);
 
 /// Where chat lines parsed by the readers go (the writer's queue); `None` at shutdown, so the
 /// writer can see its last sender go.
-pub fn set_record_sink(sink: Option<RecordSender>) {
+pub fn set_record_sink(sink: Option<RecordTx>) {
     *RECORDS.write().expect("sink lock") = sink;
 }
 static PACERS: Mutex<Option<HashMap<String, Arc<JoinPacer>>>> = Mutex::new(None);
@@ -516,7 +516,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     read: R,
     tx: tokio::sync::mpsc::Sender<Line>,
     link: Arc<OnceLock<Link>>,
-    records: Option<RecordSender>,
+    records: Option<RecordTx>,
 ) {
     let mut lines = FramedRead::new(read, LineCodec::default());
     loop {
@@ -594,7 +594,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 /// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
 /// not a chat line after all. `Some(false)`: the writer has gone.
-async fn store_chat(line: &str, sink: &RecordSender, link: &OnceLock<Link>) -> Option<bool> {
+async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>) -> Option<bool> {
     match chatline::classify(line, Utc::now()) {
         Chat::Row(row) => {
             if let Some(l) = link.get() {

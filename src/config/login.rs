@@ -1,21 +1,53 @@
-//! Twitch login names (channels and bot usernames) and the IRC server address.
+//! Twitch login names (channels and bot usernames) and the IRC server address: value types of
+//! the config, so they live here and the IRC side imports them.
 
 use std::fmt;
+
+/// Why a name is not a Twitch login. Shows the name as written (a channel or user name, never
+/// a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Nothing left after trimming and dropping `#`.
+    #[error("`{0}` is empty")]
+    Empty(String),
+    /// Over 25 characters.
+    #[error("`{0}` is longer than Twitch's 25-character limit")]
+    TooLong(String),
+    /// A character outside `a-z`, `0-9`, `_`.
+    #[error("`{raw}` contains `{bad}`; Twitch logins use only letters, digits and `_`")]
+    BadChar { raw: String, bad: char },
+}
+
+/// Why a server address does not parse; says how to write one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerAddrError {
+    /// Neither `ircs://` nor `irc://`.
+    #[error("`{0}` has no ircs:// or irc:// scheme; {HINT}")]
+    NoScheme(String),
+    /// The part after the last `:` is not a port number.
+    #[error("`{text}` has a bad port `{port}`; {HINT}")]
+    BadPort { text: String, port: String },
+    /// Nothing (or a path) where the host should be.
+    #[error("`{0}` has no host; {HINT}")]
+    NoHost(String),
+}
+
+const HINT: &str = "write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)";
 
 /// Normalises a channel or user name the way Twitch does (`#`, case and spaces dropped) and
 /// checks it against Twitch's login rules: 1–25 characters of `a-z`, `0-9` and `_`.
 /// (New accounts need 4+, but older, shorter logins exist and are valid channels.)
-pub fn normalize_login(raw: &str) -> Result<String, String> {
+pub fn normalize_login(raw: &str) -> Result<String, LoginError> {
     let name = raw.trim();
     let name = name.strip_prefix('#').unwrap_or(name).to_ascii_lowercase();
     if name.is_empty() {
-        return Err(format!("`{raw}` is empty"));
+        return Err(LoginError::Empty(raw.to_string()));
     }
     if name.len() > 25 {
-        return Err(format!("`{raw}` is longer than Twitch's 25-character limit"));
+        return Err(LoginError::TooLong(raw.to_string()));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
-        return Err(format!("`{raw}` contains `{bad}`; Twitch logins use only letters, digits and `_`"));
+        return Err(LoginError::BadChar { raw: raw.to_string(), bad });
     }
     Ok(name)
 }
@@ -38,26 +70,27 @@ impl ServerAddr {
     }
 
     /// Parses `ircs://host[:port]` or `irc://host[:port]`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let hint = "write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)";
+    pub fn parse(text: &str) -> Result<Self, ServerAddrError> {
         let (tls, rest) = if let Some(r) = text.strip_prefix("ircs://") {
             (true, r)
         } else if let Some(r) = text.strip_prefix("irc://") {
             (false, r)
         } else {
-            return Err(format!("`{text}` has no ircs:// or irc:// scheme; {hint}"));
+            return Err(ServerAddrError::NoScheme(text.to_string()));
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| format!("`{text}` has a bad port `{p}`; {hint}"))?;
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| ServerAddrError::BadPort { text: text.to_string(), port: p.to_string() })?;
                 (h, port)
             }
             _ => (rest, if tls { 6697 } else { 6667 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
-            return Err(format!("`{text}` has no host; {hint}"));
+            return Err(ServerAddrError::NoHost(text.to_string()));
         }
         Ok(ServerAddr { tls, host: host.to_string(), port })
     }
@@ -86,10 +119,10 @@ mod tests {
 
     #[test]
     fn channel_names_breaking_twitch_rules_are_rejected_naming_the_entry() {
-        let e = normalize_login("bad-name").unwrap_err();
+        let e = normalize_login("bad-name").unwrap_err().to_string();
         assert!(e.contains("bad-name") && e.contains('-'), "{e}");
         assert!(normalize_login("#").is_err());
-        assert!(normalize_login(&"a".repeat(26)).unwrap_err().contains("25"));
+        assert!(normalize_login(&"a".repeat(26)).unwrap_err().to_string().contains("25"));
         assert!(normalize_login("ünicode").is_err());
     }
 
