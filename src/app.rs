@@ -39,7 +39,7 @@ struct Runtime {
 
 impl Runtime {
     fn start_account(&mut self, name: &str) {
-        let account = &self.cfg.accounts[name];
+        let account = &self.cfg.live.accounts[name];
         let handle = AccountHandle::start(
             name,
             account,
@@ -52,17 +52,12 @@ impl Runtime {
         self.accounts.insert(name.to_string(), handle);
     }
 
-    /// Applies a new valid config: the reconciliation step of a reload.
-    async fn apply(&mut self, mut new: Config) -> Plan {
+    /// Applies a new valid config: the reconciliation step of a reload. Only the live part is
+    /// taken; the start-up part keeps what runs (the plan reports its changed keys).
+    async fn apply(&mut self, new: Config) -> Plan {
         let p = reload::plan(&self.cfg, &new);
-        // Settings that cannot change live keep their running values, so `cfg` stays what runs.
-        new.database = self.cfg.database.clone();
-        new.twitch = self.cfg.twitch.clone();
-        new.reload = self.cfg.reload.clone();
-        new.batch.spool_dir = self.cfg.batch.spool_dir.clone();
-        new.http = self.cfg.http.clone();
-        new.log = self.cfg.log.clone();
-        self.cfg = new;
+        self.cfg.live = new.live;
+        self.cfg.env_overrides = new.env_overrides;
 
         let leaving: Vec<AccountHandle> =
             p.stop.iter().chain(&p.restart).filter_map(|n| self.accounts.remove(n)).collect();
@@ -104,12 +99,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
             o.key
         );
     }
-    transport::set_server(cfg.twitch.server.clone());
+    transport::set_server(cfg.startup.twitch.server.clone());
     let mut shutdown = Box::pin(shutdown_signal());
 
     // Reading starts before the database answers: the writer holds rows (memory, then the
     // spool) until the migration below has succeeded; until then the store refuses writes.
-    let store = PgStore::connect_lazy(&cfg.database)?;
+    let store = PgStore::connect_lazy(&cfg.startup.database)?;
     // Its own task, and a future that resolves only on failure: success must not win the main
     // `select!` below, which would cancel (and so forget) a reload being debounced.
     let migration = tokio::spawn({
@@ -125,7 +120,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     });
 
     let mut reloader = match &cfg.origin {
-        Origin::File(path) => Some(Reloader::new(path, &cfg.reload, None)?),
+        Origin::File(path) => Some(Reloader::new(path, &cfg.startup.reload, None)?),
         Origin::EnvOnly => {
             // SIGHUP's default action would end the process.
             tokio::spawn(async {
@@ -140,12 +135,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
 
-    let writer = writer::spawn(Arc::new(store.clone()), cfg.batch.clone()).with_context(|| {
-        format!("cannot open the spool directory {} (batch.spool_dir)", cfg.batch.spool_dir.display())
-    })?;
+    let spool_dir = &cfg.startup.spool_dir;
+    let writer = writer::spawn(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone())
+        .with_context(|| format!("cannot open the spool directory {} (batch.spool_dir)", spool_dir.display()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let views = Arc::new(RwLock::new(BTreeMap::new()));
-    if let Some(addr) = cfg.http.listen {
+    if let Some(addr) = cfg.startup.http.listen {
         let observed = Observed {
             writer: writer.observer(),
             accounts: views.clone(),
@@ -156,13 +151,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     }
     transport::set_record_sink(Some(writer.sender.clone()));
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx };
-    for name in rt.cfg.accounts.keys().cloned().collect::<Vec<_>>() {
+    for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }
     tracing::info!(
         accounts = rt.accounts.len(),
-        channels = rt.cfg.all_channels().len(),
-        server = %rt.cfg.twitch.server,
+        channels = rt.cfg.live.all_channels().len(),
+        server = %rt.cfg.startup.twitch.server,
         "logging chat"
     );
 

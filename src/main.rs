@@ -123,15 +123,15 @@ async fn main() -> ExitCode {
             print!("{}", render(&cfg));
             println!("\n# OK: the configuration is valid");
             if connect {
-                return check_connect(&cfg.database).await;
+                return check_connect(&cfg.startup.database).await;
             }
             ExitCode::SUCCESS
         }
         Command::Healthcheck { .. } => unreachable!("answered before the config is loaded"),
         Command::Migrate => {
-            init_logging(&cfg.log);
+            init_logging(&cfg.startup.log);
             let result = async {
-                let store = PgStore::connect_lazy(&cfg.database)?;
+                let store = PgStore::connect_lazy(&cfg.startup.database)?;
                 app::migrate_with_retry(&store).await
             }
             .await;
@@ -144,7 +144,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            init_logging(&cfg.log);
+            init_logging(&cfg.startup.log);
             match app::run(cfg).await {
                 Ok(Outcome::Stopped) => ExitCode::SUCCESS,
                 Ok(Outcome::NoAccountLeft) => ExitCode::from(3),

@@ -21,38 +21,75 @@ pub use duration::Rate;
 
 pub use login::ServerAddr;
 
+/// Where rows wait on disk by default (`batch.spool_dir`), under the working directory.
+pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
+
 /// The default file looked for under the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/config.toml";
 
 /// The account that `TWITCH_USERNAME`/`TWITCH_OAUTH_TOKEN` set, and the group `TWITCH_CHANNELS` sets.
 pub const DEFAULT_NAME: &str = "default";
 
-/// A validated, effective configuration: file + environment + defaults.
+/// A validated, effective configuration: file + environment + defaults. Split by what a reload
+/// may do with it: [`StartupConfig`] is read once, [`LiveConfig`] is applied to the running
+/// logger. The type says which is which, so the applier cannot change a start-up setting.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where it came from.
     pub origin: Origin,
-    /// `[twitch]`
-    pub twitch: TwitchConfig,
-    /// `[database]`
-    pub database: DatabaseConfig,
-    /// `[batch]`
-    pub batch: BatchConfig,
-    /// `[reload]`
-    pub reload: ReloadConfig,
-    /// `[http]`
-    pub http: HttpConfig,
-    /// `[log]`
-    pub log: LogConfig,
-    /// `[accounts.NAME]`, by name.
-    pub accounts: BTreeMap<String, AccountConfig>,
-    /// `[groups.NAME]`, by name.
-    pub groups: BTreeMap<String, GroupConfig>,
+    pub startup: StartupConfig,
+    pub live: LiveConfig,
     /// Keys that an environment variable set, for the start-up notice and `check`.
     pub env_overrides: Vec<EnvOverride>,
 }
 
 impl Config {
+    /// The channels an account should be in: the union of the groups that name it.
+    pub fn channels_for(&self, account: &str) -> BTreeSet<String> {
+        self.live.channels_for(account)
+    }
+}
+
+/// Settings used once at start-up; a reload that changes one only warns that a restart is needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartupConfig {
+    pub twitch: TwitchConfig,
+    pub database: DatabaseConfig,
+    pub reload: ReloadConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    /// `batch.spool_dir`: the running writer's files stay where they are.
+    pub spool_dir: PathBuf,
+}
+
+impl StartupConfig {
+    /// The config keys (as written in the file) whose value differs in `new`: the one list of
+    /// what needs a restart.
+    pub fn changed_keys(&self, new: &StartupConfig) -> Vec<&'static str> {
+        [
+            ("batch.spool_dir", self.spool_dir != new.spool_dir),
+            ("database", self.database != new.database),
+            ("twitch.server", self.twitch != new.twitch),
+            ("reload", self.reload != new.reload),
+            ("http", self.http != new.http),
+            ("log", self.log != new.log),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+}
+
+/// Settings a reload applies to the running logger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveConfig {
+    /// `[accounts.NAME]`, by name.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// `[groups.NAME]`, by name.
+    pub groups: BTreeMap<String, GroupConfig>,
+    pub batch: BatchConfig,
+}
+
+impl LiveConfig {
     /// The channels an account should be in: the union of the groups that name it.
     pub fn channels_for(&self, account: &str) -> BTreeSet<String> {
         self.groups
@@ -118,8 +155,6 @@ pub struct BatchConfig {
     pub flush_interval: Duration,
     /// Rows held in memory before rows go to the spool.
     pub queue_capacity: usize,
-    /// Where rows wait on disk while the database is unavailable.
-    pub spool_dir: PathBuf,
     /// Disk the spool may use; past it rows are dropped (counted, logged).
     pub spool_max_bytes: u64,
     /// On SIGTERM, how long to keep writing to the database before spooling the rest.
@@ -135,7 +170,6 @@ impl Default for BatchConfig {
             max_rows: 100,
             flush_interval: Duration::from_millis(1500),
             queue_capacity: 100_000,
-            spool_dir: PathBuf::from("data/spool"),
             spool_max_bytes: 1 << 30,
             shutdown_timeout: Duration::from_secs(10),
             durable_within: Duration::from_secs(5),

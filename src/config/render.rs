@@ -21,9 +21,9 @@ pub fn render(cfg: &Config) -> String {
         Origin::EnvOnly => "environment only (no config file)".into(),
     };
     let _ = writeln!(out, "# effective configuration: {origin}");
-    let _ = writeln!(out, "\n[twitch]\nserver = \"{}\"{}", cfg.twitch.server, src("twitch.server"));
+    let _ = writeln!(out, "\n[twitch]\nserver = \"{}\"{}", cfg.startup.twitch.server, src("twitch.server"));
     let _ = writeln!(out, "\n[database]");
-    match &cfg.database {
+    match &cfg.startup.database {
         DatabaseConfig::Url(_) => {
             let _ = writeln!(out, "url = \"[redacted]\"{}", src("database.url"));
         }
@@ -36,19 +36,19 @@ pub fn render(cfg: &Config) -> String {
             let _ = writeln!(out, "password = {pw}{}", src("database.password"));
         }
     }
-    let b = &cfg.batch;
+    let b = &cfg.live.batch;
     let _ = writeln!(
         out,
         "\n[batch]\nmax_rows = {}\nflush_interval = \"{}\"\nqueue_capacity = {}\nspool_dir = \"{}\"\nspool_max_bytes = {}\nshutdown_timeout = \"{}\"\ndurable_within = \"{}\"",
         b.max_rows,
         format_duration(b.flush_interval),
         b.queue_capacity,
-        b.spool_dir.display(),
+        cfg.startup.spool_dir.display(),
         b.spool_max_bytes,
         format_duration(b.shutdown_timeout),
         format_duration(b.durable_within)
     );
-    let mode = match cfg.reload.mode {
+    let mode = match cfg.startup.reload.mode {
         ReloadMode::Watch => "watch",
         ReloadMode::Poll => "poll",
         ReloadMode::Off => "off",
@@ -56,17 +56,17 @@ pub fn render(cfg: &Config) -> String {
     let _ = writeln!(
         out,
         "\n[reload]\nmode = \"{mode}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
-        format_duration(cfg.reload.poll_interval),
-        format_duration(cfg.reload.debounce)
+        format_duration(cfg.startup.reload.poll_interval),
+        format_duration(cfg.startup.reload.debounce)
     );
-    let listen = cfg.http.listen.map_or("off".to_string(), |a| a.to_string());
+    let listen = cfg.startup.http.listen.map_or("off".to_string(), |a| a.to_string());
     let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
-    let format = match cfg.log.format {
+    let format = match cfg.startup.log.format {
         super::LogFormat::Text => "text",
         super::LogFormat::Json => "json",
     };
-    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{format}\"", cfg.log.level);
-    for (name, a) in &cfg.accounts {
+    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{format}\"", cfg.startup.log.level);
+    for (name, a) in &cfg.live.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {
             Credentials::Anonymous => {
@@ -81,7 +81,7 @@ pub fn render(cfg: &Config) -> String {
         let channels = cfg.channels_for(name);
         let _ = writeln!(out, "# joins {} channel(s)", channels.len());
     }
-    for (name, g) in &cfg.groups {
+    for (name, g) in &cfg.live.groups {
         let _ = writeln!(out, "\n[groups.{name}]");
         let quoted =
             |v: &mut dyn Iterator<Item = &String>| v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");

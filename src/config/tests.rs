@@ -63,7 +63,7 @@ fn a_full_file_loads_with_channels_normalised_and_unioned_per_account() {
     let (cfg, _d) = load_text(FULL, &[]);
     let cfg = cfg.unwrap();
     assert_eq!(
-        cfg.batch,
+        cfg.live.batch,
         BatchConfig {
             max_rows: 500,
             flush_interval: Duration::from_millis(250),
@@ -76,15 +76,15 @@ fn a_full_file_loads_with_channels_normalised_and_unioned_per_account() {
     let backup: Vec<_> = cfg.channels_for("backup").into_iter().collect();
     assert_eq!(backup, ["blast", "channel_one", "esl_csgo"]);
     assert!(cfg.channels_for("reader").is_empty());
-    match &cfg.accounts["default"].credentials {
+    match &cfg.live.accounts["default"].credentials {
         Credentials::Login { username, token } => {
             assert_eq!(username, "mybot");
             assert_eq!(token.expose_secret(), "abcdef123", "the oauth: prefix is stripped; twitch-irc adds one");
         }
         _ => panic!("expected a login"),
     }
-    assert_eq!(cfg.accounts["backup"].join_rate, Rate { count: 100, per: Duration::from_secs(10) });
-    assert!(matches!(cfg.accounts["reader"].credentials, Credentials::Anonymous));
+    assert_eq!(cfg.live.accounts["backup"].join_rate, Rate { count: 100, per: Duration::from_secs(10) });
+    assert!(matches!(cfg.live.accounts["reader"].credentials, Credentials::Anonymous));
 }
 
 #[test]
@@ -98,17 +98,17 @@ fn environment_overrides_the_file_and_says_which_keys() {
     ];
     let (cfg, _d) = load_text(FULL, &env);
     let cfg = cfg.unwrap();
-    assert_eq!(cfg.groups["default"].channels.iter().collect::<Vec<_>>(), ["one", "two"]);
-    assert_eq!(cfg.groups["esports"].channels.len(), 3, "other groups are untouched");
-    assert_eq!(cfg.accounts["default"].credentials.display_login(), "envbot");
-    match &cfg.database {
+    assert_eq!(cfg.live.groups["default"].channels.iter().collect::<Vec<_>>(), ["one", "two"]);
+    assert_eq!(cfg.live.groups["esports"].channels.len(), 3, "other groups are untouched");
+    assert_eq!(cfg.live.accounts["default"].credentials.display_login(), "envbot");
+    match &cfg.startup.database {
         DatabaseConfig::Fields { host, port, password, .. } => {
             assert_eq!((host.as_str(), *port), ("envhost", 5433));
             assert_eq!(password.as_ref().unwrap().expose_secret(), "p@ss/w:rd%");
         }
         _ => panic!(),
     }
-    assert_eq!(cfg.twitch.server.port, 7000);
+    assert_eq!(cfg.startup.twitch.server.port, 7000);
     let o = cfg.env_overrides.iter().find(|o| o.var == "TWITCH_CHANNELS").unwrap();
     assert_eq!(o.key, "groups.default.channels");
     assert!(o.file_also_set);
@@ -118,8 +118,8 @@ fn environment_overrides_the_file_and_says_which_keys() {
 fn environment_creates_the_default_account_and_group_when_the_file_lacks_them() {
     let (cfg, _d) = load_text("[batch]\nmax_rows = 10\n", &[("TWITCH_CHANNELS", "a,b")]);
     let cfg = cfg.unwrap();
-    assert_eq!(cfg.groups["default"].accounts, ["default"]);
-    assert!(matches!(cfg.accounts["default"].credentials, Credentials::Anonymous));
+    assert_eq!(cfg.live.groups["default"].accounts, ["default"]);
+    assert!(matches!(cfg.live.accounts["default"].credentials, Credentials::Anonymous));
     assert_eq!(cfg.channels_for("default").len(), 2);
     assert!(!cfg.env_overrides[0].file_also_set);
 }
@@ -203,7 +203,7 @@ fn a_missing_token_file_is_reported_and_a_present_one_is_read() {
     assert!(p[0].contains("accounts.b.token_file") && p[0].contains("cannot read"), "{p:?}");
     let ok = text.split("[accounts.b]").next().unwrap().to_string();
     let (cfg, _d) = load_text(&ok, &[]);
-    match &cfg.unwrap().accounts["a"].credentials {
+    match &cfg.unwrap().live.accounts["a"].credentials {
         Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "fromfile"),
         _ => panic!(),
     }
@@ -239,14 +239,14 @@ fn a_token_with_a_multi_byte_character_at_byte_6_loads_without_panicking() {
     // "oauth" then a two-byte character: byte 6 is inside it.
     let text = "[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET42\"\n";
     let (cfg, _d) = load_text(text, &[]);
-    match &cfg.unwrap().accounts["a"].credentials {
+    match &cfg.unwrap().live.accounts["a"].credentials {
         Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "oauthéSECRET42"),
         _ => panic!("expected a login"),
     }
     let all = problems(&text.replace("SECRET42", "SECRET42 x"), &[]).join("\n");
     assert!(all.contains("accounts.a.oauth_token") && !all.contains("SECRET"), "{all}");
     let (cfg, _d) = load_text(text, &[("TWITCH_OAUTH_TOKEN", "oAuTh:éSECRET42"), ("TWITCH_USERNAME", "envbot")]);
-    match &cfg.unwrap().accounts["default"].credentials {
+    match &cfg.unwrap().live.accounts["default"].credentials {
         Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "éSECRET42", "prefix in any case"),
         _ => panic!("expected a login"),
     }
@@ -283,11 +283,15 @@ fn a_panic_inside_a_load_becomes_a_problem_that_hides_the_message() {
 #[test]
 fn durable_within_must_be_in_range_and_longer_than_flush_interval() {
     let (cfg, _d) = load_text("[batch]\nflush_interval = \"1s\"\ndurable_within = \"30s\"\n", &[]);
-    assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_secs(30));
+    assert_eq!(cfg.unwrap().live.batch.durable_within, Duration::from_secs(30));
     let p = problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"1500ms\"\n", &[]).join("\n");
     assert!(p.contains("line 3") && p.contains("batch.durable_within") && p.contains("flush_interval (2s)"), "{p}");
     let (cfg, _d) = load_text("[batch]\nflush_interval = \"10m\"\n", &[]);
-    assert_eq!(cfg.unwrap().batch.durable_within, Duration::from_millis(603_500), "unset, it follows flush_interval");
+    assert_eq!(
+        cfg.unwrap().live.batch.durable_within,
+        Duration::from_millis(603_500),
+        "unset, it follows flush_interval"
+    );
     let p = problems("[batch]\ndurable_within = \"50ms\"\n", &[]).join("\n");
     assert!(p.contains("out of range") && p.contains("100ms"), "{p}");
     let p = problems("[batch]\ndurable_within = 5\n", &[]).join("\n");

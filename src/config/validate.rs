@@ -186,11 +186,6 @@ pub fn validate(
         max_rows: limits.max_rows.clamp(1, 50_000) as usize,
         flush_interval,
         queue_capacity: limits.queue_capacity.clamp(1, 10_000_000) as usize,
-        spool_dir: file
-            .batch
-            .spool_dir
-            .as_ref()
-            .map_or_else(|| BatchConfig::default().spool_dir, |p| p.get_ref().clone()),
         spool_max_bytes: limits.spool_max_bytes.max(1_048_576) as u64,
         shutdown_timeout: cx.duration(
             "batch.shutdown_timeout",
@@ -407,16 +402,12 @@ pub fn validate(
     if !cx.problems.is_empty() {
         return None;
     }
+    let spool_dir =
+        file.batch.spool_dir.as_ref().map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), |p| p.get_ref().clone());
     Some(Config {
-        http,
-        log,
         origin,
-        twitch: TwitchConfig { server },
-        database: database?,
-        batch,
-        reload,
-        accounts,
-        groups,
+        startup: StartupConfig { twitch: TwitchConfig { server }, database: database?, reload, http, log, spool_dir },
+        live: LiveConfig { accounts, groups, batch },
         env_overrides: overrides,
     })
 }

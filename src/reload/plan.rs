@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{BatchConfig, Config, Rate};
+use crate::config::{BatchConfig, Config, LiveConfig, Rate};
 
 /// What a reload does.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -60,8 +60,15 @@ impl Plan {
     }
 }
 
-/// Diffs `old` (what runs) against `new` (what the file now says).
+/// Diffs `old` (what runs) against `new` (what the file now says): the live part becomes the
+/// plan; changed start-up keys are only reported.
 pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = diff_live(&old.live, &new.live);
+    p.needs_restart = old.startup.changed_keys(&new.startup);
+    p
+}
+
+fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
     let mut p = Plan::default();
     for (name, acc) in &new.accounts {
         match old.accounts.get(name) {
@@ -81,22 +88,9 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         }
     }
     p.stop = old.accounts.keys().filter(|n| !new.accounts.contains_key(*n)).cloned().collect();
-
-    let (ob, nb) = (&old.batch, &new.batch);
-    let live = BatchConfig { spool_dir: ob.spool_dir.clone(), ..nb.clone() };
-    if live != *ob {
-        p.batch = Some(live);
+    if new.batch != old.batch {
+        p.batch = Some(new.batch.clone());
     }
-    // Settings the running process cannot change live.
-    let restart_only = [
-        ("batch.spool_dir", ob.spool_dir != nb.spool_dir),
-        ("database", old.database != new.database),
-        ("twitch.server", old.twitch != new.twitch),
-        ("reload", old.reload != new.reload),
-        ("http", old.http != new.http),
-        ("log", old.log != new.log),
-    ];
-    p.needs_restart = restart_only.iter().filter(|(_, changed)| *changed).map(|(key, _)| *key).collect();
     p
 }
 
@@ -105,7 +99,7 @@ mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
     use crate::config::ServerAddr;
-    use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, TwitchConfig};
+    use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, StartupConfig, TwitchConfig};
     use secrecy::SecretString;
     use std::time::Duration;
 
@@ -120,8 +114,7 @@ mod tests {
     }
 
     fn config(accounts: &[(&str, Option<&str>)], groups: &[(&str, &[&str], &[&str])]) -> Config {
-        Config {
-            origin: Origin::EnvOnly,
+        let startup = StartupConfig {
             twitch: TwitchConfig { server: ServerAddr::twitch() },
             database: DatabaseConfig::Fields {
                 host: "h".into(),
@@ -130,10 +123,13 @@ mod tests {
                 user: "u".into(),
                 password: None,
             },
-            batch: BatchConfig::default(),
             reload: ReloadConfig::default(),
             http: Default::default(),
             log: Default::default(),
+            spool_dir: "data/spool".into(),
+        };
+        let live = LiveConfig {
+            batch: BatchConfig::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()
@@ -147,8 +143,8 @@ mod tests {
                     )
                 })
                 .collect(),
-            env_overrides: vec![],
-        }
+        };
+        Config { origin: Origin::EnvOnly, startup, live, env_overrides: vec![] }
     }
 
     fn set(v: &[&str]) -> BTreeSet<String> {
@@ -196,11 +192,11 @@ mod tests {
     fn batch_settings_apply_live_but_spool_dir_and_database_need_a_restart() {
         let old = config(&[], &[]);
         let mut new = old.clone();
-        new.batch.max_rows = 7;
-        new.batch.flush_interval = Duration::from_millis(300);
-        new.batch.queue_capacity = 9;
-        new.batch.spool_dir = "/elsewhere".into();
-        new.database = DatabaseConfig::Fields {
+        new.live.batch.max_rows = 7;
+        new.live.batch.flush_interval = Duration::from_millis(300);
+        new.live.batch.queue_capacity = 9;
+        new.startup.spool_dir = "/elsewhere".into();
+        new.startup.database = DatabaseConfig::Fields {
             host: "elsewhere".into(),
             port: 5432,
             name: "n".into(),
@@ -210,7 +206,7 @@ mod tests {
         let p = plan(&old, &new);
         let b = p.batch.unwrap();
         assert_eq!((b.max_rows, b.flush_interval, b.queue_capacity), (7, Duration::from_millis(300), 9));
-        assert_eq!(b.spool_dir, old.batch.spool_dir, "the running spool stays where it is");
+        // The running spool stays where it is: spool_dir is a start-up setting, not in `b`'s type.
         assert_eq!(p.needs_restart, ["batch.spool_dir", "database"]);
     }
 
@@ -218,7 +214,7 @@ mod tests {
     fn a_join_rate_change_needs_no_reconnect() {
         let old = config(&[("a", Some("t"))], &[]);
         let mut new = old.clone();
-        new.accounts.get_mut("a").unwrap().join_rate = Rate { count: 50, per: Duration::from_secs(10) };
+        new.live.accounts.get_mut("a").unwrap().join_rate = Rate { count: 50, per: Duration::from_secs(10) };
         let p = plan(&old, &new);
         assert!(p.restart.is_empty());
         assert_eq!(p.join_rate["a"].count, 50);

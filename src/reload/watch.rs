@@ -244,7 +244,7 @@ mod tests {
     }
 
     fn channels(cfg: &Config) -> Vec<String> {
-        cfg.all_channels().into_iter().collect()
+        cfg.live.all_channels().into_iter().collect()
     }
 
     #[tokio::test]

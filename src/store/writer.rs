@@ -401,12 +401,13 @@ impl Writer {
     }
 }
 
-/// Starts the writer; opens the spool (a spool left by a previous run is replayed first).
-pub fn spawn(store: Arc<dyn Store>, cfg: BatchConfig) -> std::io::Result<Writer> {
-    let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+/// Starts the writer; opens the spool in `spool_dir` (a spool left by a previous run is
+/// replayed first). The directory is fixed for the writer's life; `cfg` can change live.
+pub fn spawn(store: Arc<dyn Store>, spool_dir: &std::path::Path, cfg: BatchConfig) -> std::io::Result<Writer> {
+    let spool = Spool::open(spool_dir, cfg.spool_max_bytes)?;
     let leftover = spool.rows();
     if leftover > 0 {
-        tracing::info!(rows = leftover, bytes = spool.bytes(), dir = %cfg.spool_dir.display(), "replaying rows spooled by a previous run");
+        tracing::info!(rows = leftover, bytes = spool.bytes(), dir = %spool_dir.display(), "replaying rows spooled by a previous run");
     }
     let stats = Arc::new(WriterStats::default());
     let shared = Arc::new(Shared {
@@ -915,12 +916,11 @@ mod tests {
         })
     }
 
-    fn cfg(spool: &Path) -> BatchConfig {
+    fn cfg(_spool: &Path) -> BatchConfig {
         BatchConfig {
             max_rows: 100,
             flush_interval: Duration::from_millis(100),
             queue_capacity: 1000,
-            spool_dir: spool.to_path_buf(),
             spool_max_bytes: 1 << 30,
             shutdown_timeout: Duration::from_secs(2),
             durable_within: Duration::from_secs(5),
@@ -946,7 +946,7 @@ mod tests {
     async fn a_store_that_fails_three_times_then_recovers_gets_every_row_once_without_a_spill() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake { fail_next: AtomicU64::new(3), ..Default::default() });
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         send(&w, 0..10).await;
         run_for(Duration::from_secs(1)).await;
         assert_eq!(fake.stored(), ids(0..10));
@@ -961,7 +961,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.reject.lock().unwrap() = vec![id(37)];
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         send(&w, 0..100).await;
         run_for(Duration::from_secs(1)).await;
         let mut want = ids(0..100);
@@ -984,7 +984,7 @@ mod tests {
     async fn a_channel_of_4000_characters_or_an_id_that_is_no_uuid_goes_to_dead_letters_without_a_write() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         let Record::Message(mut long) = msg(1) else { unreachable!() };
         long.channel = "é".repeat(4000);
         let Record::Message(mut no_uuid) = msg(2) else { unreachable!() };
@@ -1007,7 +1007,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         fake.hang.store(true, Relaxed);
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         let t0 = Instant::now();
         send(&w, 0..10).await;
         let obs = w.observer();
@@ -1036,7 +1036,7 @@ mod tests {
         fake.hang.store(true, Relaxed);
         let mut c = cfg(dir.path());
         c.durable_within = Duration::from_secs(60);
-        let w = spawn(fake.clone(), c).unwrap();
+        let w = spawn(fake.clone(), dir.path(), c).unwrap();
         send(&w, 0..10).await;
         run_for(Duration::from_millis(500)).await;
         assert_eq!(fake.seen.lock().unwrap().len(), 10, "the write is in flight");
@@ -1048,7 +1048,7 @@ mod tests {
 
         // The next start writes them.
         let fake = Arc::new(Fake::default());
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         run_for(Duration::from_millis(500)).await;
         assert_eq!(fake.stored(), ids(0..10));
         assert_eq!(w.finish().await, Finished { stored: 10, spooled: 0, lost: 0 });
@@ -1059,7 +1059,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         fake.delay_ms.store(10_000, Relaxed);
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         let t0 = Instant::now();
         send(&w, 0..10).await;
         let obs = w.observer();
@@ -1085,7 +1085,7 @@ mod tests {
         c.queue_capacity = 10;
         c.max_rows = 10;
         c.durable_within = Duration::from_secs(1);
-        let w = spawn(fake.clone(), c).unwrap();
+        let w = spawn(fake.clone(), dir.path(), c).unwrap();
         let t0 = Instant::now();
         send(&w, 0..50).await;
         let obs = w.observer();
@@ -1113,7 +1113,7 @@ mod tests {
         std::fs::write(seg(13), &good).unwrap();
         std::fs::write(dir.path().join("1.jsonl"), b"not ours\n").unwrap();
         let fake = Arc::new(Fake::default());
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         run_for(Duration::from_millis(500)).await;
         assert_eq!(fake.stored(), ids(1..2));
         assert_eq!(w.stats.spool_corrupt_segments.load(Relaxed), 3);
@@ -1131,7 +1131,7 @@ mod tests {
         let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
         let mut c = cfg(dir.path());
         c.queue_capacity = 20;
-        let w = spawn(fake.clone(), c).unwrap();
+        let w = spawn(fake.clone(), dir.path(), c).unwrap();
         // Every segment name the writer would use is taken by a directory: no write can land.
         std::fs::create_dir(dir.path().join(format!("{:020}.jsonl", 1u64 << 40))).unwrap();
         std::fs::create_dir(dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
@@ -1153,7 +1153,7 @@ mod tests {
     async fn shutdown_with_nowhere_to_keep_the_rows_reports_them_lost() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         std::fs::create_dir(dir.path().join(format!("{:020}.jsonl", 1u64 << 40))).unwrap();
         std::fs::create_dir(dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
         send(&w, 0..30).await;
@@ -1219,7 +1219,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.reject.lock().unwrap() = (0..10).map(|i| id(i * 10 + 3)).collect();
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         send(&w, 0..100).await;
         run_for(Duration::from_secs(1)).await;
         assert_eq!(fake.stored().len(), 90);
@@ -1237,7 +1237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(format!("{:020}.jsonl", 5)), b"garbage\n").unwrap();
         let fake = Arc::new(Fake { fail_next: AtomicU64::new(10), ..Default::default() });
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         send(&w, 0..5).await;
         run_for(Duration::from_secs(60)).await;
         assert_eq!(fake.stored(), ids(0..5));
@@ -1252,7 +1252,7 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         send(&w, 0..3).await;
         let late = w.sender.clone();
         let finishing = tokio::spawn(w.finish());
@@ -1275,7 +1275,7 @@ mod tests {
         let _guard = log.install();
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
-        let w = spawn(fake.clone(), cfg(dir.path())).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         // The first spill's file is /dev/full, which answers every write with ENOSPC.
         std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
         send(&w, 0..10).await;
