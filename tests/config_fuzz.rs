@@ -151,6 +151,8 @@ fn resolve(text: &str, pos: &Pos) -> usize {
     }
 }
 
+// Every index comes from `resolve`, which returns char boundaries.
+#[allow(clippy::string_slice)]
 fn apply(text: &str, edit: &Edit) -> String {
     let mut t = text.to_string();
     match edit {

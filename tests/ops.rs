@@ -25,7 +25,7 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    let code = out[9..12].parse().unwrap();
+    let code = out.split(' ').nth(1).expect("a status line").parse().unwrap();
     (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
@@ -44,7 +44,7 @@ async fn get_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> 
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .find(|l| l.strip_prefix(name_and_labels).is_some_and(|rest| rest.starts_with(' ')))
         .unwrap_or_else(|| panic!("no metric {name_and_labels} in:\n{text}"))
         .rsplit(' ')
         .next()

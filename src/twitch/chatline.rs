@@ -704,6 +704,8 @@ mod chatline_fuzz {
         Some((start + eq..start + t.len(), t.to_string()))
     }
 
+    // Test-only: every index comes from `boundary` or `char_indices`, so it is a char boundary.
+    #[allow(clippy::string_slice)]
     fn apply(line: &str, m: &Mutation) -> String {
         match *m {
             Mutation::FlipByte(i, b) => {
