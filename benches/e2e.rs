@@ -47,6 +47,10 @@ struct Args {
     /// Messages per second in the quiet run.
     #[arg(long, default_value_t = 1000)]
     quiet_rate: usize,
+    /// The logger binary to measure (default: the one this build made), e.g. an older build
+    /// to compare against.
+    #[arg(long)]
+    logger: Option<std::path::PathBuf>,
 }
 
 fn args() -> Option<Args> {
@@ -199,6 +203,9 @@ impl Drop for Logger {
     }
 }
 
+/// `--logger`, when given.
+static LOGGER_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], join_rate: &str) -> Logger {
     let dir = tempfile::tempdir().unwrap();
     let mut toml = format!(
@@ -214,7 +221,8 @@ fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], joi
     }
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_twitch-chat-logger"))
+    let bin = LOGGER_BIN.get().cloned().unwrap_or_else(|| env!("CARGO_BIN_EXE_twitch-chat-logger").into());
+    let child = std::process::Command::new(bin)
         .arg("--config")
         .arg(&path)
         .env("DATABASE_URL", db_url)
@@ -465,6 +473,10 @@ async fn quiet(a: &Args, admin: &str) {
 #[tokio::main]
 async fn main() {
     let Some(a) = args() else { return };
+    if let Some(bin) = &a.logger {
+        println!("logger binary: {}", bin.display());
+        LOGGER_BIN.set(bin.clone()).expect("set once");
+    }
     let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench.sh starts a throwaway PostgreSQL)");
     let _: Option<DateTime<Utc>> = None;
     if a.mode == "flood" || a.mode == "both" {
