@@ -463,3 +463,120 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
         password,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Whole problem lists and `check` output, pinned: the split into per-table checks must
+    //! report the same problems, at the same keys and lines, in the same words.
+
+    use super::super::{load_text, render::render};
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<super::Config, super::super::ConfigError> {
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load_text(Some((Path::new("c.toml"), text)), &move |k| map.get(k).cloned())
+    }
+
+    fn problems(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        load(text, env).unwrap_err().problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    const EVERY_TABLE_WRONG: &str = r#"
+[twitch]
+server = "ftp://x"
+
+[database]
+port = 0
+password = "p"
+password_file = "/nonexistent"
+
+[batch]
+max_rows = 0
+flush_interval = "soon"
+queue_capacity = 0
+spool_max_bytes = 5
+shutdown_timeout = "2h"
+durable_within = "1ms"
+
+[reload]
+mode = "sometimes"
+poll_interval = "1ms"
+debounce = "1m"
+
+[http]
+listen = "localhost"
+
+[log]
+level = "[[["
+format = "xml"
+
+[accounts.a]
+username = "bad name!"
+oauth_token = "oauth:"
+join_rate = "fast"
+
+[accounts."b c"]
+
+[accounts.both]
+username = "bot"
+oauth_token = "tok"
+token_file = "/nonexistent"
+
+[accounts.nouser]
+oauth_token = "tok"
+
+[accounts.notoken]
+username = "bot"
+
+[groups.g]
+accounts = ["a", "aa", "zzz", "a"]
+channels = ["ok", "not-ok"]
+
+[groups.e]
+accounts = []
+"#;
+
+    #[test]
+    fn a_file_wrong_in_every_table_gets_the_same_problems_in_the_same_words() {
+        let expected = vec!["key `accounts.a.oauth_token`: is empty after the `oauth:` prefix; paste the whole token", "key `accounts.b c`: `b c` is not a usable name; use letters, digits, `_` and `-`", "key `accounts.nouser.oauth_token`: is set but the account has no username; add the bot's login as username", "key `groups.e.accounts`: is empty; name at least one account, e.g. accounts = [\"a\"]", "line 3: key `twitch.server`: `ftp://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "line 6: key `database.port`: must be a port number from 1 to 65535", "line 8: key `database.password_file`: is set together with password; keep one of the two", "line 11: key `batch.max_rows`: must be between 1 and 50000", "line 12: key `batch.flush_interval`: `soon` does not start with a number; write e.g. \"1.5s\"", "line 13: key `batch.queue_capacity`: must be between 1 and 10000000", "line 14: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 15: key `batch.shutdown_timeout`: `2h` is out of range; use a value from 0s to 60m", "line 16: key `batch.durable_within`: `1ms` is out of range; use a value from 100ms to 60m", "line 19: key `reload.mode`: `sometimes` is not a mode; use \"watch\", \"poll\" or \"off\"", "line 20: key `reload.poll_interval`: `1ms` is out of range; use a value from 100ms to 60m", "line 21: key `reload.debounce`: `1m` is out of range; use a value from 0s to 10s", "line 24: key `http.listen`: `localhost` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "line 27: key `log.level`: `[[[` is not a log filter (invalid filter directive); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"", "line 28: key `log.format`: `xml` is not a format; use \"text\" or \"json\"", "line 31: key `accounts.a.username`: `bad name!` contains ` `; Twitch logins use only letters, digits and `_` (a bot username is a Twitch login)", "line 33: key `accounts.a.join_rate`: `fast` is not a rate; write it as \"20/10s\"", "line 40: key `accounts.both.token_file`: is set together with oauth_token; keep one of the two", "line 46: key `accounts.notoken.username`: is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously", "line 49: key `groups.g.accounts`: names account `aa`, which does not exist; did you mean `a`?", "line 49: key `groups.g.accounts`: names account `zzz`, which does not exist; define [accounts.zzz] or use one of: a, b c, both, notoken, nouser", "line 50: key `groups.g.channels`: `not-ok` contains `-`; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)"];
+        assert_eq!(problems(EVERY_TABLE_WRONG, &[]), expected);
+    }
+
+    #[test]
+    fn cross_key_and_range_checks_keep_their_words() {
+        let expected = vec!["line 3: key `batch.queue_capacity`: (100) is smaller than batch.max_rows (500); the queue must hold at least one batch", "line 2: key `batch.max_rows`: must be between 1 and 50000", "line 3: key `batch.queue_capacity`: must be between 1 and 10000000", "line 4: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 3: key `batch.durable_within`: (2s) must be longer than batch.flush_interval (2s): rows wait up to flush_interval in memory before their first write", "key `database.url`: must start with postgres:// or postgresql:// (value hidden because it may hold a password)", "line 2: key `batch.flush_interval`: `5ms` is out of range; use a value from 10ms to 10m", "line 4: key `database.port`: must be a port number from 1 to 65535", "line 2: key `reload.debounce`: `-1s` does not start with a number; write e.g. \"1.5s\"", "line 4: key `accounts.x.join_rate`: `0/10s` allows nothing; both sides must be above 0"];
+        let mut all = problems("[batch]\nmax_rows = 500\nqueue_capacity = 100\n", &[]);
+        all.extend(problems("[batch]\nmax_rows = 50001\nqueue_capacity = 10000001\nspool_max_bytes = -1\n", &[]));
+        all.extend(problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"2s\"\n", &[]));
+        all.extend(problems("[batch]\nflush_interval = \"5ms\"\n[database]\nport = 65536\nurl = \"mysql://u:SECRETPW@h/db\"\n", &[]));
+        all.extend(problems("[reload]\ndebounce = \"-1s\"\n[accounts.x]\njoin_rate = \"0/10s\"\n", &[]));
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn values_from_the_environment_are_reported_at_their_variable() {
+        let env = [
+            ("HTTP_LISTEN", "nowhere"),
+            ("TWITCH_IRC_SERVER", "gopher://x"),
+            ("TWITCH_CHANNELS", "ok,bad channel!"),
+            ("TWITCH_USERNAME", "bot"),
+            ("TWITCH_OAUTH_TOKEN", "tok en"),
+        ];
+        let expected = vec!["environment variable TWITCH_IRC_SERVER: `gopher://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "environment variable HTTP_LISTEN: `nowhere` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "environment variable TWITCH_OAUTH_TOKEN: contains spaces or control characters (value hidden); paste the token alone", "environment variable TWITCH_CHANNELS: `bad channel!` contains ` `; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)", "line 2: key `batch.max_rows`: must be between 1 and 50000"];
+        assert_eq!(problems("[batch]\nmax_rows = 0\n", &env), expected);
+    }
+
+    #[test]
+    fn check_renders_modes_and_formats_by_their_names() {
+        let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let out = render(&load(text, &[]).unwrap());
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        assert_eq!(out, expected);
+        let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
+        let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());
+        assert!(out.contains("\n[reload]\nmode = \"off\"\n") && out.contains("\nformat = \"text\"\n"), "{out}");
+        let out = render(&load("", &[("DATABASE_URL", "postgres://h/db")]).unwrap());
+        assert!(out.contains("\n[reload]\nmode = \"watch\"\n") && out.contains("\nformat = \"text\"\n"), "{out}");
+    }
+}
