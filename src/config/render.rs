@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::duration::format_duration;
-use super::{Config, Credentials, DatabaseConfig, Origin, ReloadMode};
+use super::{Config, Credentials, DatabaseConfig, Origin};
 
 /// Renders `cfg`. Never prints a secret.
 pub fn render(cfg: &Config) -> String {
@@ -48,24 +48,16 @@ pub fn render(cfg: &Config) -> String {
         format_duration(b.shutdown_timeout),
         format_duration(b.durable_within)
     );
-    let mode = match cfg.reload.mode {
-        ReloadMode::Watch => "watch",
-        ReloadMode::Poll => "poll",
-        ReloadMode::Off => "off",
-    };
     let _ = writeln!(
         out,
-        "\n[reload]\nmode = \"{mode}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
+        "\n[reload]\nmode = \"{}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
+        cfg.reload.mode,
         format_duration(cfg.reload.poll_interval),
         format_duration(cfg.reload.debounce)
     );
     let listen = cfg.http.listen.map_or("off".to_string(), |a| a.to_string());
     let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
-    let format = match cfg.log.format {
-        super::LogFormat::Text => "text",
-        super::LogFormat::Json => "json",
-    };
-    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{format}\"", cfg.log.level);
+    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.log.level, cfg.log.format);
     for (name, a) in &cfg.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {
