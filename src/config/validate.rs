@@ -557,4 +557,33 @@ accounts = []
         let out = render(&load("", &[("DATABASE_URL", "postgres://h/db")]).unwrap());
         assert!(out.contains("\n[reload]\nmode = \"watch\"\n") && out.contains("\nformat = \"text\"\n"), "{out}");
     }
+
+    #[test]
+    fn reload_modes_and_log_formats_are_read_and_printed_by_the_same_names() {
+        use super::super::{LogFormat, ReloadMode};
+        for m in [ReloadMode::Watch, ReloadMode::Poll, ReloadMode::Off] {
+            assert_eq!(m.to_string().parse::<ReloadMode>(), Ok(m));
+        }
+        for f in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(f.to_string().parse::<LogFormat>(), Ok(f));
+        }
+        assert_eq!(ReloadMode::Poll.to_string(), "poll");
+        assert_eq!(LogFormat::Json.to_string(), "json");
+        let e = "Watch".parse::<ReloadMode>().unwrap_err();
+        assert_eq!(e.to_string(), "`Watch` is not a mode; use \"watch\", \"poll\" or \"off\"");
+        assert_eq!(" json".parse::<LogFormat>().unwrap_err().value, " json");
+    }
+
+    #[test]
+    fn range_errors_on_one_line_are_reported_in_the_order_written() {
+        let text = "batch = { queue_capacity = 0, max_rows = 0, spool_max_bytes = 1 }\n";
+        for _ in 0..20 {
+            let expected = [
+                "line 1: key `batch.queue_capacity`: must be between 1 and 10000000",
+                "line 1: key `batch.max_rows`: must be between 1 and 50000",
+                "line 1: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)",
+            ];
+            assert_eq!(problems(text, &[]), expected);
+        }
+    }
 }
