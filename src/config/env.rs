@@ -92,7 +92,7 @@ pub fn apply(
     if let Some(v) = get(env, "POSTGRES_PORT") {
         note("POSTGRES_PORT", "database.port".into(), db.port.is_some());
         match v.trim().parse::<u16>() {
-            Ok(p) if p > 0 => db.port = Some(spanned(i64::from(p))),
+            Ok(p) if p > 0 => db.port = Some(super::file::Int(spanned(i64::from(p)))),
             _ => problems.push(Problem {
                 key: String::new(),
                 location: Location::Env("POSTGRES_PORT"),

@@ -2,11 +2,12 @@
 //! errors can name the line. Turning this into a [`super::Config`] is `validate`'s job.
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use validator::{Validate, ValidateRange};
 
 use super::Problem;
 
@@ -39,13 +40,14 @@ pub struct TwitchFile {
     pub server: Option<Spanned<String>>,
 }
 
-/// `[database]`
-#[derive(Debug, Default, Deserialize)]
+/// `[database]`. Rules go on non-secret fields only: validator copies a value into its error.
+#[derive(Debug, Default, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseFile {
     pub url: Option<SecretString>,
     pub host: Option<Spanned<String>>,
-    pub port: Option<Spanned<i64>>,
+    #[validate(range(min = 1, max = 65_535, message = "must be a port number from 1 to 65535"))]
+    pub port: Option<Int>,
     pub name: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub password: Option<SecretString>,
@@ -53,16 +55,58 @@ pub struct DatabaseFile {
 }
 
 /// `[batch]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct BatchFile {
-    pub max_rows: Option<Spanned<i64>>,
+    #[validate(range(min = 1, max = 50_000, message = "must be between 1 and 50000"))]
+    pub max_rows: Option<Int>,
     pub flush_interval: Option<Spanned<String>>,
-    pub queue_capacity: Option<Spanned<i64>>,
+    #[validate(range(min = 1, max = 10_000_000, message = "must be between 1 and 10000000"))]
+    pub queue_capacity: Option<Int>,
     pub spool_dir: Option<Spanned<PathBuf>>,
-    pub spool_max_bytes: Option<Spanned<i64>>,
+    #[validate(range(min = 1_048_576, message = "must be at least 1048576 (1 MiB)"))]
+    pub spool_max_bytes: Option<Int>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub durable_within: Option<Spanned<String>>,
+}
+
+/// An integer with its place in the file. A type of our own so that `validator` range rules
+/// can sit on the file structs (its traits cannot be implemented for `toml::Spanned`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Int(pub Spanned<i64>);
+
+impl std::ops::Deref for Int {
+    type Target = Spanned<i64>;
+
+    fn deref(&self) -> &Spanned<i64> {
+        &self.0
+    }
+}
+
+impl ValidateRange<i64> for Int {
+    fn greater_than(&self, max: i64) -> Option<bool> {
+        Some(*self.0.get_ref() > max)
+    }
+
+    fn less_than(&self, min: i64) -> Option<bool> {
+        Some(*self.0.get_ref() < min)
+    }
+}
+
+/// What validator copies into an error's `value` parameter: the span comes along, so that
+/// [`span_of_invalid`] can place the problem without a table of fields.
+impl Serialize for Int {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (*self.0.get_ref(), self.0.span().start, self.0.span().end).serialize(s)
+    }
+}
+
+/// Where the value behind a validator error on an [`Int`] field is written.
+pub fn span_of_invalid(e: &validator::ValidationError) -> Option<std::ops::Range<usize>> {
+    let place = e.params.get("value")?.as_array()?;
+    let at = |i: usize| place.get(i).and_then(serde_json::Value::as_u64).map(|n| n as usize);
+    Some(at(1)?..at(2)?)
 }
 
 /// `[reload]`

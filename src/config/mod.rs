@@ -246,6 +246,76 @@ pub enum ReloadMode {
     Off,
 }
 
+/// A config value that is one of a few names: the names are written once, here, and both
+/// parsing (`FromStr`) and `check`'s output (`Display`) use them.
+trait Named: Copy + PartialEq + 'static {
+    /// What a value is called in an error, e.g. "mode".
+    const WHAT: &'static str;
+    /// Every value with its name in the file, in the order an error lists them.
+    const NAMES: &'static [(Self, &'static str)];
+
+    fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(v, _)| *v == self).map_or("", |(_, n)| n)
+    }
+
+    fn parse(s: &str) -> Result<Self, UnknownName> {
+        Self::NAMES.iter().find(|(_, n)| *n == s).map(|(v, _)| *v).ok_or_else(|| UnknownName {
+            value: s.to_string(),
+            what: Self::WHAT,
+            names: Self::NAMES.iter().map(|(_, n)| *n).collect(),
+        })
+    }
+}
+
+/// A name that is none of the accepted ones; its message lists those.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a {what}; use {}", one_of(names))]
+pub struct UnknownName {
+    /// The name as written.
+    pub value: String,
+    what: &'static str,
+    names: Vec<&'static str>,
+}
+
+/// `"a", "b" or "c"`
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+impl Named for LogFormat {
+    const WHAT: &'static str = "format";
+    const NAMES: &'static [(Self, &'static str)] = &[(LogFormat::Text, "text"), (LogFormat::Json, "json")];
+}
+
+impl Named for ReloadMode {
+    const WHAT: &'static str = "mode";
+    const NAMES: &'static [(Self, &'static str)] =
+        &[(ReloadMode::Watch, "watch"), (ReloadMode::Poll, "poll"), (ReloadMode::Off, "off")];
+}
+
+macro_rules! named_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                Self::parse(s)
+            }
+        }
+    )*};
+}
+named_str!(LogFormat, ReloadMode);
+
 /// `[accounts.NAME]`
 #[derive(Debug, Clone)]
 pub struct AccountConfig {

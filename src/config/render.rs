@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::duration::format_duration;
-use super::{Config, Credentials, DatabaseConfig, Origin, ReloadMode};
+use super::{Config, Credentials, DatabaseConfig, Origin};
 
 /// Renders `cfg`. Never prints a secret.
 pub fn render(cfg: &Config) -> String {
@@ -48,24 +48,16 @@ pub fn render(cfg: &Config) -> String {
         format_duration(b.shutdown_timeout),
         format_duration(b.durable_within)
     );
-    let mode = match cfg.startup.reload.mode {
-        ReloadMode::Watch => "watch",
-        ReloadMode::Poll => "poll",
-        ReloadMode::Off => "off",
-    };
     let _ = writeln!(
         out,
-        "\n[reload]\nmode = \"{mode}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
+        "\n[reload]\nmode = \"{}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
+        cfg.startup.reload.mode,
         format_duration(cfg.startup.reload.poll_interval),
         format_duration(cfg.startup.reload.debounce)
     );
     let listen = cfg.startup.http.listen.map_or("off".to_string(), |a| a.to_string());
     let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
-    let format = match cfg.startup.log.format {
-        super::LogFormat::Text => "text",
-        super::LogFormat::Json => "json",
-    };
-    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{format}\"", cfg.startup.log.level);
+    let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.startup.log.level, cfg.startup.log.format);
     for (name, a) in &cfg.live.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {

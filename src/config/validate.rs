@@ -1,31 +1,57 @@
 //! Semantic checks: turns the file (with environment overrides applied) into a [`Config`],
 //! collecting every problem rather than stopping at the first.
+//!
+//! One function per table. Each reports what is wrong and puts a default in place of a wrong
+//! value, so that the tables after it are still checked in the same run.
 
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
-use validator::Validate;
+use validator::{Validate, ValidationErrors};
 
-use super::duration::{parse_duration, parse_rate, Rate};
-use super::file::{line_col, FileConfig};
-use super::login::{normalize_login, ServerAddr};
+use super::duration::{format_duration, parse_duration, parse_rate, Rate};
+use super::file::{
+    self, line_col, AccountFile, BatchFile, DatabaseFile, FileConfig, GroupFile, HttpFile, Int, LogFile, ReloadFile,
+    TwitchFile,
+};
+use super::login::normalize_login;
 use super::*;
 
-/// Numeric limits checked with `validator`. Only non-secret values go here: validator copies a
-/// field's value into its error.
-#[derive(Validate)]
-struct Limits {
-    #[validate(range(min = 1, max = 50_000, message = "must be between 1 and 50000"))]
-    max_rows: i64,
-    #[validate(range(min = 1, max = 10_000_000, message = "must be between 1 and 10000000"))]
-    queue_capacity: i64,
-    #[validate(range(min = 1, max = 65_535, message = "must be a port number from 1 to 65535"))]
-    port: i64,
-    #[validate(range(min = 1_048_576, message = "must be at least 1048576 (1 MiB)"))]
-    spool_max_bytes: i64,
+/// Validates `file` into a [`Config`]; problems go to `problems` (and then the config is `None`).
+pub fn validate(
+    file: FileConfig,
+    text: Option<&str>,
+    origin: Origin,
+    overrides: Vec<EnvOverride>,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let mut cx = Ctx { text, overrides: &overrides, problems };
+    let twitch = twitch(&mut cx, &file.twitch);
+    let batch = batch(&mut cx, &file.batch);
+    let reload = reload(&mut cx, &file.reload);
+    let http = http(&mut cx, &file.http);
+    let log = log(&mut cx, &file.log);
+    let database = database(&mut cx, &file.database);
+    let accounts: BTreeMap<_, _> =
+        file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
+    let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
+    if !cx.problems.is_empty() {
+        return None;
+    }
+    let spool_dir =
+        file.batch.spool_dir.as_ref().map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), |p| p.get_ref().clone());
+    Some(Config {
+        origin,
+        startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir },
+        live: LiveConfig { accounts, groups, batch },
+        env_overrides: overrides,
+    })
 }
 
+/// Where problems go, and what places them: the file's text and the keys the environment set.
 struct Ctx<'a> {
     text: Option<&'a str>,
     overrides: &'a [EnvOverride],
@@ -33,7 +59,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn location(&self, key: &str, span: Option<std::ops::Range<usize>>) -> Location {
+    fn location(&self, key: &str, span: Option<Range<usize>>) -> Location {
         if let Some(o) = self.overrides.iter().find(|o| o.key == key) {
             return Location::Env(o.var);
         }
@@ -47,39 +73,62 @@ impl Ctx<'_> {
         }
     }
 
-    fn problem(&mut self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
+    fn problem(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
         let location = self.location(key, span);
         self.problems.push(Problem { key: key.to_string(), location, message: message.into() });
+    }
+
+    /// Parses the value of `key` with `parse`, or reports the error at the value's place and
+    /// gives `default`. Unset, the value is `default`.
+    fn parse_or<T, E: Display>(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> T {
+        let Some(v) = value else { return default };
+        parse(v.get_ref()).unwrap_or_else(|e| {
+            self.problem(key, Some(v.span()), e.to_string());
+            default
+        })
     }
 
     fn duration(
         &mut self,
         key: &str,
-        v: &Option<Spanned<String>>,
+        value: &Option<Spanned<String>>,
         default: Duration,
         min: Duration,
         max: Duration,
     ) -> Duration {
-        let Some(v) = v else { return default };
-        match parse_duration(v.get_ref()) {
-            Ok(d) if d >= min && d <= max => d,
-            Ok(_) => {
-                self.problem(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "`{}` is out of range; use a value from {} to {}",
-                        v.get_ref(),
-                        duration::format_duration(min),
-                        duration::format_duration(max)
-                    ),
-                );
-                default
-            }
-            Err(e) => {
-                self.problem(key, Some(v.span()), e);
-                default
-            }
+        self.parse_or(key, value.as_ref(), default, |text| match parse_duration(text)? {
+            d if d >= min && d <= max => Ok(d),
+            _ => Err(format!(
+                "`{text}` is out of range; use a value from {} to {}",
+                format_duration(min),
+                format_duration(max)
+            )),
+        })
+    }
+
+    /// Carries `validator`'s errors on `[table]` to problems at each value's key and place, in
+    /// file order. A field's name is its key.
+    fn report_invalid(&mut self, table: &str, checked: Result<(), ValidationErrors>) {
+        let Err(errors) = checked else { return };
+        let mut found: Vec<(Option<Range<usize>>, String, String)> = errors
+            .field_errors()
+            .into_iter()
+            .flat_map(|(field, errs)| {
+                errs.iter().map(move |e| {
+                    let message = e.message.as_deref().unwrap_or("is out of range").to_string();
+                    (file::span_of_invalid(e), format!("{table}.{field}"), message)
+                })
+            })
+            .collect();
+        found.sort_by_key(|(span, key, _)| (span.as_ref().map(|s| s.start), key.clone()));
+        for (span, key, message) in found {
+            self.problem(&key, span, message);
         }
     }
 
@@ -125,303 +174,106 @@ pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(t.to_string()))
 }
 
-/// Validates `file` into a [`Config`]; problems go to `problems` (and then the config is `None`).
-pub fn validate(
-    file: FileConfig,
-    text: Option<&str>,
-    origin: Origin,
-    overrides: Vec<EnvOverride>,
-    problems: &mut Vec<Problem>,
-) -> Option<Config> {
-    let mut cx = Ctx { text, overrides: &overrides, problems };
+fn twitch(cx: &mut Ctx<'_>, t: &TwitchFile) -> TwitchConfig {
+    TwitchConfig { server: cx.parse_or("twitch.server", t.server.as_ref(), ServerAddr::twitch(), ServerAddr::parse) }
+}
 
-    let server = match &file.twitch.server {
-        None => ServerAddr::twitch(),
-        Some(s) => ServerAddr::parse(s.get_ref()).unwrap_or_else(|e| {
-            cx.problem("twitch.server", Some(s.span()), e.to_string());
-            ServerAddr::twitch()
-        }),
-    };
-
-    let limits = Limits {
-        max_rows: file.batch.max_rows.as_ref().map_or(100, |v| *v.get_ref()),
-        queue_capacity: file.batch.queue_capacity.as_ref().map_or(100_000, |v| *v.get_ref()),
-        port: file.database.port.as_ref().map_or(5432, |v| *v.get_ref()),
-        spool_max_bytes: file.batch.spool_max_bytes.as_ref().map_or(1 << 30, |v| *v.get_ref()),
-    };
-    if let Err(errors) = limits.validate() {
-        for (field, errs) in errors.field_errors() {
-            let (key, span) = match field.as_ref() {
-                "max_rows" => ("batch.max_rows", file.batch.max_rows.as_ref().map(|v| v.span())),
-                "queue_capacity" => ("batch.queue_capacity", file.batch.queue_capacity.as_ref().map(|v| v.span())),
-                "spool_max_bytes" => ("batch.spool_max_bytes", file.batch.spool_max_bytes.as_ref().map(|v| v.span())),
-                _ => ("database.port", file.database.port.as_ref().map(|v| v.span())),
-            };
-            for e in errs {
-                let msg = e.message.as_deref().unwrap_or("is out of range").to_string();
-                cx.problem(key, span.clone(), msg);
-            }
-        }
-    }
-    if limits.queue_capacity < limits.max_rows {
+fn batch(cx: &mut Ctx<'_>, b: &BatchFile) -> BatchConfig {
+    cx.report_invalid("batch", b.validate());
+    let default = BatchConfig::default();
+    let int = |v: &Option<Int>, default: usize| v.as_ref().map_or(default as i64, |v| *v.get_ref());
+    let (max_rows, queue_capacity) =
+        (int(&b.max_rows, default.max_rows), int(&b.queue_capacity, default.queue_capacity));
+    if queue_capacity < max_rows {
         cx.problem(
             "batch.queue_capacity",
-            file.batch.queue_capacity.as_ref().map(|v| v.span()),
+            b.queue_capacity.as_ref().map(|v| v.span()),
             format!(
-                "({}) is smaller than batch.max_rows ({}); the queue must hold at least one batch",
-                limits.queue_capacity, limits.max_rows
+                "({queue_capacity}) is smaller than batch.max_rows ({max_rows}); the queue must hold at least one batch"
             ),
         );
     }
-    let flush_interval = cx.duration(
-        "batch.flush_interval",
-        &file.batch.flush_interval,
-        BatchConfig::default().flush_interval,
-        Duration::from_millis(10),
-        Duration::from_secs(600),
-    );
+    let ms = Duration::from_millis;
+    let flush_interval =
+        cx.duration("batch.flush_interval", &b.flush_interval, default.flush_interval, ms(10), ms(600_000));
     // Unset, the bound follows a long flush_interval instead of contradicting it.
-    let durable_default = BatchConfig::default().durable_within.max(flush_interval + Duration::from_millis(3500));
+    let durable_default = default.durable_within.max(flush_interval + ms(3500));
     let batch = BatchConfig {
-        max_rows: limits.max_rows.clamp(1, 50_000) as usize,
+        max_rows: max_rows.clamp(1, 50_000) as usize,
         flush_interval,
-        queue_capacity: limits.queue_capacity.clamp(1, 10_000_000) as usize,
-        spool_max_bytes: limits.spool_max_bytes.max(1_048_576) as u64,
+        queue_capacity: queue_capacity.clamp(1, 10_000_000) as usize,
+        spool_max_bytes: b
+            .spool_max_bytes
+            .as_ref()
+            .map_or(default.spool_max_bytes as i64, |v| *v.get_ref())
+            .max(1_048_576) as u64,
         shutdown_timeout: cx.duration(
             "batch.shutdown_timeout",
-            &file.batch.shutdown_timeout,
-            BatchConfig::default().shutdown_timeout,
+            &b.shutdown_timeout,
+            default.shutdown_timeout,
             Duration::ZERO,
-            Duration::from_secs(3600),
+            ms(3_600_000),
         ),
-        durable_within: cx.duration(
-            "batch.durable_within",
-            &file.batch.durable_within,
-            durable_default,
-            Duration::from_millis(100),
-            Duration::from_secs(3600),
-        ),
+        durable_within: cx.duration("batch.durable_within", &b.durable_within, durable_default, ms(100), ms(3_600_000)),
     };
     if batch.durable_within <= batch.flush_interval {
         cx.problem(
             "batch.durable_within",
-            file.batch.durable_within.as_ref().map(|v| v.span()),
+            b.durable_within.as_ref().map(|v| v.span()),
             format!(
                 "({}) must be longer than batch.flush_interval ({}): rows wait up to flush_interval in memory before their first write",
-                super::duration::format_duration(batch.durable_within),
-                super::duration::format_duration(batch.flush_interval)
+                format_duration(batch.durable_within),
+                format_duration(batch.flush_interval)
             ),
         );
     }
+    batch
+}
 
-    let reload_default = ReloadConfig::default();
-    let mode = match file.reload.mode.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("watch") => ReloadMode::Watch,
-        Some("poll") => ReloadMode::Poll,
-        Some("off") => ReloadMode::Off,
-        Some(other) => {
-            let span = file.reload.mode.as_ref().map(|m| m.span());
-            cx.problem("reload.mode", span, format!("`{other}` is not a mode; use \"watch\", \"poll\" or \"off\""));
-            ReloadMode::Watch
-        }
-    };
-    let reload = ReloadConfig {
-        mode,
+fn reload(cx: &mut Ctx<'_>, r: &ReloadFile) -> ReloadConfig {
+    let default = ReloadConfig::default();
+    let ms = Duration::from_millis;
+    ReloadConfig {
+        mode: cx.parse_or("reload.mode", r.mode.as_ref(), default.mode, str::parse),
         poll_interval: cx.duration(
             "reload.poll_interval",
-            &file.reload.poll_interval,
-            reload_default.poll_interval,
-            Duration::from_millis(100),
-            Duration::from_secs(3600),
+            &r.poll_interval,
+            default.poll_interval,
+            ms(100),
+            ms(3_600_000),
         ),
-        debounce: cx.duration(
-            "reload.debounce",
-            &file.reload.debounce,
-            reload_default.debounce,
-            Duration::ZERO,
-            Duration::from_secs(10),
-        ),
-    };
-
-    let http = match file.http.listen.as_ref() {
-        None => HttpConfig::default(),
-        Some(l) if l.get_ref() == "off" => HttpConfig { listen: None },
-        Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
-            Ok(a) => HttpConfig { listen: Some(a) },
-            Err(_) => {
-                cx.problem(
-                    "http.listen",
-                    Some(l.span()),
-                    format!(
-                    "`{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"",
-                    l.get_ref()
-                ),
-                );
-                HttpConfig::default()
-            }
-        },
-    };
-    let mut log = LogConfig::default();
-    if let Some(level) = &file.log.level {
-        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
-            Ok(_) => log.level = level.get_ref().clone(),
-            Err(e) => cx.problem(
-                "log.level",
-                Some(level.span()),
-                format!(
-                    "`{}` is not a log filter ({e}); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"",
-                    level.get_ref()
-                ),
-            ),
-        }
+        debounce: cx.duration("reload.debounce", &r.debounce, default.debounce, Duration::ZERO, ms(10_000)),
     }
-    match file.log.format.as_ref().map(|f| f.get_ref().as_str()) {
-        None | Some("text") => {}
-        Some("json") => log.format = LogFormat::Json,
-        Some(other) => {
-            let span = file.log.format.as_ref().map(|f| f.span());
-            cx.problem("log.format", span, format!("`{other}` is not a format; use \"text\" or \"json\""));
-        }
-    }
+}
 
-    let database = database(&mut cx, &file);
-
-    let mut accounts = BTreeMap::new();
-    for (name, a) in &file.accounts {
-        let key = |k: &str| format!("accounts.{name}.{k}");
-        if let Err(e) = check_table_name(name) {
-            cx.problem(&format!("accounts.{name}"), None, e);
-        }
-        let token = match (&a.oauth_token, &a.token_file) {
-            (Some(_), Some(f)) => {
-                cx.problem(&key("token_file"), Some(f.span()), "is set together with oauth_token; keep one of the two");
-                None
-            }
-            (Some(t), None) => Some(t.clone()),
-            (None, Some(f)) => cx.read_secret_file(&key("token_file"), f),
-            (None, None) => None,
-        };
-        let token = match token.map(|t| normalize_token(t.expose_secret())) {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                cx.problem(&key("oauth_token"), None, e);
-                None
-            }
-            None => None,
-        };
-        let username = a.username.as_ref().and_then(|u| match normalize_login(u.get_ref()) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                cx.problem(&key("username"), Some(u.span()), format!("{e} (a bot username is a Twitch login)"));
-                None
-            }
-        });
-        let token_given = a.oauth_token.is_some() || a.token_file.is_some();
-        let credentials = match (&a.username, token_given) {
-            (Some(_), true) => match (username, token) {
-                (Some(username), Some(token)) => Credentials::Login { username, token },
-                _ => Credentials::Anonymous, // already reported
-            },
-            (None, false) => Credentials::Anonymous,
-            (Some(u), false) => {
-                cx.problem(&key("username"), Some(u.span()), "is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously");
-                Credentials::Anonymous
-            }
-            (None, true) => {
-                cx.problem(
-                    &key("oauth_token"),
-                    None,
-                    "is set but the account has no username; add the bot's login as username",
-                );
-                Credentials::Anonymous
-            }
-        };
-        let join_rate = match &a.join_rate {
-            None => Rate::TWITCH_DEFAULT_JOINS,
-            Some(r) => parse_rate(r.get_ref()).unwrap_or_else(|e| {
-                cx.problem(&key("join_rate"), Some(r.span()), e);
-                Rate::TWITCH_DEFAULT_JOINS
-            }),
-        };
-        accounts.insert(name.clone(), AccountConfig { credentials, join_rate });
-    }
-
-    let mut groups = BTreeMap::new();
-    for (name, g) in &file.groups {
-        let key = |k: &str| format!("groups.{name}.{k}");
-        if let Err(e) = check_table_name(name) {
-            cx.problem(&format!("groups.{name}"), None, e);
-        }
-        if g.accounts.is_empty() {
-            cx.problem(
-                &key("accounts"),
-                None,
-                format!(
-                    "is empty; name at least one account, e.g. accounts = [\"{}\"]",
-                    accounts.keys().next().map_or(DEFAULT_NAME, String::as_str)
-                ),
-            );
-        }
-        let mut names = Vec::new();
-        for a in &g.accounts {
-            if !accounts.contains_key(a.get_ref()) {
-                let known: Vec<&str> = accounts.keys().map(String::as_str).collect();
-                let hint = known
-                    .iter()
-                    .min_by_key(|k| strsim::damerau_levenshtein(k, a.get_ref()))
-                    .filter(|k| strsim::damerau_levenshtein(k, a.get_ref()) <= 2)
-                    .map(|k| format!("did you mean `{k}`?"))
-                    .unwrap_or_else(|| {
-                        format!("define [accounts.{}] or use one of: {}", a.get_ref(), known.join(", "))
-                    });
-                cx.problem(
-                    &key("accounts"),
-                    Some(a.span()),
-                    format!("names account `{}`, which does not exist; {hint}", a.get_ref()),
-                );
-            } else if !names.contains(a.get_ref()) {
-                names.push(a.get_ref().clone());
-            }
-        }
-        let mut channels = BTreeSet::new();
-        for c in &g.channels {
-            match normalize_login(c.get_ref()) {
-                Ok(c) => {
-                    channels.insert(c);
-                }
-                Err(e) => cx.problem(
-                    &key("channels"),
-                    Some(c.span()),
-                    format!("{e} (a channel is its streamer's Twitch login)"),
-                ),
-            }
-        }
-        groups.insert(name.clone(), GroupConfig { accounts: names, channels });
-    }
-
-    if !cx.problems.is_empty() {
-        return None;
-    }
-    let spool_dir =
-        file.batch.spool_dir.as_ref().map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), |p| p.get_ref().clone());
-    Some(Config {
-        origin,
-        startup: StartupConfig { twitch: TwitchConfig { server }, database: database?, reload, http, log, spool_dir },
-        live: LiveConfig { accounts, groups, batch },
-        env_overrides: overrides,
+fn http(cx: &mut Ctx<'_>, h: &HttpFile) -> HttpConfig {
+    cx.parse_or("http.listen", h.listen.as_ref(), HttpConfig::default(), |listen| match listen {
+        "off" => Ok(HttpConfig { listen: None }),
+        _ => listen.parse().map(|a| HttpConfig { listen: Some(a) }).map_err(|_| {
+            format!(
+                "`{listen}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\""
+            )
+        }),
     })
 }
 
-fn check_table_name(name: &str) -> Result<(), String> {
-    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        Ok(())
-    } else {
-        Err(format!("`{name}` is not a usable name; use letters, digits, `_` and `-`"))
+fn log(cx: &mut Ctx<'_>, l: &LogFile) -> LogConfig {
+    let default = LogConfig::default();
+    LogConfig {
+        level: cx.parse_or("log.level", l.level.as_ref(), default.level, |level| {
+            match tracing_subscriber::EnvFilter::try_new(level) {
+                Ok(_) => Ok(level.to_string()),
+                Err(e) => Err(format!(
+                    "`{level}` is not a log filter ({e}); use e.g. \"info\" or \"info,twitch_chat_logger=debug\""
+                )),
+            }
+        }),
+        format: cx.parse_or("log.format", l.format.as_ref(), default.format, str::parse),
     }
 }
 
-fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
-    let d = &file.database;
+fn database(cx: &mut Ctx<'_>, d: &DatabaseFile) -> Option<DatabaseConfig> {
+    cx.report_invalid("database", d.validate());
     if let Some(url) = &d.url {
         let u = url.expose_secret();
         if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
@@ -453,4 +305,280 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
         user: text(&d.user, "postgres"),
         password,
     })
+}
+
+fn account(cx: &mut Ctx<'_>, name: &str, a: &AccountFile) -> AccountConfig {
+    let key = |k: &str| format!("accounts.{name}.{k}");
+    if let Err(e) = check_table_name(name) {
+        cx.problem(&format!("accounts.{name}"), None, e);
+    }
+    let token = token(cx, &key, a);
+    let username = a.username.as_ref().and_then(|u| match normalize_login(u.get_ref()) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            cx.problem(&key("username"), Some(u.span()), format!("{e} (a bot username is a Twitch login)"));
+            None
+        }
+    });
+    let credentials = credentials(cx, &key, a, username, token);
+    let join_rate = cx.parse_or(&key("join_rate"), a.join_rate.as_ref(), Rate::TWITCH_DEFAULT_JOINS, parse_rate);
+    AccountConfig { credentials, join_rate }
+}
+
+/// The token from `oauth_token` or `token_file`, in shape; `None` when unset or wrong.
+fn token(cx: &mut Ctx<'_>, key: &dyn Fn(&str) -> String, a: &AccountFile) -> Option<SecretString> {
+    let raw = match (&a.oauth_token, &a.token_file) {
+        (Some(_), Some(f)) => {
+            cx.problem(&key("token_file"), Some(f.span()), "is set together with oauth_token; keep one of the two");
+            None
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(f)) => cx.read_secret_file(&key("token_file"), f),
+        (None, None) => None,
+    };
+    match normalize_token(raw?.expose_secret()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.problem(&key("oauth_token"), None, e.to_string());
+            None
+        }
+    }
+}
+
+/// A login needs both a username and a token; neither is anonymous; one alone is a mistake.
+fn credentials(
+    cx: &mut Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    a: &AccountFile,
+    username: Option<String>,
+    token: Option<SecretString>,
+) -> Credentials {
+    let token_given = a.oauth_token.is_some() || a.token_file.is_some();
+    match (&a.username, token_given) {
+        (Some(_), true) => match (username, token) {
+            (Some(username), Some(token)) => Credentials::Login { username, token },
+            _ => Credentials::Anonymous, // already reported
+        },
+        (None, false) => Credentials::Anonymous,
+        (Some(u), false) => {
+            cx.problem(&key("username"), Some(u.span()), "is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously");
+            Credentials::Anonymous
+        }
+        (None, true) => {
+            cx.problem(
+                &key("oauth_token"),
+                None,
+                "is set but the account has no username; add the bot's login as username",
+            );
+            Credentials::Anonymous
+        }
+    }
+}
+
+fn group(cx: &mut Ctx<'_>, name: &str, g: &GroupFile, accounts: &BTreeMap<String, AccountConfig>) -> GroupConfig {
+    let key = |k: &str| format!("groups.{name}.{k}");
+    if let Err(e) = check_table_name(name) {
+        cx.problem(&format!("groups.{name}"), None, e);
+    }
+    if g.accounts.is_empty() {
+        let example = accounts.keys().next().map_or(DEFAULT_NAME, String::as_str);
+        cx.problem(
+            &key("accounts"),
+            None,
+            format!("is empty; name at least one account, e.g. accounts = [\"{example}\"]"),
+        );
+    }
+    let mut names = Vec::new();
+    for a in &g.accounts {
+        if !accounts.contains_key(a.get_ref()) {
+            let hint = unknown_account_hint(accounts, a.get_ref());
+            cx.problem(
+                &key("accounts"),
+                Some(a.span()),
+                format!("names account `{}`, which does not exist; {hint}", a.get_ref()),
+            );
+        } else if !names.contains(a.get_ref()) {
+            names.push(a.get_ref().clone());
+        }
+    }
+    let mut channels = BTreeSet::new();
+    for c in &g.channels {
+        match normalize_login(c.get_ref()) {
+            Ok(c) => {
+                channels.insert(c);
+            }
+            Err(e) => {
+                cx.problem(&key("channels"), Some(c.span()), format!("{e} (a channel is its streamer's Twitch login)"))
+            }
+        }
+    }
+    GroupConfig { accounts: names, channels }
+}
+
+/// "did you mean" for a close name, else the list of accounts.
+fn unknown_account_hint(accounts: &BTreeMap<String, AccountConfig>, name: &str) -> String {
+    let known: Vec<&str> = accounts.keys().map(String::as_str).collect();
+    known
+        .iter()
+        .min_by_key(|k| strsim::damerau_levenshtein(k, name))
+        .filter(|k| strsim::damerau_levenshtein(k, name) <= 2)
+        .map(|k| format!("did you mean `{k}`?"))
+        .unwrap_or_else(|| format!("define [accounts.{name}] or use one of: {}", known.join(", ")))
+}
+
+fn check_table_name(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a usable name; use letters, digits, `_` and `-`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whole problem lists and `check` output, pinned: the split into per-table checks must
+    //! report the same problems, at the same keys and lines, in the same words.
+
+    use super::super::{load_text, render::render};
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<super::Config, super::super::ConfigError> {
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load_text(Some((Path::new("c.toml"), text)), &move |k| map.get(k).cloned())
+    }
+
+    fn problems(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        load(text, env).unwrap_err().problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    const EVERY_TABLE_WRONG: &str = r#"
+[twitch]
+server = "ftp://x"
+
+[database]
+port = 0
+password = "p"
+password_file = "/nonexistent"
+
+[batch]
+max_rows = 0
+flush_interval = "soon"
+queue_capacity = 0
+spool_max_bytes = 5
+shutdown_timeout = "2h"
+durable_within = "1ms"
+
+[reload]
+mode = "sometimes"
+poll_interval = "1ms"
+debounce = "1m"
+
+[http]
+listen = "localhost"
+
+[log]
+level = "[[["
+format = "xml"
+
+[accounts.a]
+username = "bad name!"
+oauth_token = "oauth:"
+join_rate = "fast"
+
+[accounts."b c"]
+
+[accounts.both]
+username = "bot"
+oauth_token = "tok"
+token_file = "/nonexistent"
+
+[accounts.nouser]
+oauth_token = "tok"
+
+[accounts.notoken]
+username = "bot"
+
+[groups.g]
+accounts = ["a", "aa", "zzz", "a"]
+channels = ["ok", "not-ok"]
+
+[groups.e]
+accounts = []
+"#;
+
+    #[test]
+    fn a_file_wrong_in_every_table_gets_the_same_problems_in_the_same_words() {
+        let expected = vec!["key `accounts.a.oauth_token`: is empty after the `oauth:` prefix; paste the whole token", "key `accounts.b c`: `b c` is not a usable name; use letters, digits, `_` and `-`", "key `accounts.nouser.oauth_token`: is set but the account has no username; add the bot's login as username", "key `groups.e.accounts`: is empty; name at least one account, e.g. accounts = [\"a\"]", "line 3: key `twitch.server`: `ftp://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "line 6: key `database.port`: must be a port number from 1 to 65535", "line 8: key `database.password_file`: is set together with password; keep one of the two", "line 11: key `batch.max_rows`: must be between 1 and 50000", "line 12: key `batch.flush_interval`: `soon` does not start with a number; write e.g. \"1.5s\"", "line 13: key `batch.queue_capacity`: must be between 1 and 10000000", "line 14: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 15: key `batch.shutdown_timeout`: `2h` is out of range; use a value from 0s to 60m", "line 16: key `batch.durable_within`: `1ms` is out of range; use a value from 100ms to 60m", "line 19: key `reload.mode`: `sometimes` is not a mode; use \"watch\", \"poll\" or \"off\"", "line 20: key `reload.poll_interval`: `1ms` is out of range; use a value from 100ms to 60m", "line 21: key `reload.debounce`: `1m` is out of range; use a value from 0s to 10s", "line 24: key `http.listen`: `localhost` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "line 27: key `log.level`: `[[[` is not a log filter (invalid filter directive); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"", "line 28: key `log.format`: `xml` is not a format; use \"text\" or \"json\"", "line 31: key `accounts.a.username`: `bad name!` contains ` `; Twitch logins use only letters, digits and `_` (a bot username is a Twitch login)", "line 33: key `accounts.a.join_rate`: `fast` is not a rate; write it as \"20/10s\"", "line 40: key `accounts.both.token_file`: is set together with oauth_token; keep one of the two", "line 46: key `accounts.notoken.username`: is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously", "line 49: key `groups.g.accounts`: names account `aa`, which does not exist; did you mean `a`?", "line 49: key `groups.g.accounts`: names account `zzz`, which does not exist; define [accounts.zzz] or use one of: a, b c, both, notoken, nouser", "line 50: key `groups.g.channels`: `not-ok` contains `-`; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)"];
+        assert_eq!(problems(EVERY_TABLE_WRONG, &[]), expected);
+    }
+
+    #[test]
+    fn cross_key_and_range_checks_keep_their_words() {
+        let expected = vec!["line 3: key `batch.queue_capacity`: (100) is smaller than batch.max_rows (500); the queue must hold at least one batch", "line 2: key `batch.max_rows`: must be between 1 and 50000", "line 3: key `batch.queue_capacity`: must be between 1 and 10000000", "line 4: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 3: key `batch.durable_within`: (2s) must be longer than batch.flush_interval (2s): rows wait up to flush_interval in memory before their first write", "key `database.url`: must start with postgres:// or postgresql:// (value hidden because it may hold a password)", "line 2: key `batch.flush_interval`: `5ms` is out of range; use a value from 10ms to 10m", "line 4: key `database.port`: must be a port number from 1 to 65535", "line 2: key `reload.debounce`: `-1s` does not start with a number; write e.g. \"1.5s\"", "line 4: key `accounts.x.join_rate`: `0/10s` allows nothing; both sides must be above 0"];
+        let mut all = problems("[batch]\nmax_rows = 500\nqueue_capacity = 100\n", &[]);
+        all.extend(problems("[batch]\nmax_rows = 50001\nqueue_capacity = 10000001\nspool_max_bytes = -1\n", &[]));
+        all.extend(problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"2s\"\n", &[]));
+        all.extend(problems(
+            "[batch]\nflush_interval = \"5ms\"\n[database]\nport = 65536\nurl = \"mysql://u:SECRETPW@h/db\"\n",
+            &[],
+        ));
+        all.extend(problems("[reload]\ndebounce = \"-1s\"\n[accounts.x]\njoin_rate = \"0/10s\"\n", &[]));
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn values_from_the_environment_are_reported_at_their_variable() {
+        let env = [
+            ("HTTP_LISTEN", "nowhere"),
+            ("TWITCH_IRC_SERVER", "gopher://x"),
+            ("TWITCH_CHANNELS", "ok,bad channel!"),
+            ("TWITCH_USERNAME", "bot"),
+            ("TWITCH_OAUTH_TOKEN", "tok en"),
+        ];
+        let expected = vec!["environment variable TWITCH_IRC_SERVER: `gopher://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "environment variable HTTP_LISTEN: `nowhere` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "environment variable TWITCH_OAUTH_TOKEN: contains spaces or control characters (value hidden); paste the token alone", "environment variable TWITCH_CHANNELS: `bad channel!` contains ` `; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)", "line 2: key `batch.max_rows`: must be between 1 and 50000"];
+        assert_eq!(problems("[batch]\nmax_rows = 0\n", &env), expected);
+    }
+
+    #[test]
+    fn check_renders_modes_and_formats_by_their_names() {
+        let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let out = render(&load(text, &[]).unwrap());
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        assert_eq!(out, expected);
+        let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
+        let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());
+        assert!(out.contains("\n[reload]\nmode = \"off\"\n") && out.contains("\nformat = \"text\"\n"), "{out}");
+        let out = render(&load("", &[("DATABASE_URL", "postgres://h/db")]).unwrap());
+        assert!(out.contains("\n[reload]\nmode = \"watch\"\n") && out.contains("\nformat = \"text\"\n"), "{out}");
+    }
+
+    #[test]
+    fn reload_modes_and_log_formats_are_read_and_printed_by_the_same_names() {
+        use super::super::{LogFormat, ReloadMode};
+        for m in [ReloadMode::Watch, ReloadMode::Poll, ReloadMode::Off] {
+            assert_eq!(m.to_string().parse::<ReloadMode>(), Ok(m));
+        }
+        for f in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(f.to_string().parse::<LogFormat>(), Ok(f));
+        }
+        assert_eq!(ReloadMode::Poll.to_string(), "poll");
+        assert_eq!(LogFormat::Json.to_string(), "json");
+        let e = "Watch".parse::<ReloadMode>().unwrap_err();
+        assert_eq!(e.to_string(), "`Watch` is not a mode; use \"watch\", \"poll\" or \"off\"");
+        assert_eq!(" json".parse::<LogFormat>().unwrap_err().value, " json");
+    }
+
+    #[test]
+    fn range_errors_on_one_line_are_reported_in_the_order_written() {
+        let text = "batch = { queue_capacity = 0, max_rows = 0, spool_max_bytes = 1 }\n";
+        for _ in 0..20 {
+            let expected = [
+                "line 1: key `batch.queue_capacity`: must be between 1 and 10000000",
+                "line 1: key `batch.max_rows`: must be between 1 and 50000",
+                "line 1: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)",
+            ];
+            assert_eq!(problems(text, &[]), expected);
+        }
+    }
 }
