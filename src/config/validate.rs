@@ -441,6 +441,15 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
             );
             return None;
         }
+        // Parsed as `run` parses it, so `check` cannot pass a URL that `run` refuses.
+        if <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(u).is_err() {
+            cx.problem(
+                "database.url",
+                None,
+                "cannot be read as a PostgreSQL URL; check that the port is a number, the host has no spaces, and a `%` in the password is written `%25` (value hidden because it may hold a password)",
+            );
+            return None;
+        }
         return Some(DatabaseConfig::Url(url.clone()));
     }
     let password = match (&d.password, &d.password_file) {
