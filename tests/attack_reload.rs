@@ -91,3 +91,35 @@ async fn an_edit_to_5000_real_channels_gives_no_false_unconfirmed_join_warnings_
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(15 * SEC).await, 0);
 }
+
+/// Kubernetes mounts a ConfigMap as `config.toml -> ..data/config.toml` with `..data` a
+/// symlink to a timestamped directory; an update swaps `..data` atomically (rename of a new
+/// symlink over it). `config.toml` itself never changes, so a watcher that looks only at that
+/// name misses every update.
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_followed() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/config.toml"), cfg(&fake, &names(&["one"]))).unwrap();
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.toml", d.join("config.toml")).unwrap();
+    let path = d.join("config.toml");
+    let mut logger = start(&fake, &db, &path).await;
+
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/config.toml"), cfg(&fake, &names(&["one", "two"]))).unwrap();
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    let saved = Instant::now();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    let end = Instant::now() + 5 * SEC;
+    while !fake.joined_by(ANON).contains("two") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = fake.joined_by(ANON).contains("two");
+    eprintln!("ConfigMap-style swap: new channel joined: {joined} after {:?}", saved.elapsed());
+    assert!(joined, "the swapped config was not followed within 5 s; log:\n{}", logger.log_text());
+    logger.signal("TERM");
+    assert_eq!(logger.wait_exit(15 * SEC).await, 0);
+}
