@@ -36,3 +36,31 @@ fn check_refuses_a_database_url_that_run_cannot_read_and_hides_its_password() {
         }
     }
 }
+
+/// A password with an unescaped `/` whose part before it is a number:
+/// `postgres://localhost:1/TopSecretTail@db:5432/twitch` (user `localhost`, password
+/// `1/TopSecretTail`). It parses as host `localhost`, port 1 and database
+/// `TopSecretTail@db:5432/twitch`, so every retry line and `check --connect` printed
+/// `database=anonymous@localhost:1/TopSecretTail@…`: the tail of the password in the log.
+#[tokio::test]
+async fn a_password_cut_short_by_an_unescaped_slash_never_reaches_the_log() {
+    let (_dir, path) = config_dir("[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"chan\"]\n");
+    let url = "postgres://localhost:1/TopSecretTail@db.invalid:5432/twitch";
+    for args in [&["check", "--connect"][..], &["run"][..]] {
+        let mut cmd = logger_cmd(path.parent().unwrap());
+        cmd.arg("--config").arg(&path).args(args).env("DATABASE_URL", url);
+        cmd.env("TWITCH_IRC_SERVER", "irc://127.0.0.1:1").env("HTTP_LISTEN", "off");
+        let mut logger = Logger::spawn(cmd);
+        // Before the fix `run` retried localhost:1 forever, logging the tail each time.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while logger.is_running() && std::time::Instant::now() < end {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let code =
+            if logger.is_running() { None } else { Some(logger.wait_exit(std::time::Duration::from_secs(1)).await) };
+        let text = logger.log_text();
+        assert!(!text.contains("TopSecret"), "{args:?}: the password's tail is printed (exit {code:?})");
+        assert_eq!(code, Some(2), "{args:?}\n{text}");
+        assert!(text.contains("%2F"), "{args:?}: says how to fix it:\n{text}");
+    }
+}

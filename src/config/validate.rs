@@ -441,6 +441,17 @@ fn database(cx: &mut Ctx<'_>, file: &FileConfig) -> Option<DatabaseConfig> {
             );
             return None;
         }
+        // An `@` past the host: an unescaped `/`, `?` or `#` in the password cut it short, and
+        // its tail would be read (and logged) as the port and the database name.
+        let after_host = u.split_once("://").and_then(|(_, rest)| rest.split_once(['/', '?', '#'])).map(|(_, t)| t);
+        if after_host.is_some_and(|tail| tail.contains('@')) {
+            cx.problem(
+                "database.url",
+                None,
+                "has an `@` after the host: write a `/`, `?` or `#` in the password as %2F, %3F, %23 (value hidden because it may hold a password)",
+            );
+            return None;
+        }
         // Parsed as `run` parses it, so `check` cannot pass a URL that `run` refuses.
         if <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(u).is_err() {
             cx.problem(
