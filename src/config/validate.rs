@@ -268,16 +268,32 @@ pub fn validate(
     };
     let mut log = LogConfig::default();
     if let Some(level) = &file.log.level {
-        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
-            Ok(_) => log.level = level.get_ref().clone(),
-            Err(e) => cx.problem(
+        // A bare word that is no level is taken as a module name: `warning` hid every line.
+        let levels = ["off", "error", "warn", "info", "debug", "trace"];
+        let word = level.get_ref().split(',').map(str::trim).find(|d| {
+            !d.is_empty()
+                && !d.contains(['=', ':', '_', '['])
+                && !levels.contains(&d.to_ascii_lowercase().as_str())
+                && d.parse::<u8>().is_err()
+        });
+        if let Some(word) = word {
+            cx.problem(
                 "log.level",
                 Some(level.span()),
-                format!(
-                    "`{}` is not a log filter ({e}); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"",
-                    level.get_ref()
+                format!("`{word}` is not a level (off, error, warn, info, debug, trace); alone, a word is read as a module name and every other log line is hidden; write e.g. \"warn\" or \"info,{word}=debug\""),
+            );
+        } else {
+            match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                Ok(_) => log.level = level.get_ref().clone(),
+                Err(e) => cx.problem(
+                    "log.level",
+                    Some(level.span()),
+                    format!(
+                        "`{}` is not a log filter ({e}); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"",
+                        level.get_ref()
+                    ),
                 ),
-            ),
+            }
         }
     }
     match file.log.format.as_ref().map(|f| f.get_ref().as_str()) {
