@@ -105,6 +105,9 @@ async fn healthcheck(listen: Option<&str>, config: Option<&std::path::Path>) -> 
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // SIGHUP's default action ends the process: until the reloader listens (a `systemctl
+    // reload` right after start), a HUP is ignored instead. Tokio's handler stays once set.
+    let _early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { listen }) = &cli.command {
         return healthcheck(listen.as_deref(), cli.config.as_deref()).await;

@@ -261,6 +261,9 @@ fn log(cx: &mut Ctx<'_>, l: &LogFile) -> LogConfig {
     let default = LogConfig::default();
     LogConfig {
         level: cx.parse_or("log.level", l.level.as_ref(), default.level, |level| {
+            if let Some(word) = bare_word_not_a_level(level) {
+                return Err(format!("`{word}` is not a level (off, error, warn, info, debug, trace); alone, a word is read as a module name and every other log line is hidden; write e.g. \"warn\" or \"info,{word}=debug\""));
+            }
             match tracing_subscriber::EnvFilter::try_new(level) {
                 Ok(_) => Ok(level.to_string()),
                 Err(e) => Err(format!(
@@ -272,6 +275,18 @@ fn log(cx: &mut Ctx<'_>, l: &LogFile) -> LogConfig {
     }
 }
 
+/// A directive that is one bare word but no level: the filter would read it as a module name
+/// and hide every other line (`warning` did).
+fn bare_word_not_a_level(filter: &str) -> Option<&str> {
+    let levels = ["off", "error", "warn", "info", "debug", "trace"];
+    filter.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', ':', '_', '['])
+            && !levels.contains(&d.to_ascii_lowercase().as_str())
+            && d.parse::<u8>().is_err()
+    })
+}
+
 fn database(cx: &mut Ctx<'_>, d: &DatabaseFile) -> Option<DatabaseConfig> {
     cx.report_invalid("database", d.validate());
     if let Some(url) = &d.url {
@@ -281,6 +296,26 @@ fn database(cx: &mut Ctx<'_>, d: &DatabaseFile) -> Option<DatabaseConfig> {
                 "database.url",
                 None,
                 "must start with postgres:// or postgresql:// (value hidden because it may hold a password)",
+            );
+            return None;
+        }
+        // An `@` past the host: an unescaped `/`, `?` or `#` in the password cut it short, and
+        // its tail would be read (and logged) as the port and the database name.
+        let after_host = u.split_once("://").and_then(|(_, rest)| rest.split_once(['/', '?', '#'])).map(|(_, t)| t);
+        if after_host.is_some_and(|tail| tail.contains('@')) {
+            cx.problem(
+                "database.url",
+                None,
+                "has an `@` after the host: write a `/`, `?` or `#` in the password as %2F, %3F, %23 (value hidden because it may hold a password)",
+            );
+            return None;
+        }
+        // Parsed as `run` parses it, so `check` cannot pass a URL that `run` refuses.
+        if <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(u).is_err() {
+            cx.problem(
+                "database.url",
+                None,
+                "cannot be read as a PostgreSQL URL; check that the port is a number, the host has no spaces, and a `%` in the password is written `%25` (value hidden because it may hold a password)",
             );
             return None;
         }

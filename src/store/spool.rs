@@ -37,6 +37,9 @@ pub struct Spool {
     bytes: u64,
     rows: u64,
     set_aside: u64,
+    /// Held locked while open: a second logger on the same directory would append to and
+    /// delete this one's segments.
+    _lock: Option<File>,
 }
 
 /// What [`Spool::append`] did with `records`: the first `written` are on disk, the last
@@ -76,6 +79,14 @@ impl Spool {
     /// read is listed anyway; [`Spool::read_head`] sets it aside when its turn comes.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        // No lock file on a read-only directory: nothing can be spooled there anyway.
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).ok();
+        if let Some(Err(fs::TryLockError::WouldBlock)) = lock.as_ref().map(File::try_lock) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "another running logger uses it; give each logger its own batch.spool_dir",
+            ));
+        }
         let mut segments = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -95,6 +106,7 @@ impl Spool {
             bytes,
             rows,
             set_aside: 0,
+            _lock: lock,
         })
     }
 
