@@ -1,5 +1,6 @@
 //! Twitch side: login names and server address ([`login`]), our connection type with JOIN
-//! pacing, which also parses chat lines itself ([`transport`], [`chatline`]), one client per
+//! pacing and the one context its connections share, which also parses chat lines itself
+//! ([`transport`], [`chatline`]), one client per
 //! account for everything else ([`client`]), and the remaining message → row mapping
 //! ([`convert`]).
 
