@@ -1,8 +1,7 @@
 //! Twitch side: login names and server address ([`login`]), our connection type with JOIN
 //! pacing and the one context its connections share, which also parses chat lines itself
-//! ([`transport`], [`chatline`]), one client per
-//! account for everything else ([`client`]), and the remaining message → row mapping
-//! ([`convert`]).
+//! ([`transport`], [`chatline`]), one client per account for everything else ([`client`]), and
+//! the remaining message → row mapping ([`convert`]).
 
 pub mod auth;
 pub mod chatline;
