@@ -47,7 +47,7 @@ impl Runtime {
             self.writer.sender.clone(),
             self.events.clone(),
         );
-        let view = AccountView { stats: handle.stats.clone(), pacer: handle.pacer.clone() };
+        let view = AccountView { stats: handle.stats.clone(), login: handle.login.clone() };
         self.views.write().expect("accounts lock").insert(name.to_string(), view);
         self.accounts.insert(name.to_string(), handle);
     }
@@ -99,7 +99,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
             o.key
         );
     }
-    transport::set_server(cfg.startup.twitch.server.clone());
     let mut shutdown = Box::pin(shutdown_signal());
 
     // Reading starts before the database answers: the writer holds rows (memory, then the
@@ -149,7 +148,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         let bound = http::serve(addr, observed, store.clone()).await?;
         tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
     }
-    transport::set_record_sink(Some(writer.sender.clone()));
+    // Ours for the run: installed before the first account starts, its records closed in `stop`.
+    let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
+    transport::install(connections.clone());
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
@@ -193,7 +194,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("stopping: no more reading; writing out everything received");
-    let lost = stop(rt.accounts, rt.writer).await;
+    let lost = stop(rt.accounts, rt.writer, &connections).await;
     match fatal {
         Some(e) => Err(e),
         None => Ok(if lost > 0 && outcome == Outcome::Stopped { Outcome::RowsLost(lost) } else { outcome }),
@@ -202,11 +203,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 
 /// Stops every client (each hands over what it read), then lets the writer finish the queue.
 /// Returns how many rows received during the run were lost, after logging the truth.
-async fn stop(accounts: BTreeMap<String, AccountHandle>, writer: Writer) -> u64 {
+async fn stop(
+    accounts: BTreeMap<String, AccountHandle>,
+    writer: Writer,
+    connections: &transport::TransportContext,
+) -> u64 {
     futures_util::future::join_all(accounts.into_values().map(AccountHandle::stop)).await;
     let stats = writer.stats.clone();
     // The readers' copies went with their connections; this is the last one besides the writer's.
-    transport::set_record_sink(None);
+    connections.close_records();
     let done = writer.finish().await;
     use std::sync::atomic::Ordering::Relaxed;
     macro_rules! summary {

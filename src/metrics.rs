@@ -15,15 +15,15 @@ use std::sync::{Arc, RwLock};
 use crate::reload::watch::ReloadStats;
 use crate::store::writer::{WriterObserver, WriterStats, FLUSH_BUCKETS};
 use crate::twitch::client::AccountStats;
-use crate::twitch::transport::JoinPacer;
+use crate::twitch::transport::LoginState;
 
 /// One running account as the observers see it.
 #[derive(Debug, Clone)]
 pub struct AccountView {
     /// Its counters.
     pub stats: Arc<AccountStats>,
-    /// Its login's connection and JOIN counters.
-    pub pacer: Arc<JoinPacer>,
+    /// Its login's connection, message and JOIN counters.
+    pub login: Arc<LoginState>,
 }
 
 /// Everything health and metrics read. Cheap to clone.
@@ -49,7 +49,7 @@ impl Observed {
         let accounts = self.accounts.read().expect("accounts lock");
         accounts
             .iter()
-            .filter(|(_, a)| !a.stats.stopped.load(Relaxed) && a.pacer.open.load(Relaxed) <= 0)
+            .filter(|(_, a)| !a.stats.stopped.load(Relaxed) && a.login.open.load(Relaxed) <= 0)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -105,7 +105,7 @@ impl prometheus_client::collector::Collector for Observed {
         let e = &mut enc;
         let accounts = self.accounts.read().expect("accounts lock").clone();
         // Accounts that share a login (anonymous ones) share its counters: count each login once.
-        let mut logins: Vec<&Arc<JoinPacer>> = accounts.values().map(|a| &a.pacer).collect();
+        let mut logins: Vec<&Arc<LoginState>> = accounts.values().map(|a| &a.login).collect();
         logins.sort_by_key(|p| Arc::as_ptr(p));
         logins.dedup_by_key(|p| Arc::as_ptr(p));
         let received: u64 = logins.iter().map(|p| p.messages.load(Relaxed)).sum();
@@ -194,11 +194,11 @@ impl prometheus_client::collector::Collector for Observed {
         type Get = fn(&AccountView) -> i64;
         let per_account: [(&str, &str, MetricType, Get); 9] = [
             ("account_messages_received", "Chat messages received", MetricType::Counter, |a| {
-                a.pacer.messages.load(Relaxed) as i64
+                a.login.messages.load(Relaxed) as i64
             }),
-            ("account_connections", "Open IRC connections", MetricType::Gauge, |a| a.pacer.open.load(Relaxed)),
+            ("account_connections", "Open IRC connections", MetricType::Gauge, |a| a.login.open.load(Relaxed)),
             ("account_reconnects", "Connections opened after the first", MetricType::Counter, |a| {
-                (a.pacer.opened.load(Relaxed) as i64 - 1).max(0)
+                (a.login.opened.load(Relaxed) as i64 - 1).max(0)
             }),
             ("account_channels_wanted", "Channels the config assigns", MetricType::Gauge, |a| {
                 a.stats.channels_wanted.load(Relaxed) as i64
@@ -207,13 +207,13 @@ impl prometheus_client::collector::Collector for Observed {
                 a.stats.channels_joined.load(Relaxed) as i64
             }),
             ("account_joins_pending", "JOINs waiting for the pacer", MetricType::Gauge, |a| {
-                a.pacer.pending.load(Relaxed).max(0)
+                a.login.pending.load(Relaxed).max(0)
             }),
             ("account_stopped", "1 when the account was stopped (login rejected)", MetricType::Gauge, |a| {
                 a.stats.stopped.load(Relaxed) as i64
             }),
             ("account_up", "1 when connected or deliberately stopped", MetricType::Gauge, |a| {
-                (a.stats.stopped.load(Relaxed) || a.pacer.open.load(Relaxed) > 0) as i64
+                (a.stats.stopped.load(Relaxed) || a.login.open.load(Relaxed) > 0) as i64
             }),
             (
                 "account_client_restarts",

@@ -562,11 +562,11 @@ async fn a_token_without_chat_read_is_warned_about_once() {
 #[tokio::test]
 async fn the_next_irc_connection_sends_the_renewed_token_as_pass() {
     use twitch_chat_logger::config::ServerAddr;
-    use twitch_chat_logger::twitch::transport::{set_server, PacedTransport};
+    use twitch_chat_logger::twitch::transport::{install, PacedTransport, TransportContext};
     let cap = Capture::start();
     let fake = FakeAuth::start().await;
     let irc = fake_twitch::FakeTwitch::start().await;
-    set_server(ServerAddr::parse(&irc.url()).unwrap());
+    install(TransportContext::new(ServerAddr::parse(&irc.url()).unwrap(), None));
     let dir = tempfile::tempdir().unwrap();
     fake.add_access("wireaccesstoken00003", USER, 3);
     fake.add_refresh("wirerefreshtoken0001", USER);

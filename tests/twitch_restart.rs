@@ -13,7 +13,7 @@ use twitch_chat_logger::config::ServerAddr;
 use twitch_chat_logger::config::{AccountConfig, Credentials, Rate};
 use twitch_chat_logger::store::Record;
 use twitch_chat_logger::twitch::client::AccountHandle;
-use twitch_chat_logger::twitch::transport;
+use twitch_chat_logger::twitch::transport::{self, TransportContext};
 
 const ANON: &str = "justinfan12345";
 const SEC: Duration = Duration::from_secs(1);
@@ -32,10 +32,10 @@ async fn next_message(rx: &mut mpsc::Receiver<Record>) -> String {
 #[tokio::test]
 async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_counted() {
     let fake = FakeTwitch::start().await;
-    transport::set_server(ServerAddr::parse(&fake.url()).unwrap());
-    transport::pass_unsafe_lines_for_tests(true);
     let (tx, mut rows) = mpsc::channel(1000);
-    transport::set_record_sink(Some(tx.clone()));
+    let connections = TransportContext::new(ServerAddr::parse(&fake.url()).unwrap(), Some(tx.clone()));
+    connections.pass_unsafe_lines_for_tests(true);
+    transport::install(connections);
     let (events, _events) = mpsc::unbounded_channel();
     let account = AccountConfig { credentials: Credentials::Anonymous, join_rate: Rate::TWITCH_DEFAULT_JOINS };
     let handle = AccountHandle::start("anon", &account, BTreeSet::from(["chan".to_string()]), tx, events);

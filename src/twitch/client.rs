@@ -18,7 +18,7 @@ use twitch_irc::message::{AsRawIRC, ServerMessage};
 use twitch_irc::{ClientConfig, TwitchIRCClient};
 
 use super::convert;
-use super::transport::{pacer_for, report_bad_line, BadLine, JoinPacer, PacedTransport};
+use super::transport::{self, report_bad_line, BadLine, LoginLease, LoginState, PacedTransport};
 use crate::config::{AccountConfig, Credentials, Rate};
 use crate::record::Record;
 use crate::record::RecordTx;
@@ -83,8 +83,10 @@ pub struct AccountHandle {
     pub name: String,
     /// Counters.
     pub stats: Arc<AccountStats>,
-    /// The login's pacer (also counts its connections).
-    pub pacer: Arc<JoinPacer>,
+    /// State shared by every account of its login: JOIN pacer, connection and message counts.
+    pub login: Arc<LoginState>,
+    /// Keeps the login's entry in the transport context while this account runs.
+    lease: LoginLease,
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
@@ -93,7 +95,8 @@ pub struct AccountHandle {
 const JOINED_REFRESH: Duration = Duration::from_secs(2);
 
 impl AccountHandle {
-    /// Connects and joins `channels` (JOINs are paced by the transport). If its twitch-irc
+    /// Connects and joins `channels` (JOINs are paced by the transport), with the installed
+    /// [`TransportContext`](transport::TransportContext). If its twitch-irc
     /// client dies (a panic in the library, its event loop ending), it is started again with
     /// backoff, logged and counted in `restarts`.
     pub fn start(
@@ -110,12 +113,13 @@ impl AccountHandle {
                 StaticLoginCredentials::new(username.clone(), Some(token.expose_secret().to_string()))
             }
         };
-        let pacer = pacer_for(&creds.credentials.login, config.join_rate);
+        let lease = transport::installed().lease(&creds.credentials.login, config.join_rate);
+        let login = lease.state().clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Command::SetChannels(channels));
         let stats = Arc::new(AccountStats::default());
         let ctx = Drain {
-            pacer: pacer.clone(),
+            login_state: login.clone(),
             name: name.to_string(),
             login: config.credentials.display_login().to_string(),
             sender,
@@ -123,7 +127,7 @@ impl AccountHandle {
             stats: stats.clone(),
         };
         let task = tokio::spawn(supervise(ctx, creds, rx));
-        AccountHandle { name: name.to_string(), stats, pacer, commands: tx, task }
+        AccountHandle { name: name.to_string(), stats, login, lease, commands: tx, task }
     }
 
     /// Joins what is new, parts what is gone; keeps the connection.
@@ -133,7 +137,7 @@ impl AccountHandle {
 
     /// Changes JOIN pacing without reconnecting.
     pub fn set_join_rate(&self, rate: Rate) {
-        self.pacer.set_rate(rate);
+        self.login.pacer.set_rate(rate);
     }
 
     /// Whether the client still runs (false after a rejected login).
@@ -141,10 +145,12 @@ impl AccountHandle {
         !self.task.is_finished()
     }
 
-    /// Disconnects, hands every message already received to the writer, then returns.
+    /// Disconnects, hands every message already received to the writer, then returns. The
+    /// login's state is dropped from the transport context if no other account uses it.
     pub async fn stop(self) {
         let _ = self.commands.send(Command::Stop);
         let _ = self.task.await;
+        drop(self.lease);
     }
 }
 
@@ -237,7 +243,7 @@ enum End {
 }
 
 struct Drain {
-    pacer: Arc<JoinPacer>,
+    login_state: Arc<LoginState>,
     name: String,
     login: String,
     sender: RecordTx,
@@ -270,7 +276,7 @@ impl Drain {
             client.clone(),
             wanted_rx,
             self.stats.clone(),
-            self.pacer.clone(),
+            self.login_state.clone(),
             self.name.clone(),
         ));
         // The only other clone lives in `tracker`, which is aborted before ours is dropped.
@@ -283,7 +289,7 @@ impl Drain {
                 biased;
                 _ = idle_check.tick() => {
                     if taken_since_check == 0 && incoming.is_empty() {
-                        self.pacer.reset_in_flight();
+                        self.login_state.reset_in_flight();
                     }
                     taken_since_check = 0;
                     if died.is_none() {
@@ -360,7 +366,7 @@ impl Drain {
     ) -> bool {
         let received_at = Utc::now();
         if !matches!(msg, ServerMessage::Whisper(_)) {
-            self.pacer.drained(1);
+            self.login_state.drained(1);
         }
         match &msg {
             ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
@@ -407,7 +413,7 @@ impl Drain {
         }
         if let Some(rec) = convert::to_record(msg, received_at) {
             match &rec {
-                Record::Message(_) => self.pacer.messages.fetch_add(1, Relaxed),
+                Record::Message(_) => self.login_state.messages.fetch_add(1, Relaxed),
                 Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
             };
             if self.sender.send(rec).await.is_err() {
@@ -462,7 +468,7 @@ async fn track_joined(
     client: Client,
     mut wanted: watch::Receiver<BTreeSet<String>>,
     stats: Arc<AccountStats>,
-    pacer: Arc<JoinPacer>,
+    login: Arc<LoginState>,
     account: String,
 ) {
     let mut missing_since: HashMap<String, Instant> = HashMap::new();
@@ -470,7 +476,7 @@ async fn track_joined(
         let channels: Vec<String> = wanted.borrow_and_update().iter().cloned().collect();
         let mut joined = 0;
         // JOINs still waiting for the pacer are not late yet.
-        let joins_queued = pacer.pending.load(Relaxed) > 0;
+        let joins_queued = login.pending.load(Relaxed) > 0;
         let now = Instant::now();
         for ch in &channels {
             if client.get_channel_status(ch.clone()).await.1 {

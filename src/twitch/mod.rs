@@ -1,6 +1,7 @@
-//! Twitch side: token renewal ([`auth`]), our connection type with JOIN pacing, which also parses chat lines itself ([`transport`], [`chatline`]), one client per
-//! account for everything else ([`client`]), and the remaining message → row mapping
-//! ([`convert`]).
+//! Twitch side: token renewal ([`auth`]), our connection type with JOIN pacing and the one
+//! context its connections share, which also parses chat lines itself ([`transport`],
+//! [`chatline`]), one client per account for everything else ([`client`]), and the remaining
+//! message → row mapping ([`convert`]).
 
 pub mod auth;
 pub mod chatline;

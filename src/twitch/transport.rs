@@ -2,9 +2,10 @@
 //! transport has Twitch's host built in) and paces JOINs on the wire.
 //!
 //! Pacing sits here, below twitch-irc, because twitch-irc sends JOINs in a burst both when we
-//! ask and when it rejoins after a reconnect. `Transport::new()` takes no arguments, so the
-//! server address and the per-account pacers live in process-wide registries; a connection
-//! learns its account from the `NICK` line it sends before any JOIN.
+//! ask and when it rejoins after a reconnect. `Transport::new()` takes no arguments, so what
+//! connections share (server, record queue, per-login state, bad-line counters) is one
+//! [`TransportContext`] in the one process-wide slot ([`install`], [`installed`]); a connection
+//! learns its login from the `NICK` line it sends before any JOIN.
 
 use async_trait::async_trait;
 use either::Either;
@@ -12,8 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
@@ -29,48 +30,176 @@ use crate::record::Record;
 use crate::record::RecordTx;
 use chrono::Utc;
 
-static SERVER: RwLock<Option<ServerAddr>> = RwLock::new(None);
-static RECORDS: RwLock<Option<RecordTx>> = RwLock::new(None);
+/// The one process-wide value: the context new connections use. Starts as a context for
+/// Twitch's own server with no record queue (chat lines then go to twitch-irc, like any line).
+static INSTALLED: LazyLock<RwLock<Arc<TransportContext>>> =
+    LazyLock::new(|| RwLock::new(TransportContext::new(ServerAddr::twitch(), None)));
 
-/// Where chat lines parsed by the readers go (the writer's queue); `None` at shutdown, so the
-/// writer can see its last sender go.
-pub fn set_record_sink(sink: Option<RecordTx>) {
-    *RECORDS.write().expect("sink lock") = sink;
-}
-static PACERS: Mutex<Option<HashMap<String, Arc<JoinPacer>>>> = Mutex::new(None);
-
-/// Sets where new connections go (existing ones are not moved).
-pub fn set_server(addr: ServerAddr) {
-    *SERVER.write().expect("server lock") = Some(addr);
+/// Makes `ctx` the context of every connection opened from now on (open ones keep theirs).
+/// `app::run` installs one per run, before its first account starts; tests install their own.
+pub fn install(ctx: Arc<TransportContext>) {
+    *INSTALLED.write().expect("transport context lock") = ctx;
 }
 
-fn server() -> ServerAddr {
-    SERVER.read().expect("server lock").clone().unwrap_or_else(ServerAddr::twitch)
+/// The context new connections use (see [`install`]).
+pub fn installed() -> Arc<TransportContext> {
+    INSTALLED.read().expect("transport context lock").clone()
 }
 
-/// The pacer for `login`, created with `rate` or updated to it. All connections of one login
-/// share it, since Twitch counts JOINs per account.
-pub fn pacer_for(login: &str, rate: Rate) -> Arc<JoinPacer> {
-    let mut map = PACERS.lock().expect("pacers lock");
-    let map = map.get_or_insert_with(HashMap::new);
-    let p = map.entry(login.to_string()).or_insert_with(|| Arc::new(JoinPacer::new(rate)));
-    p.set_rate(rate);
-    p.clone()
+/// What all connections of a run share, since twitch-irc gives a new connection nothing.
+///
+/// Owned by `app::run`: it creates one when the writer exists, [`install`]s it before the
+/// first account starts, and calls [`close_records`](Self::close_records) at shutdown once
+/// every client has stopped. It stays installed until the next [`install`] (a context is never
+/// changed in place but for that), so `/metrics` keeps its counters to the end.
+pub struct TransportContext {
+    /// Where new connections go; restart-only, so fixed for the context's life.
+    server: ServerAddr,
+    /// The writer's queue for chat lines the readers parse; `None` after shutdown, so the
+    /// writer can see its last sender go.
+    records: RwLock<Option<RecordTx>>,
+    /// Per login, the state its connections share and how many running accounts use it.
+    logins: Mutex<HashMap<String, LoginEntry>>,
+    pass_unsafe_lines: AtomicBool,
+    bad_lines: [AtomicU64; 6],
+    bad_line_reports: [RateLimit; 6],
+    connect_failures: RateLimit,
+    /// Zero point of the [`RateLimit`]s' clocks.
+    epoch: Instant,
 }
 
-fn lookup_pacer(login: &str) -> Arc<JoinPacer> {
-    pacer_for_existing(login).unwrap_or_else(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)))
+struct LoginEntry {
+    accounts: usize,
+    state: Arc<LoginState>,
 }
 
-fn pacer_for_existing(login: &str) -> Option<Arc<JoinPacer>> {
-    PACERS.lock().expect("pacers lock").as_ref()?.get(login).cloned()
+impl fmt::Debug for TransportContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportContext").field("server", &self.server).finish_non_exhaustive()
+    }
 }
 
-/// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`. It also counts the
-/// login's connections and waiting JOINs, for metrics and readiness.
+impl TransportContext {
+    /// A context whose connections go to `server` and hand chat rows to `records` (`None`:
+    /// chat lines go to twitch-irc like any other line).
+    pub fn new(server: ServerAddr, records: Option<RecordTx>) -> Arc<Self> {
+        Arc::new(TransportContext {
+            server,
+            records: RwLock::new(records),
+            logins: Mutex::new(HashMap::new()),
+            pass_unsafe_lines: AtomicBool::new(false),
+            bad_lines: [const { AtomicU64::new(0) }; 6],
+            bad_line_reports: [const { RateLimit::new() }; 6],
+            connect_failures: RateLimit::new(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Drops the record sender (shutdown, after every client stopped): connections opened
+    /// later hand chat lines to twitch-irc, and the writer sees its last sender go.
+    pub fn close_records(&self) {
+        *self.records.write().expect("records lock") = None;
+    }
+
+    /// Registers one more account using `login` and sets the login's JOIN allowance to `rate`.
+    /// All connections of one login share its state, since Twitch counts JOINs per account;
+    /// the entry is removed when the last lease of the login is dropped.
+    pub fn lease(self: &Arc<Self>, login: &str, rate: Rate) -> LoginLease {
+        let mut logins = self.logins.lock().expect("logins lock");
+        let entry = logins
+            .entry(login.to_string())
+            .or_insert_with(|| LoginEntry { accounts: 0, state: Arc::new(LoginState::new(rate)) });
+        entry.accounts += 1;
+        entry.state.pacer.set_rate(rate);
+        LoginLease { ctx: self.clone(), login: login.to_string(), state: entry.state.clone() }
+    }
+
+    /// Logins some running account uses, sorted.
+    pub fn logins(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.logins.lock().expect("logins lock").keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The state of `login`, or a fresh one (default rate, counted nowhere) for a connection no
+    /// account leased, e.g. a bare twitch-irc client in a test.
+    fn login_state(&self, login: &str) -> Arc<LoginState> {
+        let logins = self.logins.lock().expect("logins lock");
+        logins.get(login).map_or_else(|| Arc::new(LoginState::new(Rate::TWITCH_DEFAULT_JOINS)), |e| e.state.clone())
+    }
+
+    /// Tests only: hand lines to twitch-irc without [`sanitize`], to crash it on purpose and
+    /// see the client started again. Never called by the logger.
+    #[doc(hidden)]
+    pub fn pass_unsafe_lines_for_tests(&self, yes: bool) {
+        self.pass_unsafe_lines.store(yes, Relaxed);
+    }
+
+    /// Lines dropped or repaired by this context's connections, by kind (for `/metrics`).
+    pub fn bad_line_counts(&self) -> [(&'static str, u64); 6] {
+        BadLine::ALL.map(|k| (k.label(), self.bad_lines[k as usize].load(Relaxed)))
+    }
+
+    /// Counts a bad line and logs it unless one of its kind was logged in the last
+    /// [`REPORT_EVERY`]. `detail` says which part was wrong; `line` is shown escaped and cut.
+    pub(crate) fn report_bad_line(&self, kind: BadLine, detail: &str, line: &str) {
+        let total = self.bad_lines[kind as usize].fetch_add(1, Relaxed) + 1;
+        if let Some(held) = self.bad_line_reports[kind as usize].allow(self.epoch, REPORT_EVERY) {
+            let prefix: String = line.chars().take(LOGGED_PREFIX).collect();
+            let cut = if prefix.len() < line.len() { "…" } else { "" };
+            let problem = if detail.is_empty() { String::new() } else { format!(" (problem: {detail})") };
+            let held = if held > 0 { format!(", {held} since the last report") } else { String::new() };
+            tracing::warn!(
+                reason = kind.label(),
+                "{}{problem}; {total} so far{held}, reported at most every {}s: {prefix:?}{cut}",
+                kind.what(),
+                REPORT_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+/// One running account's hold on its login's [`LoginState`]: the login's entry in its
+/// [`TransportContext`] lives while any lease of it does (anonymous accounts share
+/// `justinfan12345`), so a login no account uses any more leaves no state behind.
+#[derive(Debug)]
+pub struct LoginLease {
+    ctx: Arc<TransportContext>,
+    login: String,
+    state: Arc<LoginState>,
+}
+
+impl LoginLease {
+    /// The login's shared state.
+    pub fn state(&self) -> &Arc<LoginState> {
+        &self.state
+    }
+}
+
+impl Drop for LoginLease {
+    fn drop(&mut self) {
+        let mut logins = self.ctx.logins.lock().expect("logins lock");
+        if let Some(entry) = logins.get_mut(&self.login) {
+            entry.accounts -= 1;
+            if entry.accounts == 0 {
+                logins.remove(&self.login);
+            }
+        }
+    }
+}
+
+/// A sliding-window limiter: at most `rate.count` JOINs in any `rate.per`.
 #[derive(Debug)]
 pub struct JoinPacer {
     state: Mutex<(Rate, VecDeque<Instant>)>,
+}
+
+/// What the connections of one login share: its JOIN pacer, and the counters that metrics,
+/// readiness and the readers' back-pressure read.
+#[derive(Debug)]
+pub struct LoginState {
+    /// Holds JOINs back to the login's `join_rate`.
+    pub pacer: JoinPacer,
     /// Connections open now.
     pub open: AtomicI64,
     /// Connections ever opened (reconnects = this − 1).
@@ -89,11 +218,11 @@ pub struct JoinPacer {
 /// until the client catches up, so twitch-irc's unbounded channels stay small.
 pub const IN_FLIGHT_LIMIT: i64 = 4096;
 
-impl JoinPacer {
-    /// A pacer allowing `rate`.
+impl LoginState {
+    /// Nothing open or counted yet, JOINs paced to `rate`.
     pub fn new(rate: Rate) -> Self {
-        JoinPacer {
-            state: Mutex::new((rate, VecDeque::new())),
+        LoginState {
+            pacer: JoinPacer::new(rate),
             open: AtomicI64::new(0),
             opened: AtomicU64::new(0),
             pending: AtomicI64::new(0),
@@ -126,6 +255,13 @@ impl JoinPacer {
             }
             let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
         }
+    }
+}
+
+impl JoinPacer {
+    /// A pacer allowing `rate`.
+    pub fn new(rate: Rate) -> Self {
+        JoinPacer { state: Mutex::new((rate, VecDeque::new())) }
     }
 
     /// Changes the allowance (reload of `join_rate`).
@@ -207,10 +343,11 @@ impl Transport for PacedTransport {
     type Outgoing = Outgoing;
 
     async fn new() -> Result<Self, std::io::Error> {
-        let addr = server();
+        let ctx = installed();
+        let addr = ctx.server.clone();
         // twitch-irc gives up after 20 s by dropping this future, and retries every 2 s; its
         // own lines about it are filtered out (see main), so the failure is told here, once.
-        let mut attempt = ConnectAttempt { addr: &addr, done: false };
+        let mut attempt = ConnectAttempt { ctx: &ctx, done: false };
         let socket = match connect(&addr).await {
             Ok(s) => s,
             Err(e) => {
@@ -223,11 +360,11 @@ impl Transport for PacedTransport {
         // The login is known once NICK goes out; the reader needs its in-flight counter.
         let link: Arc<OnceLock<Link>> = Arc::default();
         let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(256);
-        let records = RECORDS.read().expect("sink lock").clone();
-        tokio::spawn(read_loop(read, lines_tx, link.clone(), records));
+        let records = ctx.records.read().expect("records lock").clone();
+        tokio::spawn(read_loop(read, lines_tx, link.clone(), records, ctx.clone()));
         let incoming = futures_util::stream::poll_fn(move |cx| lines_rx.poll_recv(cx)).fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
-        tokio::spawn(write_loop(rx, write, link));
+        tokio::spawn(write_loop(rx, write, link, ctx.clone()));
         let outgoing =
             tx.sink_map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended"));
         Ok(PacedTransport { incoming: Box::new(incoming), outgoing: Box::new(outgoing) })
@@ -242,16 +379,16 @@ type Line = Result<IRCMessage, Either<std::io::Error, IRCParseError>>;
 
 /// Reports a connection attempt that failed or was abandoned (rate-limited).
 struct ConnectAttempt<'a> {
-    addr: &'a ServerAddr,
+    ctx: &'a TransportContext,
     done: bool,
 }
 
 impl ConnectAttempt<'_> {
     fn failed(&mut self, why: &str) {
         self.done = true;
-        if let Some(held) = CONNECT_FAILURES.allow(REPORT_EVERY) {
+        if let Some(held) = self.ctx.connect_failures.allow(self.ctx.epoch, REPORT_EVERY) {
             let held = if held > 0 { format!(" ({held} more failures since the last report)") } else { String::new() };
-            tracing::warn!("cannot connect to {}: {why}; retrying{held}", self.addr);
+            tracing::warn!("cannot connect to {}: {why}; retrying{held}", self.ctx.server);
         }
     }
 }
@@ -267,7 +404,7 @@ impl Drop for ConnectAttempt<'_> {
 /// What a connection knows once its `NICK` went out.
 struct Link {
     login: String,
-    pacer: Arc<JoinPacer>,
+    state: Arc<LoginState>,
 }
 
 /// Why a line from the server was dropped or repaired. Each is counted
@@ -325,43 +462,18 @@ impl BadLine {
     }
 }
 
-static PASS_UNSAFE_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Tests only: hand lines to twitch-irc without [`sanitize`], to crash it on purpose and see
-/// the client started again. Never called by the logger.
-#[doc(hidden)]
-pub fn pass_unsafe_lines_for_tests(yes: bool) {
-    PASS_UNSAFE_LINES.store(yes, Relaxed);
-}
-
-static BAD_LINES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-static BAD_LINE_REPORTS: [RateLimit; 6] = [const { RateLimit::new() }; 6];
-static CONNECT_FAILURES: RateLimit = RateLimit::new();
-
 /// Shortest time between two log lines about the same kind of problem.
 pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Lines dropped or repaired since start, by kind (for `/metrics`).
+/// Lines dropped or repaired since start, by kind, in the installed context (for `/metrics`).
 pub fn bad_line_counts() -> [(&'static str, u64); 6] {
-    BadLine::ALL.map(|k| (k.label(), BAD_LINES[k as usize].load(Relaxed)))
+    installed().bad_line_counts()
 }
 
-/// Counts a bad line and logs it unless one of its kind was logged in the last
-/// [`REPORT_EVERY`]. `detail` says which part was wrong; `line` is shown escaped and cut.
+/// [`TransportContext::report_bad_line`] in the installed context, for lines only the client
+/// sees.
 pub(crate) fn report_bad_line(kind: BadLine, detail: &str, line: &str) {
-    let total = BAD_LINES[kind as usize].fetch_add(1, Relaxed) + 1;
-    if let Some(held) = BAD_LINE_REPORTS[kind as usize].allow(REPORT_EVERY) {
-        let prefix: String = line.chars().take(LOGGED_PREFIX).collect();
-        let cut = if prefix.len() < line.len() { "…" } else { "" };
-        let problem = if detail.is_empty() { String::new() } else { format!(" (problem: {detail})") };
-        let held = if held > 0 { format!(", {held} since the last report") } else { String::new() };
-        tracing::warn!(
-            reason = kind.label(),
-            "{}{problem}; {total} so far{held}, reported at most every {}s: {prefix:?}{cut}",
-            kind.what(),
-            REPORT_EVERY.as_secs()
-        );
-    }
+    installed().report_bad_line(kind, detail, line);
 }
 
 /// Characters of a bad line shown in the log.
@@ -369,7 +481,7 @@ const LOGGED_PREFIX: usize = 120;
 
 /// Lets one event through per period and counts those held back.
 struct RateLimit {
-    /// Milliseconds since [`epoch`] of the last event let through, plus one (0: never).
+    /// Milliseconds since the context's `epoch` of the last event let through, plus one (0: never).
     last: AtomicU64,
     held: AtomicU64,
 }
@@ -380,8 +492,8 @@ impl RateLimit {
     }
 
     /// `Some(events held back since the last one let through)` if this one may be logged.
-    fn allow(&self, every: std::time::Duration) -> Option<u64> {
-        let now = epoch().elapsed().as_millis() as u64 + 1;
+    fn allow(&self, epoch: Instant, every: std::time::Duration) -> Option<u64> {
+        let now = epoch.elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Relaxed);
         if last != 0 && now.saturating_sub(last) < every.as_millis() as u64 {
             self.held.fetch_add(1, Relaxed);
@@ -393,11 +505,6 @@ impl RateLimit {
         }
         Some(self.held.swap(0, Relaxed))
     }
-}
-
-fn epoch() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
 }
 
 /// Empties or removes tag values that twitch-irc 6.1.3 would panic on (it slices `color` by
@@ -517,12 +624,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     tx: tokio::sync::mpsc::Sender<Line>,
     link: Arc<OnceLock<Link>>,
     records: Option<RecordTx>,
+    ctx: Arc<TransportContext>,
 ) {
     let mut lines = FramedRead::new(read, LineCodec::default());
     loop {
         if let Some(l) = link.get() {
             tokio::select! {
-                _ = l.pacer.wait_for_room() => {}
+                _ = l.state.wait_for_room() => {}
                 _ = tx.closed() => return,
             }
         }
@@ -542,11 +650,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return;
             }
             Some(Ok(Frame::TooLong(start))) => {
-                report_bad_line(BadLine::TooLong, "", &start);
+                ctx.report_bad_line(BadLine::TooLong, "", &start);
                 continue;
             }
             Some(Ok(Frame::BadUtf8(l))) => {
-                report_bad_line(BadLine::InvalidUtf8, "", &l);
+                ctx.report_bad_line(BadLine::InvalidUtf8, "", &l);
                 l
             }
             Some(Ok(Frame::Line(l))) => l,
@@ -557,7 +665,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             continue;
         }
         if let Some(sink) = records.as_ref().filter(|_| chatline::is_privmsg(&line)) {
-            match store_chat(&line, sink, &link).await {
+            match store_chat(&line, sink, &link, &ctx).await {
                 Some(true) => continue,
                 Some(false) => return,
                 None => {}
@@ -566,24 +674,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let mut msg = match IRCMessage::parse(&line) {
             Ok(m) => m,
             Err(e) => {
-                report_bad_line(BadLine::Malformed, &e.to_string(), &line);
+                ctx.report_bad_line(BadLine::Malformed, &e.to_string(), &line);
                 continue;
             }
         };
         if let (Some(sink), "PRIVMSG") = (&records, msg.command.as_str()) {
             // A PRIVMSG the cheap check missed (lower-case command): ours too, never twitch-irc's.
-            match store_chat(&line, sink, &link).await {
+            match store_chat(&line, sink, &link, &ctx).await {
                 Some(false) => return,
                 _ => continue,
             }
         }
-        if !PASS_UNSAFE_LINES.load(Relaxed) && sanitize(&mut msg) {
-            report_bad_line(BadLine::UnsafeTag, "", &line);
+        if !ctx.pass_unsafe_lines.load(Relaxed) && sanitize(&mut msg) {
+            ctx.report_bad_line(BadLine::UnsafeTag, "", &line);
         }
         // twitch-irc forwards every line to the client except whispers it de-duplicates.
         if let Some(l) = link.get() {
             if msg.command != "WHISPER" {
-                l.pacer.in_flight.fetch_add(1, Relaxed);
+                l.state.in_flight.fetch_add(1, Relaxed);
             }
         }
         if tx.send(Ok(msg)).await.is_err() {
@@ -594,17 +702,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 /// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
 /// not a chat line after all. `Some(false)`: the writer has gone.
-async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>) -> Option<bool> {
+async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>, ctx: &TransportContext) -> Option<bool> {
     match chatline::classify(line, Utc::now()) {
         Chat::Row(row) => {
             if let Some(l) = link.get() {
-                l.pacer.messages.fetch_add(1, Relaxed);
+                l.state.messages.fetch_add(1, Relaxed);
             }
             // Bounded: when the writer's queue is full this waits, and so does the socket.
             Some(sink.send(Record::Message(row)).await.is_ok())
         }
         Chat::Refused(why) => {
-            report_bad_line(BadLine::ChatRefused, why, line);
+            ctx.report_bad_line(BadLine::ChatRefused, why, line);
             Some(true)
         }
         Chat::Other => None,
@@ -617,13 +725,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
     mut w: W,
     link: Arc<OnceLock<Link>>,
+    ctx: Arc<TransportContext>,
 ) {
-    let mut pacer: Option<Arc<JoinPacer>> = None;
+    let mut state: Option<Arc<LoginState>> = None;
     let mut pending: VecDeque<IRCMessage> = VecDeque::new();
     loop {
         let next_join = async {
-            match (&pacer, pending.is_empty()) {
-                (Some(p), false) => p.acquire().await,
+            match (&state, pending.is_empty()) {
+                (Some(p), false) => p.pacer.acquire().await,
                 _ => std::future::pending().await,
             }
         };
@@ -631,20 +740,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             m = rx.next() => match m {
                 None => break,
                 Some(m) => match m.command.as_str() {
-                    "NICK" if pacer.is_none() => {
+                    "NICK" if state.is_none() => {
                         let login = m.params.first().map_or("", String::as_str);
-                        let p = lookup_pacer(login);
+                        let p = ctx.login_state(login);
                         p.open.fetch_add(1, Relaxed);
                         p.opened.fetch_add(1, Relaxed);
-                        let _ = link.set(Link { login: login.to_string(), pacer: p.clone() });
+                        let _ = link.set(Link { login: login.to_string(), state: p.clone() });
                         // One line per connection (start, pool growth, reconnect); twitch-irc's
                         // own lines about it are filtered out.
-                        tracing::info!(login, "connected to {}", server());
-                        pacer = Some(p);
+                        tracing::info!(login, "connected to {}", ctx.server);
+                        state = Some(p);
                         m
                     }
                     "JOIN" => {
-                        let p = pacer.get_or_insert_with(|| Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS)));
+                        let p = state.get_or_insert_with(|| Arc::new(LoginState::new(Rate::TWITCH_DEFAULT_JOINS)));
                         p.pending.fetch_add(1, Relaxed);
                         pending.push_back(m);
                         continue;
@@ -653,7 +762,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         // A PART overtakes a JOIN of the same channel still waiting: drop that JOIN.
                         let before = pending.len();
                         pending.retain(|j| j.params.first() != m.params.first());
-                        if let Some(p) = &pacer {
+                        if let Some(p) = &state {
                             p.pending.fetch_sub((before - pending.len()) as i64, Relaxed);
                         }
                         m
@@ -662,7 +771,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 },
             },
             _ = next_join => {
-                if let Some(p) = &pacer {
+                if let Some(p) = &state {
                     p.pending.fetch_sub(1, Relaxed);
                 }
                 pending.pop_front().expect("a JOIN is pending")
@@ -674,7 +783,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    if let Some(p) = &pacer {
+    if let Some(p) = &state {
         p.pending.fetch_sub(pending.len() as i64, Relaxed);
         p.open.fetch_sub(1, Relaxed);
     }
@@ -688,32 +797,39 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use twitch_irc::message::ServerMessage;
 
-    fn count(kind: BadLine) -> u64 {
-        BAD_LINES[kind as usize].load(Relaxed)
+    fn count(ctx: &TransportContext, kind: BadLine) -> u64 {
+        ctx.bad_lines[kind as usize].load(Relaxed)
     }
 
     fn privmsg(id: &str, text: &str) -> String {
         format!("@badge-info=;badges=;color=#1E90FF;display-name=Al;emotes=;id={id};mod=0;room-id=1;subscriber=0;tmi-sent-ts=1594545155039;user-id=2 :al!al@al.tmi.twitch.tv PRIVMSG #chan :{text}")
     }
 
-    /// A reader on one end of a pipe; returns the server's end, what reaches twitch-irc and
-    /// the rows.
+    /// A reader on one end of a pipe, in a context of its own (so its bad-line counts are its
+    /// own); returns the server's end, what reaches twitch-irc and the rows.
     fn reader(
         link: Arc<OnceLock<Link>>,
+        ctx: &Arc<TransportContext>,
     ) -> (tokio::io::DuplexStream, tokio::sync::mpsc::Receiver<Line>, tokio::sync::mpsc::Receiver<Record>, JoinHandleUnit)
     {
         let (server, client) = tokio::io::duplex(1 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (rec_tx, rec_rx) = tokio::sync::mpsc::channel(1024);
-        let task = tokio::spawn(read_loop(client, tx, link, Some(rec_tx)));
+        let task = tokio::spawn(read_loop(client, tx, link, Some(rec_tx), ctx.clone()));
         (server, rx, rec_rx, task)
+    }
+
+    fn context() -> Arc<TransportContext> {
+        TransportContext::new(ServerAddr::parse("irc://127.0.0.1:9").unwrap(), None)
     }
     type JoinHandleUnit = tokio::task::JoinHandle<()>;
 
     #[tokio::test]
     async fn a_bad_byte_an_endless_line_or_an_untokenisable_line_costs_only_that_line() {
-        let (utf8, long, malformed) = (count(BadLine::InvalidUtf8), count(BadLine::TooLong), count(BadLine::Malformed));
-        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let ctx = context();
+        let (utf8, long, malformed) =
+            (count(&ctx, BadLine::InvalidUtf8), count(&ctx, BadLine::TooLong), count(&ctx, BadLine::Malformed));
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default(), &ctx);
         let mut bytes = Vec::new();
         bytes.extend_from_slice(b":tmi.twitch.tv PING :one\r\n");
         bytes.extend_from_slice(b"@msg-id=x :tmi.twitch.tv NOTICE #c00 :caf\xe9 au lait\r\n");
@@ -733,20 +849,21 @@ mod tests {
         assert_eq!(got[2].params, ["two"], "the line with two spaces is dropped, the next one arrives");
         let Record::Message(m) = rows.recv().await.unwrap() else { panic!("not a message") };
         assert_eq!(m.text, "after the long line");
-        assert!(count(BadLine::InvalidUtf8) > utf8);
-        assert!(count(BadLine::TooLong) > long);
-        assert!(count(BadLine::Malformed) > malformed);
+        assert!(count(&ctx, BadLine::InvalidUtf8) > utf8);
+        assert!(count(&ctx, BadLine::TooLong) > long);
+        assert!(count(&ctx, BadLine::Malformed) > malformed);
     }
 
     #[tokio::test]
     async fn a_tag_that_crashes_twitch_irc_is_emptied_before_it_gets_there() {
+        let ctx = context();
         let hazard = "@badge-info=;badges=;color=#aééa;display-name=A;emote-sets=0;mod=0;subscriber=0;user-type= :tmi.twitch.tv USERSTATE #chan";
         // The hazard is real: twitch-irc 6.1.3 panics on it.
         let raw = IRCMessage::parse(hazard).unwrap();
         assert!(std::panic::catch_unwind(|| ServerMessage::try_from(raw)).is_err());
 
-        let before = count(BadLine::UnsafeTag);
-        let (mut server, mut lines, _rows, _task) = reader(Arc::default());
+        let before = count(&ctx, BadLine::UnsafeTag);
+        let (mut server, mut lines, _rows, _task) = reader(Arc::default(), &ctx);
         let roomstate = "@followers-only=999999999999999999;room-id=1 :tmi.twitch.tv ROOMSTATE #chan";
         let usernotice = "@badge-info=;badges=;color=#F0F0F0;display-name=A;emotes=1:9-2;id=u1;login=a;mod=0;msg-id=resub;msg-param-cumulative-months=2;msg-param-streak-months=0;msg-param-should-share-streak=0;msg-param-sub-plan=1000;msg-param-sub-plan-name=x;room-id=1;subscriber=1;system-msg=x;tmi-sent-ts=1594545155039;user-id=2;user-type= :tmi.twitch.tv USERNOTICE #chan :hello there";
         server.write_all(format!("{hazard}\r\n{roomstate}\r\n{usernotice}\r\n").as_bytes()).await.unwrap();
@@ -754,13 +871,14 @@ mod tests {
             let m = lines.recv().await.unwrap().unwrap();
             ServerMessage::try_from(m).expect("twitch-irc reads the repaired line");
         }
-        assert!(count(BadLine::UnsafeTag) >= before + 3);
+        assert!(count(&ctx, BadLine::UnsafeTag) >= before + 3);
     }
 
     #[tokio::test]
     async fn chat_lines_twitch_irc_would_refuse_are_dropped_and_counted_not_handed_on() {
-        let before = count(BadLine::ChatRefused);
-        let (mut server, mut lines, mut rows, _task) = reader(Arc::default());
+        let ctx = context();
+        let before = count(&ctx, BadLine::ChatRefused);
+        let (mut server, mut lines, mut rows, _task) = reader(Arc::default(), &ctx);
         let no_id = privmsg("", "no id");
         let notice = "@msg-id=x :tmi.twitch.tv NOTICE #chan :say PRIVMSG #chan :hi to test";
         let bytes = format!("{no_id}\r\n{}\r\n{notice}\r\n", privmsg("ok-1", "kept"));
@@ -769,22 +887,71 @@ mod tests {
         assert_eq!(m.message_id, "ok-1");
         let next = lines.recv().await.unwrap().unwrap();
         assert_eq!(next.command, "NOTICE", "the refused PRIVMSG never reaches twitch-irc; a NOTICE quoting one does");
-        assert!(count(BadLine::ChatRefused) > before);
+        assert!(count(&ctx, BadLine::ChatRefused) > before);
     }
 
     #[tokio::test]
     async fn a_reader_paused_for_room_lets_go_of_the_writer_when_its_connection_is_dropped() {
         let link: Arc<OnceLock<Link>> = Arc::default();
-        let pacer = Arc::new(JoinPacer::new(Rate::TWITCH_DEFAULT_JOINS));
-        pacer.in_flight.store(IN_FLIGHT_LIMIT, Relaxed);
-        let _ = link.set(Link { login: "bot".into(), pacer: pacer.clone() });
-        let (server, lines, mut rows, task) = reader(link);
+        let state = Arc::new(LoginState::new(Rate::TWITCH_DEFAULT_JOINS));
+        state.in_flight.store(IN_FLIGHT_LIMIT, Relaxed);
+        let _ = link.set(Link { login: "bot".into(), state: state.clone() });
+        let (server, lines, mut rows, task) = reader(link, &context());
         // The client is gone (shutdown): nobody will ever drain the 4,096 lines in flight.
         drop(lines);
         tokio::time::timeout(Duration::from_secs(2), task).await.expect("the reader ends").unwrap();
         let all_senders_gone = tokio::time::timeout(Duration::from_secs(1), rows.recv()).await;
         assert!(matches!(all_senders_gone, Ok(None)), "the reader still holds a record sender");
         drop(server);
+    }
+
+    #[test]
+    fn a_login_entry_stays_while_any_account_uses_it_and_goes_with_the_last() {
+        let ctx = context();
+        let slow = Rate { count: 1, per: Duration::from_secs(30) };
+        let anon_a = ctx.lease("justinfan12345", Rate::TWITCH_DEFAULT_JOINS);
+        let anon_b = ctx.lease("justinfan12345", slow);
+        let bot = ctx.lease("bot", Rate::TWITCH_DEFAULT_JOINS);
+        assert!(Arc::ptr_eq(anon_a.state(), anon_b.state()), "accounts of one login share its state");
+        assert!(Arc::ptr_eq(&ctx.login_state("justinfan12345"), anon_a.state()), "connections find it by NICK");
+        assert_eq!(ctx.logins(), ["bot", "justinfan12345"]);
+
+        drop(anon_a);
+        assert_eq!(ctx.logins(), ["bot", "justinfan12345"], "another anonymous account still uses it");
+        drop(anon_b);
+        assert_eq!(ctx.logins(), ["bot"], "the last anonymous account stopped");
+        drop(bot);
+        assert!(ctx.logins().is_empty());
+
+        // A login used again later starts afresh, not from a leftover entry.
+        let old = ctx.lease("justinfan12345", Rate::TWITCH_DEFAULT_JOINS);
+        old.state().opened.fetch_add(3, Relaxed);
+        drop(old);
+        let again = ctx.lease("justinfan12345", Rate::TWITCH_DEFAULT_JOINS);
+        assert_eq!(again.state().opened.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_counts_itself_in_the_state_of_the_login_it_sends_as_nick() {
+        let ctx = context();
+        let lease = ctx.lease("bot", Rate::TWITCH_DEFAULT_JOINS);
+        let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
+        let (wire, _server) = tokio::io::duplex(1 << 16);
+        let link: Arc<OnceLock<Link>> = Arc::default();
+        let task = tokio::spawn(write_loop(rx, wire, link.clone(), ctx.clone()));
+        tx.unbounded_send(IRCMessage::parse("NICK bot").unwrap()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while lease.state().open.load(Relaxed) != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the connection is counted as open");
+        assert_eq!(lease.state().opened.load(Relaxed), 1);
+        assert!(Arc::ptr_eq(&link.get().unwrap().state, lease.state()));
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(lease.state().open.load(Relaxed), 0, "a closed connection is no longer open");
     }
 
     #[test]
