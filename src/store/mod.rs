@@ -99,24 +99,20 @@ pub enum Record {
 /// A set of records written together.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    /// Chat messages.
     pub messages: Vec<ChatMessage>,
-    /// Notices.
     pub notices: Vec<ChannelNotice>,
 }
 
 impl Batch {
-    /// Number of rows.
+    /// Messages and notices together.
     pub fn len(&self) -> usize {
         self.messages.len() + self.notices.len()
     }
 
-    /// No rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Adds a record.
     pub fn push(&mut self, r: Record) {
         match r {
             Record::Message(m) => self.messages.push(m),
@@ -124,7 +120,6 @@ impl Batch {
         }
     }
 
-    /// Builds a batch from records.
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Self {
         let mut b = Batch::default();
         for r in records {
@@ -213,7 +208,7 @@ pub struct WriteReport {
     pub messages_inserted: u64,
     /// Messages already stored (same `message_id`), skipped.
     pub duplicates: u64,
-    /// Notices stored.
+    /// Notices newly stored (one already stored under its key is skipped, not counted).
     pub notices_inserted: u64,
 }
 

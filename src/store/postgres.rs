@@ -82,7 +82,8 @@ struct Gate {
     why: Mutex<String>,
 }
 
-/// The PostgreSQL store.
+/// The [`Store`] on a PostgreSQL pool. Clones share the pool and the gate: one `migrate`
+/// opens writes for all of them.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,

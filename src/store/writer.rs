@@ -52,7 +52,7 @@ pub struct WriterStats {
     pub messages_stored: AtomicU64,
     /// Messages skipped as already stored.
     pub duplicates: AtomicU64,
-    /// Notices stored.
+    /// Notices newly stored (one already stored under its key is not counted).
     pub notices_stored: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
@@ -95,7 +95,6 @@ impl WriterStats {
 #[derive(Clone)]
 pub struct WriterObserver {
     shared: Arc<Shared>,
-    /// Counters.
     pub stats: Arc<WriterStats>,
 }
 
@@ -114,7 +113,6 @@ pub struct Backlog {
     pub queue_rows: usize,
     /// Rows waiting on disk.
     pub spool_rows: u64,
-    /// Bytes on disk.
     pub spool_bytes: u64,
 }
 
@@ -344,13 +342,12 @@ impl Shared {
     }
 }
 
-/// A running writer.
+/// The handle of the shared writer: its intake and flush tasks run until [`Writer::finish`].
 pub struct Writer {
     /// Clone this for each client.
     pub sender: RecordSender,
     /// Live batch settings.
     pub settings: watch::Sender<BatchConfig>,
-    /// Counters.
     pub stats: Arc<WriterStats>,
     shared: Arc<Shared>,
     intake: JoinHandle<()>,
@@ -475,7 +472,7 @@ impl Job {
     }
 }
 
-/// Rows can never be valid go straight to the dead letters; the rest is one write.
+/// Rows that can never be valid go straight to the dead letters; the rest is one write.
 fn jobs_for(batch: Batch) -> VecDeque<Job> {
     let mut good = Batch::default();
     let mut jobs = VecDeque::new();
