@@ -60,6 +60,7 @@ async fn a_refused_row_is_rejected_with_the_server_error_as_source_and_its_sqlst
     assert_eq!(e.cause().to_string(), said);
     assert_eq!(e.one_line(), format!("database rejected a row: {said}"));
     assert_eq!(e.to_string(), "database rejected a row", "the cause is the source, not repeated");
+    assert_eq!(format!("{:#}", anyhow::Error::new(e)), format!("database rejected a row: {said}"));
 }
 
 #[tokio::test]
@@ -75,6 +76,8 @@ async fn a_database_nobody_answers_for_is_unavailable_with_the_driver_error_as_s
     let WriteFailure::Driver(driver) = failure(&e) else { panic!("{e:?}") };
     assert_eq!(e.cause().to_string(), driver.to_string(), "the driver's own words");
     assert!(e.one_line().starts_with("database unavailable: "), "{}", e.one_line());
+    let shown = e.one_line();
+    assert_eq!(format!("{:#}", anyhow::Error::new(e)), shown, "a chain that says each thing once");
 }
 
 #[tokio::test]

@@ -574,8 +574,9 @@ pub enum WriteFailure {
     /// The server refused a statement: its message and SQLSTATE, which the dead letter keeps.
     #[error("{} (SQLSTATE {})", .0.message(), .0.code().unwrap_or_default())]
     Server(Box<dyn sqlx::error::DatabaseError>),
-    /// Anything else from the driver: I/O, pool timeout, TLS, protocol.
-    #[error(transparent)]
+    /// Anything else from the driver: I/O, pool timeout, TLS, protocol. Not chained as a
+    /// source: sqlx's text already ends with its own source's (`… : Connection refused`).
+    #[error("{0}")]
     Driver(sqlx::Error),
 }
 
