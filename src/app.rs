@@ -114,7 +114,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         match migration.await {
             Ok(Ok(())) => std::future::pending().await,
             Ok(Err(e)) => e,
-            Err(e) => anyhow::anyhow!("the migration task failed: {e}"),
+            Err(e) => anyhow::Error::new(e).context("the migration task failed"),
         }
     });
 
@@ -259,9 +259,9 @@ pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
                 tracing::info!(database = %what, "database ready, schema up to date");
                 return Ok(());
             }
-            Err(DbError::Fatal(why)) => {
-                store.set_not_ready(&why);
-                return Err(anyhow::anyhow!("{why}"));
+            Err(e @ DbError::Fatal(_)) => {
+                store.set_not_ready(&e.to_string());
+                return Err(e.into());
             }
             Err(DbError::Transient(why)) => {
                 store.set_not_ready(&format!("waiting for the database: {why}"));

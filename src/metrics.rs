@@ -20,7 +20,6 @@ use crate::twitch::transport::LoginState;
 /// One running account as the observers see it.
 #[derive(Debug, Clone)]
 pub struct AccountView {
-    /// Its counters.
     pub stats: Arc<AccountStats>,
     /// Its login's connection, message and JOIN counters.
     pub login: Arc<LoginState>,
@@ -29,11 +28,10 @@ pub struct AccountView {
 /// Everything health and metrics read. Cheap to clone.
 #[derive(Clone)]
 pub struct Observed {
-    /// The writer.
     pub writer: WriterObserver,
     /// Running accounts by name (kept current across reloads).
     pub accounts: Arc<RwLock<BTreeMap<String, AccountView>>>,
-    /// Config reload outcomes.
+    /// Zero when there is no config file to reload (env-only mode).
     pub reloads: Arc<ReloadStats>,
 }
 
@@ -54,7 +52,7 @@ impl Observed {
             .collect()
     }
 
-    /// Prometheus text format.
+    /// The `/metrics` body, in Prometheus' text format, every name prefixed `twitch_logger_`.
     pub fn render(&self) -> String {
         let mut registry = Registry::with_prefix("twitch_logger");
         registry.register_collector(Box::new(self.clone()));

@@ -26,27 +26,6 @@ async fn pool(url: &str) -> sqlx::PgPool {
     PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
 }
 
-async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
-    // The logger reads Twitch before its migrations are done: a table not made yet is empty.
-    match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
-        r => r.unwrap(),
-    }
-}
-
-async fn wait_count(pool: &sqlx::PgPool, sql: &str, n: i64, timeout: Duration) {
-    let end = std::time::Instant::now() + timeout;
-    loop {
-        let got = count(pool, sql).await;
-        if got == n {
-            return;
-        }
-        assert!(got < n, "{sql}: {got} rows, more than {n}");
-        assert!(std::time::Instant::now() < end, "timed out: {sql} = {got}, wanted {n}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn spool_rows(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -83,7 +62,7 @@ async fn an_outage_longer_than_the_memory_queue_loses_nothing_and_keeps_arrival_
     fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     let db = pool(&cluster.url()).await;
     send(&fake, "o", 0..30);
-    wait_count(&db, "SELECT count(*) FROM chat_messages", 30, 10 * SEC).await;
+    wait_count_in(&db, "SELECT count(*) FROM chat_messages", 30, 10 * SEC).await;
     db.close().await;
 
     cluster.stop();
@@ -97,7 +76,7 @@ async fn an_outage_longer_than_the_memory_queue_loses_nothing_and_keeps_arrival_
 
     cluster.start();
     let db = pool(&cluster.url()).await;
-    wait_count(&db, "SELECT count(*) FROM chat_messages", 230, 30 * SEC).await;
+    wait_count_in(&db, "SELECT count(*) FROM chat_messages", 230, 30 * SEC).await;
     // `id` order is insert order: batches here stay below the size that is written on two
     // connections at once, so this checks that the spool kept arrival order.
     let ids: Vec<String> =
@@ -150,8 +129,8 @@ async fn kill_9_during_an_outage_then_a_restart_replays_the_spool() {
     cluster.start();
     let mut logger = start();
     let db = pool(&cluster.url()).await;
-    wait_count(&db, "SELECT count(*) FROM chat_messages", 100, 20 * SEC).await;
-    assert_eq!(count(&db, "SELECT count(DISTINCT message_id) FROM chat_messages").await, 100);
+    wait_count_in(&db, "SELECT count(*) FROM chat_messages", 100, 20 * SEC).await;
+    assert_eq!(count_in(&db, "SELECT count(DISTINCT message_id) FROM chat_messages").await, 100);
     logger.wait_log("replaying rows spooled by a previous run", SEC).await;
     wait_for_empty_spool(&cluster.spool_dir()).await;
     logger.signal("TERM");
@@ -242,7 +221,7 @@ async fn sigterm_with_a_backlog_writes_it_to_the_database_or_the_spool() {
     cluster.start();
     let mut logger = start();
     let pg = pool(&cluster.url()).await;
-    wait_count(&pg, "SELECT count(*) FROM chat_messages", 500, 20 * SEC).await;
+    wait_count_in(&pg, "SELECT count(*) FROM chat_messages", 500, 20 * SEC).await;
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(15 * SEC).await, 0);
     eprintln!("sigterm, database down: sent 500, spooled 500 in {took:?}, stored after restart 500");
@@ -408,7 +387,7 @@ async fn kill_9_after_an_outage_longer_than_the_memory_queue_loses_nothing_older
     let db = pool(&cluster.url()).await;
     wait_for_empty_spool(&cluster.spool_dir()).await;
     tokio::time::sleep(SEC).await;
-    let stored = count(&db, "SELECT count(*) FROM chat_messages").await;
+    let stored = count_in(&db, "SELECT count(*) FROM chat_messages").await;
     eprintln!("kill -9 after 5 s at 2000 msg/s, database down: sent 10000, older than 1 s at the kill {must_survive}, stored after restart {stored}");
     assert_eq!(must_survive, 10_000);
     assert_eq!(stored, 10_000, "{}", logger.log_text());
@@ -436,7 +415,7 @@ async fn kill_9_ten_seconds_into_an_outage_keeps_every_row_older_than_durable_wi
     let db = pool(&cluster.url()).await;
     wait_for_empty_spool(&cluster.spool_dir()).await;
     tokio::time::sleep(SEC).await;
-    let stored = count(&db, "SELECT count(*) FROM chat_messages").await;
+    let stored = count_in(&db, "SELECT count(*) FROM chat_messages").await;
     eprintln!("kill -9 at t+10 s, database down, 500 msg/s: sent 5000, older than 5 s at the kill {must_survive}, stored after restart {stored}");
     assert!(stored >= must_survive, "stored {stored} < {must_survive}\n{}", logger.log_text());
     logger.signal("TERM");

@@ -370,3 +370,14 @@ fn a_value_of_the_wrong_type_is_reported_once_not_again_as_what_follows_from_its
     assert!(all.contains("accounts.c") && all.contains("must be a table"), "{all}");
     assert!(all.contains("x y"), "other tables still checked: {all}");
 }
+
+#[test]
+fn an_unusable_token_is_a_typed_error_that_holds_none_of_its_text() {
+    use super::validate::{normalize_token, TokenError};
+    use secrecy::ExposeSecret;
+    assert_eq!(normalize_token(" oauth: ").unwrap_err(), TokenError::Empty);
+    let e = normalize_token("oauth:SECRET77 tail").unwrap_err();
+    assert_eq!(e, TokenError::Whitespace);
+    assert!(!format!("{e} {e:?}").contains("SECRET77"), "{e:?}");
+    assert_eq!(normalize_token("OAuth:abc\n").unwrap().expose_secret(), "abc");
+}

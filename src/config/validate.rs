@@ -73,9 +73,9 @@ impl Ctx<'_> {
         }
     }
 
-    fn problem(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+    fn problem(&mut self, key: &str, span: Option<Range<usize>>, message: impl std::fmt::Display) {
         let location = self.location(key, span);
-        self.problems.push(Problem { key: key.to_string(), location, message: message.into() });
+        self.problems.push(Problem { key: key.to_string(), location, message: message.to_string() });
     }
 
     /// Parses the value of `key` with `parse`, or reports the error at the value's place and
@@ -102,7 +102,7 @@ impl Ctx<'_> {
         min: Duration,
         max: Duration,
     ) -> Duration {
-        self.parse_or(key, value.as_ref(), default, |text| match parse_duration(text)? {
+        self.parse_or(key, value.as_ref(), default, |text| match parse_duration(text).map_err(|e| e.to_string())? {
             d if d >= min && d <= max => Ok(d),
             _ => Err(format!(
                 "`{text}` is out of range; use a value from {} to {}",
@@ -156,9 +156,18 @@ impl Ctx<'_> {
 /// The most a token or password file may hold.
 const SECRET_FILE_LIMIT: u64 = 64 * 1024;
 
+/// Why a token is unusable. No variant holds any of the token's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("is empty after the `oauth:` prefix; paste the whole token")]
+    Empty,
+    #[error("contains spaces or control characters (value hidden); paste the token alone")]
+    Whitespace,
+}
+
 /// Strips an optional `oauth:` prefix (twitch-irc adds exactly one) and checks the token's
 /// shape without ever quoting it.
-pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
+pub fn normalize_token(raw: &str) -> Result<SecretString, TokenError> {
     let t = raw.trim();
     // Char-aware: a token is user input, and a multi-byte character may sit at byte 6.
     let t = match t.split_at_checked(6) {
@@ -166,10 +175,10 @@ pub fn normalize_token(raw: &str) -> Result<SecretString, String> {
         _ => t,
     };
     if t.is_empty() {
-        return Err("is empty after the `oauth:` prefix; paste the whole token".into());
+        return Err(TokenError::Empty);
     }
     if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains spaces or control characters (value hidden); paste the token alone".into());
+        return Err(TokenError::Whitespace);
     }
     Ok(SecretString::from(t.to_string()))
 }

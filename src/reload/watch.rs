@@ -48,7 +48,6 @@ pub struct Reloader {
     /// won) is still acted on by the following call.
     deadline: Option<Instant>,
     last_text: Option<String>,
-    /// Counters.
     pub stats: Arc<ReloadStats>,
 }
 

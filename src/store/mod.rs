@@ -15,24 +15,20 @@ pub use crate::record::{invalid_reason, ChannelNotice, ChatMessage, Record};
 /// A set of records written together.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    /// Chat messages.
     pub messages: Vec<ChatMessage>,
-    /// Notices.
     pub notices: Vec<ChannelNotice>,
 }
 
 impl Batch {
-    /// Number of rows.
+    /// Messages and notices together.
     pub fn len(&self) -> usize {
         self.messages.len() + self.notices.len()
     }
 
-    /// No rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Adds a record.
     pub fn push(&mut self, r: Record) {
         match r {
             Record::Message(m) => self.messages.push(m),
@@ -40,7 +36,6 @@ impl Batch {
         }
     }
 
-    /// Builds a batch from records.
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Self {
         let mut b = Batch::default();
         for r in records {
@@ -85,19 +80,38 @@ pub struct WriteReport {
     pub messages_inserted: u64,
     /// Messages already stored (same `message_id`), skipped.
     pub duplicates: u64,
-    /// Notices stored.
+    /// Notices newly stored (one already stored under its key is skipped, not counted).
     pub notices_inserted: u64,
 }
 
-/// Why a write failed.
+/// Why a write failed: the variant says what the writer does about it, the source says what
+/// happened (a store's own typed error, e.g. the database driver's).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or the connection broke: retry the batch later.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    #[error("database unavailable")]
+    Unavailable(#[source] Cause),
     /// The database refused some row's content: retrying the same batch will fail again.
-    #[error("database rejected a row: {0}")]
-    Rejected(String),
+    #[error("database rejected a row")]
+    Rejected(#[source] Cause),
+}
+
+/// Boxed because the seam does not know which store (or the writer's own timer) failed.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// What happened, without the variant's words: the text a dead letter keeps.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match self {
+            StoreError::Unavailable(c) | StoreError::Rejected(c) => c.as_ref(),
+        }
+    }
+
+    /// The variant's words and the cause on one line, for log lines: the cause's own sources
+    /// are left out because drivers repeat them in their text (sqlx's I/O errors do).
+    pub fn one_line(&self) -> String {
+        format!("{self}: {}", self.cause())
+    }
 }
 
 /// The storage seam: the writer hands it whole batches. Writes must be idempotent per

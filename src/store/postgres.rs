@@ -82,7 +82,8 @@ struct Gate {
     why: Mutex<String>,
 }
 
-/// The PostgreSQL store.
+/// The [`Store`] on a PostgreSQL pool. Clones share the pool and the gate: one `migrate`
+/// opens writes for all of them.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -135,7 +136,7 @@ impl PgStore {
     }
 
     fn gate(&self) -> Result<(), StoreError> {
-        self.schema_ready().map_err(|why| StoreError::Unavailable(format!("database schema not ready yet: {why}")))
+        self.schema_ready().map_err(|why| StoreError::Unavailable(WriteFailure::SchemaNotReady(why).into()))
     }
 
     /// Connects (creating the database if it is missing and the role may), applies pending
@@ -564,36 +565,63 @@ const SERVER_STATE_CLASSES: [&str; 11] = ["08", "53", "57", "58", "40", "55", "2
 /// How long the probe after a failed write may take before the database counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What went wrong with a write: the source of the [`StoreError`] the writer gets.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteFailure {
+    /// Migrations have not succeeded yet; the text is why, as `/readyz` shows it.
+    #[error("database schema not ready yet: {0}")]
+    SchemaNotReady(String),
+    /// The server refused a statement: its message and SQLSTATE, which the dead letter keeps.
+    #[error("{} (SQLSTATE {})", .0.message(), .0.code().unwrap_or_default())]
+    Server(Box<dyn sqlx::error::DatabaseError>),
+    /// Anything else from the driver: I/O, pool timeout, TLS, protocol. Not chained as a
+    /// source: sqlx's text already ends with its own source's (`… : Connection refused`).
+    #[error("{0}")]
+    Driver(sqlx::Error),
+}
+
+impl WriteFailure {
+    /// The SQLSTATE code, when the server refused a statement.
+    pub fn sql_state(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            WriteFailure::Server(db) => db.code(),
+            _ => None,
+        }
+    }
+}
+
 /// A failed write, classified by what the error is, before any probe.
 enum Failure {
     /// The error's kind or SQLSTATE class decides it.
     Decided(StoreError),
     /// A class not known either way (e.g. 54000, an index row over the btree limit): a probe
-    /// of the connection decides. The error's text.
-    Undecided(String),
+    /// of the connection decides.
+    Undecided(WriteFailure),
 }
 
 fn classify(e: sqlx::Error) -> Failure {
-    let sqlx::Error::Database(db) = &e else { return Failure::Decided(StoreError::Unavailable(e.to_string())) };
-    let code = db.code().unwrap_or_default().to_string();
-    let text = format!("{} (SQLSTATE {code})", db.message());
+    let failure = match e {
+        sqlx::Error::Database(db) => WriteFailure::Server(db),
+        other => return Failure::Decided(StoreError::Unavailable(WriteFailure::Driver(other).into())),
+    };
+    let code = failure.sql_state().unwrap_or_default().into_owned();
     if code.starts_with("22") || code.starts_with("23") {
         // Data exception, integrity violation: about the rows themselves.
-        Failure::Decided(StoreError::Rejected(text))
+        Failure::Decided(StoreError::Rejected(failure.into()))
     } else if SERVER_STATE_CLASSES.iter().any(|c| code.starts_with(c)) {
-        Failure::Decided(StoreError::Unavailable(text))
+        Failure::Decided(StoreError::Unavailable(failure.into()))
     } else {
-        Failure::Undecided(text)
+        Failure::Undecided(failure)
     }
 }
 
 /// After an undecided failure: if the database answers `SELECT 1` on the same connection right
 /// after, the server is fine and the batch is at fault.
-async fn probe(conn: &mut PgConnection, text: String) -> StoreError {
+async fn probe(conn: &mut PgConnection, failure: WriteFailure) -> StoreError {
     // The failed transaction was dropped: sqlx rolls it back before the probe runs.
     match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await {
-        Ok(Ok(_)) => StoreError::Rejected(text),
-        _ => StoreError::Unavailable(text),
+        Ok(Ok(_)) => StoreError::Rejected(failure.into()),
+        _ => StoreError::Unavailable(failure.into()),
     }
 }
 
@@ -625,11 +653,12 @@ impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
         self.gate()?;
-        let mut conn = self.pool.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut conn =
+            self.pool.acquire().await.map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
         match Self::write_tx(&mut conn, ms, ns).await {
             Ok(report) => Ok(report),
             Err(Failure::Decided(e)) => Err(e),
-            Err(Failure::Undecided(text)) => Err(probe(&mut conn, text).await),
+            Err(Failure::Undecided(failure)) => Err(probe(&mut conn, failure).await),
         }
     }
 
@@ -747,7 +776,7 @@ impl Store for PgStore {
                 Failure::Decided(known) => known,
                 // A dead letter is plain text in an unindexed column: an unknown refusal is rare
                 // enough to count as the database's state, retried.
-                Failure::Undecided(text) => StoreError::Unavailable(text),
+                Failure::Undecided(failure) => StoreError::Unavailable(failure.into()),
             })?;
         Ok(())
     }

@@ -27,11 +27,11 @@ pub const CORRUPT_DIR: &str = "corrupt";
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    /// seq → (bytes, rows)
+    /// Sequence number → (bytes, rows); the number is the file name, and the order of replay.
     segments: BTreeMap<u64, (u64, u64)>,
     /// Segments read with some unreadable lines: moved aside, not deleted, once replayed.
     damaged: BTreeSet<u64>,
-    /// Open segment for appends.
+    /// The segment appends go to, open; a new one starts past [`SEGMENT_BYTES`].
     tail: Option<(u64, File)>,
     max_bytes: u64,
     bytes: u64,
@@ -110,17 +110,15 @@ impl Spool {
         })
     }
 
-    /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Nothing spooled.
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
 
-    /// Bytes on disk.
+    /// Bytes of the segments on disk (what `spool_max_bytes` limits).
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -135,7 +133,8 @@ impl Spool {
         self.set_aside
     }
 
-    /// Changes the size limit.
+    /// Applies a reload's `spool_max_bytes`: what is on disk stays; later appends past it come
+    /// back as [`Appended::over_limit`].
     pub fn set_max_bytes(&mut self, max: u64) {
         self.max_bytes = max;
     }

@@ -53,7 +53,7 @@ pub struct WriterStats {
     pub messages_stored: AtomicU64,
     /// Messages skipped as already stored.
     pub duplicates: AtomicU64,
-    /// Notices stored.
+    /// Notices newly stored (one already stored under its key is not counted).
     pub notices_stored: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
@@ -96,7 +96,6 @@ impl WriterStats {
 #[derive(Clone)]
 pub struct WriterObserver {
     shared: Arc<Shared>,
-    /// Counters.
     pub stats: Arc<WriterStats>,
 }
 
@@ -115,7 +114,6 @@ pub struct Backlog {
     pub queue_rows: usize,
     /// Rows waiting on disk.
     pub spool_rows: u64,
-    /// Bytes on disk.
     pub spool_bytes: u64,
 }
 
@@ -342,13 +340,12 @@ impl Shared {
     }
 }
 
-/// A running writer.
+/// The handle of the shared writer: its intake and flush tasks run until [`Writer::finish`].
 pub struct Writer {
     /// Clone this for each client.
     pub sender: RecordTx,
     /// Live batch settings.
     pub settings: watch::Sender<BatchConfig>,
-    /// Counters.
     pub stats: Arc<WriterStats>,
     shared: Arc<Shared>,
     intake: JoinHandle<()>,
@@ -474,7 +471,7 @@ impl Job {
     }
 }
 
-/// Rows can never be valid go straight to the dead letters; the rest is one write.
+/// Rows that can never be valid go straight to the dead letters; the rest is one write.
 fn jobs_for(batch: Batch) -> VecDeque<Job> {
     let mut good = Batch::default();
     let mut jobs = VecDeque::new();
@@ -608,6 +605,16 @@ enum Flushed {
     GaveUp,
 }
 
+/// Why the writer stopped waiting for a write: the cause of the [`StoreError::Unavailable`] it
+/// then acts on, as if the store had failed.
+#[derive(Debug, thiserror::Error)]
+enum GaveUp {
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("batch.shutdown_timeout expired with the write still waiting; abandoned")]
+    ShutdownTimeout,
+}
+
 /// Rows refused during one batch, for one log line.
 #[derive(Default)]
 struct Refused {
@@ -667,10 +674,10 @@ async fn write_out(
                 tokio::select! {
                     r = &mut write => break r,
                     _ = sleep_until(give_up) => {
-                        break Err(StoreError::Unavailable(format!("no answer within {WRITE_TIMEOUT:?}")))
+                        break Err(StoreError::Unavailable(GaveUp::NoAnswer(WRITE_TIMEOUT).into()))
                     }
                     _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
-                        break Err(StoreError::Unavailable("batch.shutdown_timeout expired with the write still waiting; abandoned".into()))
+                        break Err(StoreError::Unavailable(GaveUp::ShutdownTimeout.into()))
                     }
                     _ = deadline_rx.changed() => {}
                     _ = async { sleep_until(spill_at.unwrap()).await }, if spill_at.is_some() => {
@@ -726,10 +733,12 @@ async fn write_out(
                     return Flushed::Spilled;
                 }
             }
-            Err(StoreError::Rejected(reason)) => {
+            Err(e @ StoreError::Rejected(_)) => {
                 if spilled {
                     return Flushed::Spilled;
                 }
+                // The dead letter keeps what the database said, not the variant's words.
+                let reason = e.cause().to_string();
                 match jobs.pop_front().expect("the job just tried") {
                     Job::Write(batch) => match batch.split() {
                         Ok((a, b)) => {
@@ -761,7 +770,12 @@ async fn write_out(
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if failures == 1 || failures.is_multiple_of(20) {
                     let rows: usize = jobs.iter().map(Job::len).sum();
-                    tracing::warn!(rows, attempt = failures, "writing to the database failed, will retry: {e}");
+                    tracing::warn!(
+                        rows,
+                        attempt = failures,
+                        "writing to the database failed, will retry: {}",
+                        e.one_line()
+                    );
                 }
                 let deadline = shared.deadline();
                 let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);

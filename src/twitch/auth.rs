@@ -121,7 +121,6 @@ impl fmt::Debug for AuthEndpoint {
 pub struct RefreshCredentials {
     /// The app's client id (public).
     pub client_id: String,
-    /// The app's client secret.
     pub client_secret: SecretString,
     /// The refresh token from the config. A saved, newer one is preferred (Twitch rotates them).
     pub refresh_token: SecretString,
@@ -237,7 +236,7 @@ impl AuthStats {
         }
     }
 
-    /// Outcome of the last validation.
+    /// [`LastValidation::None`] until Twitch's first answer.
     pub fn last_validation(&self) -> LastValidation {
         match self.last_validation.load(Relaxed) {
             1 => LastValidation::Valid,
@@ -268,10 +267,8 @@ pub struct Validation {
 /// A transport-level failure talking to the auth endpoint. Never fatal; never holds a body.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// TCP connect failed.
     #[error("cannot connect: {0}")]
     Connect(#[source] std::io::Error),
-    /// TLS handshake failed.
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
     /// HTTP protocol error (connection reset, malformed answer).

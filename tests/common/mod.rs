@@ -73,35 +73,46 @@ impl TestDb {
         ]
     }
 
-    /// Runs a count. The logger reads Twitch before its migrations are done, so a table may not
-    /// exist yet right after a join: that waits (up to 10 s) instead of failing.
+    /// [`count_in`] this database.
     pub async fn count(&self, sql: &str) -> i64 {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await {
-                Ok(n) => return n,
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") && Instant::now() < end => {
-                    tokio::time::sleep(Duration::from_millis(25)).await
-                }
-                Err(e) => panic!("{sql}: {e}"),
-            }
-        }
+        count_in(&self.pool, sql).await
     }
 
-    /// Waits until `sql` (a count) reaches `n`; panics after `timeout`.
+    /// [`wait_count_in`] this database.
     pub async fn wait_count(&self, sql: &str, n: i64, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        loop {
-            let got = self.count(sql).await;
-            if got >= n {
-                assert_eq!(got, n, "{sql}: more rows than expected");
-                return;
+        wait_count_in(&self.pool, sql, n, timeout).await
+    }
+}
+
+/// Runs a count on `pool` (any server, e.g. a [`cluster::Cluster`] the test restarts). The
+/// logger reads Twitch before its migrations are done, so a table may not exist yet right after
+/// a join: that waits (up to 10 s) instead of failing.
+pub async fn count_in(pool: &PgPool, sql: &str) -> i64 {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await {
+            Ok(n) => return n,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") && Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(25)).await
             }
-            if Instant::now() > end {
-                panic!("timed out: {sql} = {got}, wanted {n}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            Err(e) => panic!("{sql}: {e}"),
         }
+    }
+}
+
+/// Waits until a count on `pool` reaches `n`; panics if it goes past `n`, or after `timeout`.
+pub async fn wait_count_in(pool: &PgPool, sql: &str, n: i64, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    loop {
+        let got = count_in(pool, sql).await;
+        if got >= n {
+            assert_eq!(got, n, "{sql}: more rows than expected");
+            return;
+        }
+        if Instant::now() > end {
+            panic!("timed out: {sql} = {got}, wanted {n}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
