@@ -47,11 +47,7 @@ async fn a_config_file_replaced_by_a_directory_and_back_keeps_the_logger_running
     std::fs::remove_dir(&path).unwrap();
     let saved = Instant::now();
     std::fs::write(&path, cfg(&fake, &names(&["one", "two"]))).unwrap();
-    let end = Instant::now() + 5 * SEC;
-    while !fake.joined_by(ANON).contains("two") && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let joined = fake.joined_by(ANON).contains("two");
+    let joined = joined_within(&fake, "two", 5 * SEC).await;
     eprintln!("file → directory → file: new channel joined: {joined} after {:?}", saved.elapsed());
     assert!(joined, "the restored file was not followed within 5 s; log:\n{}", logger.log_text());
     logger.signal("TERM");
@@ -113,13 +109,18 @@ async fn a_configmap_style_symlink_swap_is_followed() {
     std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
     let saved = Instant::now();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-    let end = Instant::now() + 5 * SEC;
-    while !fake.joined_by(ANON).contains("two") && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let joined = fake.joined_by(ANON).contains("two");
+    let joined = joined_within(&fake, "two", 5 * SEC).await;
     eprintln!("ConfigMap-style swap: new channel joined: {joined} after {:?}", saved.elapsed());
     assert!(joined, "the swapped config was not followed within 5 s; log:\n{}", logger.log_text());
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(15 * SEC).await, 0);
+}
+
+/// Whether the anonymous login has joined `channel` within `timeout` (polled every 20 ms).
+async fn joined_within(fake: &FakeTwitch, channel: &str, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while !fake.joined_by(ANON).contains(channel) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.joined_by(ANON).contains(channel)
 }

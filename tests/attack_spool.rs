@@ -27,16 +27,6 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     }
 }
 
-fn spool_rows(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().count())
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// A careless config edit (or the default relative `data/spool` with two services started from
 /// one directory) gives two loggers one spool directory. Both name their first segment alike

@@ -12,22 +12,6 @@ use std::time::{Duration, Instant};
 const SEC: Duration = Duration::from_secs(1);
 const ANON: &str = "justinfan12345";
 
-async fn http_addr(logger: &Logger) -> String {
-    logger.wait_log("health and metrics on http://", 15 * SEC).await;
-    let log = logger.log_text();
-    let rest = log.split("health and metrics on http://").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_string()
-}
-
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
 
 #[tokio::test]
 async fn with_the_database_down_at_start_chat_is_read_at_once_and_stored_when_it_comes() {

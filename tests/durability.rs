@@ -26,16 +26,6 @@ async fn pool(url: &str) -> sqlx::PgPool {
     PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
 }
 
-fn spool_rows(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().count())
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// The `key=value` of the logger's final summary line.
 fn summary(logger: &Logger, key: &str) -> u64 {

@@ -11,23 +11,6 @@ use std::time::Duration;
 const SEC: Duration = Duration::from_secs(1);
 const ANON: &str = "justinfan12345";
 
-/// The listener's address, from its start-up line.
-async fn http_addr(logger: &Logger) -> String {
-    logger.wait_log("health and metrics on http://", 15 * SEC).await;
-    let log = logger.log_text();
-    let rest = log.split("health and metrics on http://").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_string()
-}
-
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out.split(' ').nth(1).expect("a status line").parse().unwrap();
-    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
 
 /// GETs `path` every 100 ms until `done` holds (5 s at most); returns the last answer.
 async fn get_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {

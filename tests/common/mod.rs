@@ -84,6 +84,18 @@ impl TestDb {
     }
 }
 
+/// Rows in the spool segments under `dir` (0 if there is none).
+pub fn spool_rows(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Runs a count on `pool` (any server, e.g. a [`cluster::Cluster`] the test restarts). The
 /// logger reads Twitch before its migrations are done, so a table may not exist yet right after
 /// a join: that waits (up to 10 s) instead of failing.
@@ -289,4 +301,23 @@ pub fn samples() -> Vec<(String, String)> {
 
 pub fn sample(kind: &str) -> String {
     samples().into_iter().find(|(k, _)| k == kind).unwrap_or_else(|| panic!("no sample {kind}")).1
+}
+
+/// The listener's address, from its start-up line.
+pub async fn http_addr(logger: &Logger) -> String {
+    logger.wait_log("health and metrics on http://", Duration::from_secs(15)).await;
+    let log = logger.log_text();
+    let rest = log.split("health and metrics on http://").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out.split(' ').nth(1).expect("a status line").parse().unwrap();
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
