@@ -16,8 +16,9 @@ pub fn channel(capacity: usize) -> (RecordTx, RecordRx) {
     tokio::sync::mpsc::channel(capacity)
 }
 
-/// One chat line (PRIVMSG), ready to store. Columns of `chat_messages`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One chat line (PRIVMSG), ready to store. Columns of `chat_messages`. `Default` (empty
+/// strings, the Unix epoch) is for building rows in tests field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Twitch's message id (tag `id`); the dedupe key.
     pub message_id: String,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::migrate::Migrator;
 use std::process::Command;
 use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
-use twitch_chat_logger::store::{Batch, ChannelNotice, ChatMessage, Store};
+use twitch_chat_logger::store::{Batch, ChannelNotice, Store};
 
 /// The original's columns, in its order.
 const ORIGINAL_MESSAGE_COLUMNS: [&str; 14] = [
@@ -263,31 +263,6 @@ fn notice(i: usize) -> ChannelNotice {
     n
 }
 
-fn message(i: usize, text: &str) -> ChatMessage {
-    ChatMessage {
-        message_id: format!("00000000-0000-4000-8000-{i:012}"),
-        channel: "chan".into(),
-        room_id: None,
-        user_id: None,
-        username: "u".into(),
-        display_name: None,
-        text: text.into(),
-        badges: "{}".into(),
-        badge_info: None,
-        color: None,
-        is_mod: false,
-        is_subscriber: false,
-        bits: 0,
-        is_action: false,
-        emotes: None,
-        first_msg: None,
-        reply_parent_msg_id: None,
-        reply_parent_user_login: None,
-        sent_at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
-    }
-}
-
 #[tokio::test]
 async fn a_notice_batch_retried_whole_after_its_second_transaction_failed_is_stored_once() {
     let db = fresh_db().await;
@@ -295,7 +270,7 @@ async fn a_notice_batch_retried_whole_after_its_second_transaction_failed_is_sto
     // Over 1,000 rows: written in two transactions, notices with the first half.
     let mut batch = Batch::default();
     for i in 0..1200 {
-        batch.messages.push(message(i, if i == 1100 { "poison" } else { "fine" }));
+        batch.messages.push(chat_message(i, if i == 1100 { "poison" } else { "fine" }));
     }
     batch.notices = (0..30).map(notice).collect();
     sqlx::raw_sql("ALTER TABLE chat_messages ADD CONSTRAINT no_poison CHECK (text <> 'poison')")

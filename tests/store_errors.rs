@@ -8,32 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use std::error::Error as _;
 use std::time::Duration;
 use twitch_chat_logger::store::postgres::{PgStore, WriteFailure};
-use twitch_chat_logger::store::{Batch, ChatMessage, StoreError};
-
-fn message(i: usize, text: &str) -> ChatMessage {
-    ChatMessage {
-        message_id: format!("00000000-0000-4000-8000-{i:012}"),
-        channel: "chan".into(),
-        room_id: None,
-        user_id: None,
-        username: "u".into(),
-        display_name: None,
-        text: text.into(),
-        badges: "{}".into(),
-        badge_info: None,
-        color: None,
-        is_mod: false,
-        is_subscriber: false,
-        bits: 0,
-        is_action: false,
-        emotes: None,
-        first_msg: None,
-        reply_parent_msg_id: None,
-        reply_parent_user_login: None,
-        sent_at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
-    }
-}
+use twitch_chat_logger::store::{Batch, StoreError};
 
 fn failure(e: &StoreError) -> &WriteFailure {
     e.source().and_then(|s| s.downcast_ref::<WriteFailure>()).expect("the cause is the store's typed failure")
@@ -48,7 +23,7 @@ async fn a_refused_row_is_rejected_with_the_server_error_as_source_and_its_sqlst
         .execute(&db.pool)
         .await
         .unwrap();
-    let batch = Batch { messages: vec![message(1, "poison")], notices: vec![] };
+    let batch = Batch { messages: vec![chat_message(1, "poison")], notices: vec![] };
 
     let e = store.write_one(&batch).await.unwrap_err();
     assert!(matches!(e, StoreError::Rejected(_)), "{e:?}");
@@ -71,7 +46,7 @@ async fn a_database_nobody_answers_for_is_unavailable_with_the_driver_error_as_s
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
         .unwrap();
     let store = PgStore::new(pool);
-    let e = store.write_one(&Batch { messages: vec![message(1, "fine")], notices: vec![] }).await.unwrap_err();
+    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], notices: vec![] }).await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     let WriteFailure::Driver(driver) = failure(&e) else { panic!("{e:?}") };
     assert_eq!(e.cause().to_string(), driver.to_string(), "the driver's own words");
@@ -85,7 +60,7 @@ async fn a_write_before_the_schema_is_ready_is_unavailable_and_says_why() {
     let db = TestDb::new().await;
     let cfg = twitch_chat_logger::config::DatabaseConfig::Url(db.url.clone().into());
     let store = PgStore::connect_lazy(&cfg).unwrap();
-    let e = store.write_one(&Batch { messages: vec![message(1, "fine")], notices: vec![] }).await.unwrap_err();
+    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], notices: vec![] }).await.unwrap_err();
     assert!(matches!(failure(&e), WriteFailure::SchemaNotReady(_)), "{e:?}");
     assert_eq!(e.one_line(), "database unavailable: database schema not ready yet: not connected yet");
 }

@@ -906,27 +906,16 @@ mod tests {
     }
 
     fn msg(i: u128) -> Record {
+        let now = chrono::Utc::now();
         Record::Message(ChatMessage {
             message_id: id(i),
             channel: "chan".into(),
-            room_id: None,
-            user_id: None,
             username: "nia".into(),
-            display_name: None,
             text: format!("m{i}"),
             badges: "{}".into(),
-            badge_info: None,
-            color: None,
-            is_mod: false,
-            is_subscriber: false,
-            bits: 0,
-            is_action: false,
-            emotes: None,
-            first_msg: None,
-            reply_parent_msg_id: None,
-            reply_parent_user_login: None,
-            sent_at: chrono::Utc::now(),
-            received_at: chrono::Utc::now(),
+            sent_at: now,
+            received_at: now,
+            ..Default::default()
         })
     }
 

@@ -321,3 +321,18 @@ pub async fn get(addr: &str, path: &str) -> (u16, String) {
     let code = out.split(' ').nth(1).expect("a status line").parse().unwrap();
     (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
+
+/// Chat message number `i` of `#chan` (a UUID id made from `i`), saying `text`.
+pub fn chat_message(i: usize, text: &str) -> twitch_chat_logger::store::ChatMessage {
+    let now = chrono::Utc::now();
+    twitch_chat_logger::store::ChatMessage {
+        message_id: format!("00000000-0000-4000-8000-{i:012}"),
+        channel: "chan".into(),
+        username: "u".into(),
+        text: text.into(),
+        badges: "{}".into(),
+        sent_at: now,
+        received_at: now,
+        ..Default::default()
+    }
+}
