@@ -23,6 +23,9 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 /// Where segments that cannot be replayed are moved, inside the spool directory.
 pub const CORRUPT_DIR: &str = "corrupt";
 
+/// Where dead letters go that the database would not take either (not a segment: never replayed).
+pub const DEAD_LETTERS_FILE: &str = "dead_letters.jsonl";
+
 /// The spool directory and what is in it.
 #[derive(Debug)]
 pub struct Spool {
@@ -112,6 +115,22 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keeps a row that neither its table nor `dead_letters` would take, with both reasons, as
+    /// one JSON line in `DEAD_LETTERS_FILE` (synced). Replay never reads it: a person does.
+    pub fn keep_dead_letter(&self, record: &Record, reason: &str, why_not_stored: &str) -> io::Result<()> {
+        let line = serde_json::json!({
+            "record": record,
+            "error": reason,
+            "dead_letters_error": why_not_stored,
+            "kept_at": chrono::Utc::now(),
+        });
+        let mut text = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        text.push(b'\n');
+        let mut f = OpenOptions::new().create(true).append(true).open(self.dir.join(DEAD_LETTERS_FILE))?;
+        f.write_all(&text)?;
+        f.sync_data()
     }
 
     pub fn is_empty(&self) -> bool {

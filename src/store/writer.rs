@@ -68,6 +68,8 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     /// Rows the database refused (or that can never be valid), kept in the dead-letter place.
     pub dead_lettered: AtomicU64,
+    /// Of those, rows kept in the spool directory's dead-letter file (the table refused them too).
+    pub dead_letter_files: AtomicU64,
     /// Spool segments that could not be replayed (empty, unreadable, missing), set aside.
     pub spool_corrupt_segments: AtomicU64,
     /// Writes not committed within `durable_within`: their rows were copied to the spool.
@@ -695,6 +697,32 @@ async fn write_out(
                 }
             }
         };
+        // A dead letter the database will not take (its table gone, no grant, or the database
+        // down) is kept in a file beside the spool instead: retrying it would hold up every row
+        // behind it.
+        if let (Err(e), Some(Job::DeadLetter(..)), false) = (&result, jobs.front(), spilled) {
+            let Some(Job::DeadLetter(record, reason)) = jobs.pop_front() else { unreachable!("checked above") };
+            let why_not = e.one_line();
+            let kept = shared.lock().spool.keep_dead_letter(&record, &reason, &why_not);
+            match kept {
+                Ok(()) => {
+                    shared.stats.dead_lettered.fetch_add(1, Relaxed);
+                    refused.rows += 1;
+                    refused.first_reason.get_or_insert(reason);
+                    if shared.stats.dead_letter_files.fetch_add(1, Relaxed) == 0 {
+                        tracing::error!(
+                            "the dead_letters table does not take rows ({why_not}); rows that cannot be stored are kept in {} instead",
+                            super::spool::DEAD_LETTERS_FILE
+                        );
+                    }
+                }
+                Err(io) => {
+                    tracing::error!("a row cannot be stored ({reason}) nor kept in dead_letters ({why_not}) or on disk ({io}); it is lost");
+                    shared.note_dropped(1, Loss::NowhereToKeep);
+                }
+            }
+            continue;
+        }
         match result {
             Ok(report) => {
                 let job = jobs.pop_front().expect("the job just written");
@@ -851,6 +879,8 @@ mod tests {
         reject: Mutex<Vec<String>>,
         hang: std::sync::atomic::AtomicBool,
         delay_ms: AtomicU64,
+        /// The dead-letter table refuses everything (dropped, or no grant).
+        no_dead_letters: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
@@ -886,6 +916,9 @@ mod tests {
         }
 
         async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
+            if self.no_dead_letters.load(Relaxed) {
+                return Err(StoreError::Unavailable("relation \"dead_letters\" does not exist (42P01)".into()));
+            }
             if self.fail_next.load(Relaxed) > 0 {
                 return Err(StoreError::Unavailable("connection refused".into()));
             }
@@ -957,6 +990,28 @@ mod tests {
         assert_eq!(w.stats.spooled.load(Relaxed), 0, "100+200+400 ms of retries stay under SPILL_AFTER");
         let done = w.finish().await;
         assert_eq!(done, Finished { stored: 10, spooled: 0, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_the_table_refuses_is_kept_beside_the_spool_and_later_rows_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.reject.lock().unwrap() = vec![id(3)];
+        fake.no_dead_letters.store(true, Relaxed);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..10).await;
+        run_for(Duration::from_secs(1)).await;
+        send(&w, 10..20).await;
+        run_for(Duration::from_secs(1)).await;
+        let mut want = ids(0..20);
+        want.retain(|i| *i != id(3));
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, want, "rows after the refused one are stored");
+        let kept = std::fs::read_to_string(dir.path().join(crate::store::spool::DEAD_LETTERS_FILE)).unwrap();
+        assert_eq!(kept.lines().count(), 1);
+        assert!(kept.contains(&id(3)) && kept.contains("btree") && kept.contains("42P01"), "{kept}");
+        assert_eq!(w.finish().await.lost, 0);
     }
 
     #[tokio::test(start_paused = true)]
