@@ -27,7 +27,6 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     }
 }
 
-
 /// A careless config edit (or the default relative `data/spool` with two services started from
 /// one directory) gives two loggers one spool directory. Both name their first segment alike
 /// and append to the same file; when one replays and deletes it, the other goes on appending to

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 const SEC: Duration = Duration::from_secs(1);
 const ANON: &str = "justinfan12345";
 
-
 #[tokio::test]
 async fn with_the_database_down_at_start_chat_is_read_at_once_and_stored_when_it_comes() {
     let cluster = Cluster::start_new();

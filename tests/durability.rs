@@ -26,7 +26,6 @@ async fn pool(url: &str) -> sqlx::PgPool {
     PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
 }
 
-
 /// The `key=value` of the logger's final summary line.
 fn summary(logger: &Logger, key: &str) -> u64 {
     let log = logger.log_text();

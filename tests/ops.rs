@@ -11,7 +11,6 @@ use std::time::Duration;
 const SEC: Duration = Duration::from_secs(1);
 const ANON: &str = "justinfan12345";
 
-
 /// GETs `path` every 100 ms until `done` holds (5 s at most); returns the last answer.
 async fn get_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
     let mut last = (0, String::new());
