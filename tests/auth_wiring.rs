@@ -205,3 +205,67 @@ async fn a_rejected_login_is_renewed_once_and_logged_in_again() {
     assert!(!run.log_text().contains("ERROR"), "{}", run.log_text());
     assert_no_secret(&run, &auth);
 }
+
+#[tokio::test]
+async fn a_login_rejected_again_after_renewal_or_a_refused_renewal_stops_only_that_account() {
+    let (cluster, fake, auth) = (Cluster::start_new(), FakeTwitch::start().await, FakeAuth::start().await);
+    // `again`: IRC refuses every token of its user, renewed or not. `norenew`: IRC refuses its
+    // token and the auth server refuses its refresh token. `fine` logs on.
+    const AGAIN: &str = "accagain0refused0000000000001";
+    const NORENEW: &str = "accnorenew0refused00000000001";
+    const FINE: &str = "accfine0token000000000000001";
+    auth.add_access(AGAIN, "againbot", 3600);
+    auth.add_access(NORENEW, "norenewbot", 3600);
+    auth.add_access(FINE, "finebot", 3600);
+    auth.add_refresh("refagain00000000000000000001", "againbot");
+    auth.add_refresh("reffine000000000000000000001", "finebot");
+    fake.reject_nick("againbot");
+    fake.reject_token(NORENEW);
+    let tokens = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let account = |name: &str, user: &str, token: &str, refresh: &str| {
+        format!(
+            "[accounts.{name}]\nusername = \"{user}\"\noauth_token = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\nrefresh_token = \"{refresh}\"\n"
+        )
+    };
+    let (_dir, path) = config_dir(&format!(
+        "[twitch]\nserver = \"{}\"\nauth_url = \"{}\"\ntoken_dir = \"{}\"\n[batch]\nspool_dir = \"{}\"\n{}{}{}\
+         [groups.g]\naccounts = [\"again\", \"norenew\", \"fine\"]\nchannels = [\"chan\"]\n",
+        fake.url(),
+        auth.url(),
+        tokens.path().display(),
+        spool.path().display(),
+        account("again", "againbot", AGAIN, "refagain00000000000000000001"),
+        account("norenew", "norenewbot", NORENEW, "refnorenew0unknown0000000001"),
+        account("fine", "finebot", FINE, "reffine000000000000000000001"),
+    ));
+    let run = logger(&path, &cluster.url());
+    fake.wait_for("fine logged in", 10 * SEC, |f| f.joined_by("finebot").contains("chan")).await;
+    let addr = http_addr(&run).await;
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = get(&addr, "/metrics").await.1;
+        if m.contains("account_stopped{account=\"again\"} 1") && m.contains("account_stopped{account=\"norenew\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(m.contains("twitch_logger_account_stopped{account=\"again\"} 1"), "{m}");
+    assert!(m.contains("twitch_logger_account_stopped{account=\"norenew\"} 1"), "{m}");
+    assert!(m.contains("twitch_logger_account_stopped{account=\"fine\"} 0"), "{m}");
+    assert!(m.contains("twitch_logger_account_token_refresh_failures_total{account=\"norenew\"} 1"), "{m}");
+    // Two logins for `again` (the configured token, then the renewed one), one for `norenew`.
+    assert_eq!(passes(&fake, "againbot").len(), 2);
+    assert_eq!(passes(&fake, "norenewbot").len(), 1);
+    tokio::time::sleep(3 * SEC).await;
+    assert_eq!(auth.hits("token").len(), 2, "one renewal each for again and norenew, no retry loop");
+    assert_eq!(passes(&fake, "againbot").len() + passes(&fake, "norenewbot").len(), 3, "no new login");
+    assert!(fake.joined_by("finebot").contains("chan"));
+    let text = run.log_text();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors.iter().any(|e| e.contains("`again`") && e.contains("rejected again with a freshly renewed token")));
+    assert!(errors.iter().any(|e| e.contains("`norenew`") && e.contains("Twitch refused to renew the token")));
+    assert_no_secret(&run, &auth);
+}

@@ -98,7 +98,6 @@ fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::config::ServerAddr;
     use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, StartupConfig, TwitchConfig};
     use secrecy::SecretString;
     use std::time::Duration;
