@@ -226,6 +226,8 @@ fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], joi
         .arg("--config")
         .arg(&path)
         .env("DATABASE_URL", db_url)
+        // Token validation goes nowhere (no one listens on port 1), never to Twitch.
+        .env("TWITCH_AUTH_URL", "http://127.0.0.1:1")
         .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .current_dir(dir.path())
         .spawn()

@@ -13,7 +13,7 @@ use crate::metrics::{AccountView, Observed};
 use crate::reload::{self, watch::Reloader, Plan};
 use crate::store::postgres::{DbError, PgStore};
 use crate::store::writer::{self, Writer};
-use crate::twitch::client::{AccountHandle, ClientEvent};
+use crate::twitch::client::{AccountHandle, AuthContext, ClientEvent};
 use crate::twitch::transport;
 
 /// How the process should exit.
@@ -43,6 +43,7 @@ impl Runtime {
         let handle = AccountHandle::start(
             name,
             account,
+            &AuthContext::from_config(&self.cfg.startup.twitch),
             self.cfg.channels_for(name),
             self.writer.sender.clone(),
             self.events.clone(),

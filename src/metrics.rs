@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::reload::watch::ReloadStats;
 use crate::store::writer::{WriterObserver, WriterStats, FLUSH_BUCKETS};
+use crate::twitch::auth::{AuthStats, LastValidation};
 use crate::twitch::client::AccountStats;
 use crate::twitch::transport::LoginState;
 
@@ -228,6 +229,53 @@ impl prometheus_client::collector::Collector for Observed {
                     MetricType::Counter => ConstCounter::new(get(view) as u64).encode(fam.encode_family(&labels)?)?,
                     _ => ConstGauge::new(get(view)).encode(fam.encode_family(&labels)?)?,
                 }
+            }
+        }
+
+        // Logged-in accounts only: an anonymous one has no token.
+        let tokens: Vec<(&String, &AuthStats)> =
+            accounts.iter().filter_map(|(name, v)| Some((name, v.stats.auth.as_deref()?))).collect();
+        let mut fam = e.encode_descriptor(
+            "account_token_expires_in_seconds",
+            "Seconds until the account's token expires (negative once expired); absent while unknown",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (account, auth) in &tokens {
+            if let Some(left) = auth.seconds_until_expiry() {
+                ConstGauge::new(left).encode(fam.encode_family(&[("account", account.as_str())])?)?;
+            }
+        }
+        type GetAuth = fn(&AuthStats) -> u64;
+        let counters: [(&str, &str, GetAuth); 2] = [
+            ("account_token_refreshes", "Token renewals that succeeded", |a| a.refreshes.load(Relaxed)),
+            ("account_token_refresh_failures", "Token renewals that failed (rejected, unreachable, malformed)", |a| {
+                a.refresh_failures.load(Relaxed)
+            }),
+        ];
+        for (name, help, get) in counters {
+            let mut fam = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (account, auth) in &tokens {
+                ConstCounter::new(get(auth)).encode(fam.encode_family(&[("account", account.as_str())])?)?;
+            }
+        }
+        let mut fam = e.encode_descriptor(
+            "account_token_last_validation",
+            "1 for the result of the token's last validation at Twitch (none until the first answer)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (account, auth) in &tokens {
+            let last = auth.last_validation();
+            for result in [
+                LastValidation::None,
+                LastValidation::Valid,
+                LastValidation::Invalid,
+                LastValidation::WrongLogin,
+                LastValidation::Unreachable,
+            ] {
+                let labels = [("account", account.as_str()), ("result", result.as_str())];
+                ConstGauge::new((result == last) as i64).encode(fam.encode_family(&labels)?)?;
             }
         }
         Ok(())

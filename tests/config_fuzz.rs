@@ -16,7 +16,7 @@ use twitch_chat_logger::config::{self, file::value_may_be_quoted, render::render
 
 /// Marker values: random-looking, so that any 5-character piece of one in the output can only
 /// have come from the marker.
-const MARKERS: [&str; 10] = [
+const MARKERS: [&str; 14] = [
     "Qz7xKp2mWv9d",
     "Hr4tLq8nBc3y",
     "Fj6sDw1aXe5u",
@@ -27,6 +27,10 @@ const MARKERS: [&str; 10] = [
     "Lc8uJd3qOy4e",
     "Wy1hMk6tSg8r",
     "Ea4oVn9xCi7z",
+    "Bs6pXq2wKd8f",
+    "Ou3nZc9vIr5j",
+    "Yd7mAe1tQk4w",
+    "Ri2xFh8bGo6s",
 ];
 const WINDOW: usize = 5;
 
@@ -35,9 +39,14 @@ fn secret_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
-        for (name, marker) in
-            [("pg_password", MARKERS[0]), ("mybot", MARKERS[1]), ("mybot2", MARKERS[2]), ("twitch_token", MARKERS[3])]
-        {
+        for (name, marker) in [
+            ("pg_password", MARKERS[0]),
+            ("mybot", MARKERS[1]),
+            ("mybot2", MARKERS[2]),
+            ("twitch_token", MARKERS[3]),
+            ("client_secret", MARKERS[12]),
+            ("refresh_token", MARKERS[13]),
+        ] {
             std::fs::write(d.path().join(name), format!("oauth:{marker}\n")).unwrap();
         }
         d
@@ -61,7 +70,9 @@ fn bases() -> &'static [String] {
             .replace("[database]\n", &format!("[database]\nurl = \"postgres://u:{}@db/twitch\"\n", MARKERS[6]));
         let docker = include_str!("../examples/docker-secrets.toml").replace("/run/secrets/", &secrets);
         let multi_line = format!(
-            "[database]\nhost = \"db\"\npassword = \"\"\"{a}\n{b}\"\"\"\n[accounts.bot]\nusername = \"bot\"\noauth_token = '''oauth:{c}\n'''\n[accounts]\nalt = {{ username = \"alt\", oauth_token = \"{d}\" }}\n[groups.g]\naccounts = [\"bot\", \"alt\"]\nchannels = [\"one\", \"#Two\"]\n",
+            "[database]\nhost = \"db\"\npassword = \"\"\"{a}\n{b}\"\"\"\n[accounts.bot]\nusername = \"bot\"\noauth_token = '''oauth:{c}\n'''\n[accounts]\nalt = {{ username = \"alt\", oauth_token = \"{d}\" }}\n[groups.g]\naccounts = [\"bot\", \"alt\"]\nchannels = [\"one\", \"#Two\"]\n[accounts.renew]\nusername = \"renewbot\"\nclient_id = \"abc123\"\nclient_secret = \"{e}\"\nrefresh_token = \"{f}\"\n[accounts.renewfiles]\nusername = \"filebot\"\nclient_id = \"abc123\"\nclient_secret_file = \"{secrets}client_secret\"\nrefresh_token_file = \"{secrets}refresh_token\"\n",
+            e = MARKERS[10],
+            f = MARKERS[11],
             a = MARKERS[7],
             b = MARKERS[8],
             c = MARKERS[9],
@@ -105,6 +116,8 @@ const STRS: &[&str] = &[
     "[accounts.x]\n",
     "password = ",
     "oauth_token = \"",
+    "client_secret = \"",
+    "refresh_token = \"",
     "\n[http]\n",
     "username = \"",
     "éé",
@@ -136,11 +149,12 @@ fn resolve(text: &str, pos: &Pos) -> usize {
     match pos {
         Pos::Anywhere(n) => char_at(*n as usize % bounds.len()),
         Pos::NearSecret(i, d) => {
-            let anchors: Vec<usize> = ["oauth_token", "password", "url", "token_file"]
-                .iter()
-                .chain(MARKERS.iter())
-                .flat_map(|needle| text.match_indices(needle).map(|(at, _)| at))
-                .collect();
+            let anchors: Vec<usize> =
+                ["oauth_token", "password", "url", "token_file", "client_secret", "refresh_token"]
+                    .iter()
+                    .chain(MARKERS.iter())
+                    .flat_map(|needle| text.match_indices(needle).map(|(at, _)| at))
+                    .collect();
             if anchors.is_empty() {
                 return char_at(0);
             }

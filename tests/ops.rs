@@ -215,3 +215,15 @@ async fn our_info_lines_survive_a_debug_directive_for_another_target() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("database ready, schema up to date"), "the INFO line is missing:\n{log}");
 }
+
+#[test]
+fn in_docker_the_spool_and_the_renewed_tokens_land_on_the_writable_data_volume() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(compose.lines().any(|l| l.trim() == "- spool:/app/data"), "the data volume is mounted read-write");
+    assert!(dockerfile.lines().any(|l| l.trim() == "WORKDIR /app") && dockerfile.contains("chown logger /app/data"));
+    for default in [twitch_chat_logger::config::DEFAULT_SPOOL_DIR, twitch_chat_logger::config::DEFAULT_TOKEN_DIR] {
+        assert!(Path::new(default).starts_with("data"), "{default} resolves inside /app/data");
+    }
+}

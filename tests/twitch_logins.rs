@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use twitch_chat_logger::config::ServerAddr;
 use twitch_chat_logger::config::{AccountConfig, Credentials, Rate};
 use twitch_chat_logger::twitch::client::AccountHandle;
+use twitch_chat_logger::twitch::client::AuthContext;
 use twitch_chat_logger::twitch::transport::{self, TransportContext};
 
 const ANON: &str = "justinfan12345";
@@ -28,11 +29,22 @@ async fn a_login_is_forgotten_when_the_last_account_using_it_stops() {
     let (events, _events) = mpsc::unbounded_channel();
     let anonymous = AccountConfig { credentials: Credentials::Anonymous, join_rate: Rate::TWITCH_DEFAULT_JOINS };
     let bot = AccountConfig {
-        credentials: Credentials::Login { username: "bot".into(), token: "abcdefghijklmnop0123".to_string().into() },
+        credentials: Credentials::Login {
+            username: "bot".into(),
+            token: Some("abcdefghijklmnop0123".to_string().into()),
+            refresh: None,
+        },
         join_rate: Rate::TWITCH_DEFAULT_JOINS,
     };
     let start = |name: &str, account: &AccountConfig, channel: &str| {
-        AccountHandle::start(name, account, BTreeSet::from([channel.to_string()]), tx.clone(), events.clone())
+        AccountHandle::start(
+            name,
+            account,
+            &no_auth(),
+            BTreeSet::from([channel.to_string()]),
+            tx.clone(),
+            events.clone(),
+        )
     };
     let anon_a = start("anon_a", &anonymous, "one");
     let anon_b = start("anon_b", &anonymous, "two");
@@ -52,4 +64,14 @@ async fn a_login_is_forgotten_when_the_last_account_using_it_stops() {
     assert_eq!(connections.logins(), ["bot"], "no account uses the anonymous login any more");
     with_login.stop().await;
     assert!(connections.logins().is_empty(), "nothing is left behind: {:?}", connections.logins());
+}
+
+/// An auth endpoint nobody listens on (port 1 of loopback): validation fails fast and is
+/// retried with backoff, and no test reaches Twitch.
+fn no_auth() -> AuthContext {
+    AuthContext {
+        endpoint: twitch_chat_logger::twitch::auth::AuthEndpoint::parse("http://127.0.0.1:1").unwrap(),
+        token_dir: "data/tokens".into(),
+        timing: Default::default(),
+    }
 }

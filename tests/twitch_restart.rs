@@ -13,6 +13,7 @@ use twitch_chat_logger::config::ServerAddr;
 use twitch_chat_logger::config::{AccountConfig, Credentials, Rate};
 use twitch_chat_logger::store::Record;
 use twitch_chat_logger::twitch::client::AccountHandle;
+use twitch_chat_logger::twitch::client::AuthContext;
 use twitch_chat_logger::twitch::transport::{self, TransportContext};
 
 const ANON: &str = "justinfan12345";
@@ -38,7 +39,7 @@ async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_count
     transport::install(connections);
     let (events, _events) = mpsc::unbounded_channel();
     let account = AccountConfig { credentials: Credentials::Anonymous, join_rate: Rate::TWITCH_DEFAULT_JOINS };
-    let handle = AccountHandle::start("anon", &account, BTreeSet::from(["chan".to_string()]), tx, events);
+    let handle = AccountHandle::start("anon", &account, &no_auth(), BTreeSet::from(["chan".to_string()]), tx, events);
     fake.wait_for("joined #chan", 10 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
     fake.to_channel("chan", &privmsg("chan", "before-1", "Al", "before"));
     assert_eq!(next_message(&mut rows).await, msg_uuid("before-1"));
@@ -67,4 +68,14 @@ async fn a_client_killed_inside_twitch_irc_is_started_again_rejoins_and_is_count
     assert!(took >= 2 * SEC, "second restart after {took:?}, expected the doubled wait");
     assert_eq!(handle.stats.restarts.load(Relaxed), 2);
     tokio::time::timeout(5 * SEC, handle.stop()).await.expect("stops");
+}
+
+/// An auth endpoint nobody listens on (port 1 of loopback): validation fails fast and is
+/// retried with backoff, and no test reaches Twitch.
+fn no_auth() -> AuthContext {
+    AuthContext {
+        endpoint: twitch_chat_logger::twitch::auth::AuthEndpoint::parse("http://127.0.0.1:1").unwrap(),
+        token_dir: "data/tokens".into(),
+        timing: Default::default(),
+    }
 }

@@ -7,6 +7,7 @@
 //! | `POSTGRES_HOST`, `_PORT`, `_DB`, `_USER`, `_PASSWORD` | `database.host`, `.port`, `.name`, `.user`, `.password` |
 //! | `DATABASE_URL` | `database.url` |
 //! | `TWITCH_IRC_SERVER` | `twitch.server` |
+//! | `TWITCH_AUTH_URL` | `twitch.auth_url` |
 //!
 //! An empty variable counts as unset, because `docker compose` turns `${VAR}` of an unset
 //! variable into an empty string.
@@ -71,6 +72,10 @@ pub fn apply(
     if let Some(v) = get(env, "TWITCH_IRC_SERVER") {
         note("TWITCH_IRC_SERVER", "twitch.server".into(), file.twitch.server.is_some());
         file.twitch.server = Some(spanned(v));
+    }
+    if let Some(v) = get(env, "TWITCH_AUTH_URL") {
+        note("TWITCH_AUTH_URL", "twitch.auth_url".into(), file.twitch.auth_url.is_some());
+        file.twitch.auth_url = Some(spanned(v.trim().to_string()));
     }
 
     let db = &mut file.database;

@@ -38,6 +38,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct TwitchFile {
     pub server: Option<Spanned<String>>,
+    pub auth_url: Option<Spanned<String>>,
+    pub token_dir: Option<Spanned<PathBuf>>,
 }
 
 /// `[database]`. Rules go on non-secret fields only: validator copies a value into its error.
@@ -141,6 +143,11 @@ pub struct AccountFile {
     pub oauth_token: Option<SecretString>,
     pub token_file: Option<Spanned<PathBuf>>,
     pub join_rate: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<Spanned<PathBuf>>,
+    pub refresh_token: Option<SecretString>,
+    pub refresh_token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[groups.NAME]`
@@ -166,7 +173,7 @@ enum Ty {
     Named(&'static [(&'static str, Ty)]),
 }
 
-const TWITCH: &[(&str, Ty)] = &[("server", Ty::Str)];
+const TWITCH: &[(&str, Ty)] = &[("server", Ty::Str), ("auth_url", Ty::Str), ("token_dir", Ty::Str)];
 const DATABASE: &[(&str, Ty)] = &[
     ("url", Ty::Secret),
     ("host", Ty::Str),
@@ -188,8 +195,17 @@ const BATCH: &[(&str, Ty)] = &[
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
-const ACCOUNT: &[(&str, Ty)] =
-    &[("username", Ty::Str), ("oauth_token", Ty::Secret), ("token_file", Ty::Str), ("join_rate", Ty::Str)];
+const ACCOUNT: &[(&str, Ty)] = &[
+    ("username", Ty::Str),
+    ("oauth_token", Ty::Secret),
+    ("token_file", Ty::Str),
+    ("join_rate", Ty::Str),
+    ("client_id", Ty::Str),
+    ("client_secret", Ty::Secret),
+    ("client_secret_file", Ty::Str),
+    ("refresh_token", Ty::Secret),
+    ("refresh_token_file", Ty::Str),
+];
 const GROUP: &[(&str, Ty)] = &[("accounts", Ty::StrList), ("channels", Ty::StrList)];
 /// The whole file: the one schema that the checks below and the "did you mean" hints use.
 const ROOT: &[(&str, Ty)] = &[

@@ -21,6 +21,8 @@ pub use duration::Rate;
 
 pub use login::ServerAddr;
 
+pub use crate::twitch::auth::{AuthEndpoint, RefreshCredentials, DEFAULT_AUTH_URL, DEFAULT_TOKEN_DIR};
+
 /// Where rows wait on disk by default (`batch.spool_dir`), under the working directory.
 pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
 
@@ -68,7 +70,9 @@ impl StartupConfig {
         [
             ("batch.spool_dir", self.spool_dir != new.spool_dir),
             ("database", self.database != new.database),
-            ("twitch.server", self.twitch != new.twitch),
+            ("twitch.server", self.twitch.server != new.twitch.server),
+            ("twitch.auth_url", self.twitch.auth_url != new.twitch.auth_url),
+            ("twitch.token_dir", self.twitch.token_dir != new.twitch.token_dir),
             ("reload", self.reload != new.reload),
             ("http", self.http != new.http),
             ("log", self.log != new.log),
@@ -119,6 +123,20 @@ pub enum Origin {
 pub struct TwitchConfig {
     /// IRC server to connect to.
     pub server: ServerAddr,
+    /// `auth_url`: base of the OAuth token and validate endpoints.
+    pub auth_url: AuthEndpoint,
+    /// `token_dir`: where renewed tokens are kept, one `<account>.json` each.
+    pub token_dir: PathBuf,
+}
+
+impl Default for TwitchConfig {
+    fn default() -> Self {
+        TwitchConfig {
+            server: ServerAddr::twitch(),
+            auth_url: AuthEndpoint::twitch(),
+            token_dir: PathBuf::from(DEFAULT_TOKEN_DIR),
+        }
+    }
 }
 
 /// `[database]`: a URL, or the fields the original's `POSTGRES_*` variables set.
@@ -336,8 +354,9 @@ impl PartialEq for AccountConfig {
 pub enum Credentials {
     /// `justinfan` login: reads chat, needs no token.
     Anonymous,
-    /// A real account. The token is stored without its `oauth:` prefix.
-    Login { username: String, token: SecretString },
+    /// A real account: a fixed token (stored without its `oauth:` prefix), refresh
+    /// credentials, or both (then the token is the first one used). Never neither.
+    Login { username: String, token: Option<SecretString>, refresh: Option<RefreshCredentials> },
 }
 
 impl Credentials {
@@ -354,8 +373,19 @@ impl PartialEq for Credentials {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Anonymous, Self::Anonymous) => true,
-            (Self::Login { username: a, token: t }, Self::Login { username: b, token: u }) => {
-                a == b && t.expose_secret() == u.expose_secret()
+            (Self::Login { username: a, token: t, refresh: r }, Self::Login { username: b, token: u, refresh: s }) => {
+                let same_token =
+                    t.as_ref().map(ExposeSecret::expose_secret) == u.as_ref().map(ExposeSecret::expose_secret);
+                let same_refresh = match (r, s) {
+                    (None, None) => true,
+                    (Some(r), Some(s)) => {
+                        r.client_id == s.client_id
+                            && r.client_secret.expose_secret() == s.client_secret.expose_secret()
+                            && r.refresh_token.expose_secret() == s.refresh_token.expose_secret()
+                    }
+                    _ => false,
+                };
+                a == b && same_token && same_refresh
             }
             _ => false,
         }

@@ -21,7 +21,10 @@ pub fn render(cfg: &Config) -> String {
         Origin::EnvOnly => "environment only (no config file)".into(),
     };
     let _ = writeln!(out, "# effective configuration: {origin}");
-    let _ = writeln!(out, "\n[twitch]\nserver = \"{}\"{}", cfg.startup.twitch.server, src("twitch.server"));
+    let t = &cfg.startup.twitch;
+    let _ = writeln!(out, "\n[twitch]\nserver = \"{}\"{}", t.server, src("twitch.server"));
+    let _ = writeln!(out, "auth_url = \"{}\"{}", t.auth_url, src("twitch.auth_url"));
+    let _ = writeln!(out, "token_dir = \"{}\"", t.token_dir.display());
     let _ = writeln!(out, "\n[database]");
     match &cfg.startup.database {
         DatabaseConfig::Url(_) => {
@@ -64,9 +67,16 @@ pub fn render(cfg: &Config) -> String {
             Credentials::Anonymous => {
                 let _ = writeln!(out, "# anonymous (read-only, no token)");
             }
-            Credentials::Login { username, .. } => {
+            Credentials::Login { username, token, refresh } => {
                 let _ = writeln!(out, "username = \"{username}\"{}", src(&format!("accounts.{name}.username")));
-                let _ = writeln!(out, "oauth_token = \"[redacted]\"{}", src(&format!("accounts.{name}.oauth_token")));
+                if token.is_some() {
+                    let _ =
+                        writeln!(out, "oauth_token = \"[redacted]\"{}", src(&format!("accounts.{name}.oauth_token")));
+                }
+                if let Some(r) = refresh {
+                    let _ = writeln!(out, "client_id = \"{}\"", r.client_id);
+                    let _ = writeln!(out, "client_secret = \"[redacted]\"\nrefresh_token = \"[redacted]\"");
+                }
             }
         }
         let _ = writeln!(out, "join_rate = \"{}\"", a.join_rate);

@@ -77,7 +77,7 @@ fn a_full_file_loads_with_channels_normalised_and_unioned_per_account() {
     assert_eq!(backup, ["blast", "channel_one", "esl_csgo"]);
     assert!(cfg.channels_for("reader").is_empty());
     match &cfg.live.accounts["default"].credentials {
-        Credentials::Login { username, token } => {
+        Credentials::Login { username, token: Some(token), refresh: None } => {
             assert_eq!(username, "mybot");
             assert_eq!(token.expose_secret(), "abcdef123", "the oauth: prefix is stripped; twitch-irc adds one");
         }
@@ -204,7 +204,7 @@ fn a_missing_token_file_is_reported_and_a_present_one_is_read() {
     let ok = text.split("[accounts.b]").next().unwrap().to_string();
     let (cfg, _d) = load_text(&ok, &[]);
     match &cfg.unwrap().live.accounts["a"].credentials {
-        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "fromfile"),
+        Credentials::Login { token: Some(token), .. } => assert_eq!(token.expose_secret(), "fromfile"),
         _ => panic!(),
     }
 }
@@ -240,14 +240,16 @@ fn a_token_with_a_multi_byte_character_at_byte_6_loads_without_panicking() {
     let text = "[accounts.a]\nusername = \"bot\"\noauth_token = \"oauthéSECRET42\"\n";
     let (cfg, _d) = load_text(text, &[]);
     match &cfg.unwrap().live.accounts["a"].credentials {
-        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "oauthéSECRET42"),
+        Credentials::Login { token: Some(token), .. } => assert_eq!(token.expose_secret(), "oauthéSECRET42"),
         _ => panic!("expected a login"),
     }
     let all = problems(&text.replace("SECRET42", "SECRET42 x"), &[]).join("\n");
     assert!(all.contains("accounts.a.oauth_token") && !all.contains("SECRET"), "{all}");
     let (cfg, _d) = load_text(text, &[("TWITCH_OAUTH_TOKEN", "oAuTh:éSECRET42"), ("TWITCH_USERNAME", "envbot")]);
     match &cfg.unwrap().live.accounts["default"].credentials {
-        Credentials::Login { token, .. } => assert_eq!(token.expose_secret(), "éSECRET42", "prefix in any case"),
+        Credentials::Login { token: Some(token), .. } => {
+            assert_eq!(token.expose_secret(), "éSECRET42", "prefix in any case")
+        }
         _ => panic!("expected a login"),
     }
 }
@@ -380,4 +382,97 @@ fn an_unusable_token_is_a_typed_error_that_holds_none_of_its_text() {
     assert_eq!(e, TokenError::Whitespace);
     assert!(!format!("{e} {e:?}").contains("SECRET77"), "{e:?}");
     assert_eq!(normalize_token("OAuth:abc\n").unwrap().expose_secret(), "abc");
+}
+
+#[test]
+fn an_account_with_refresh_credentials_needs_no_oauth_token_and_reads_its_secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let refresh = dir.path().join("refresh");
+    std::fs::write(&secret, "CSECRET_file_1\n").unwrap();
+    std::fs::write(&refresh, "RTOKEN_file_1\n").unwrap();
+    let text = format!(
+        "[twitch]\nauth_url = \"http://127.0.0.1:9/oauth2\"\ntoken_dir = \"/var/tok\"\n[accounts.bot]\nusername = \"MyBot\"\nclient_id = \"abc123\"\nclient_secret_file = \"{}\"\nrefresh_token_file = \"{}\"\n[accounts.inline]\nusername = \"other\"\noauth_token = \"oauth:OTOKEN_1\"\nclient_id = \"abc123\"\nclient_secret = \"CSECRET_inline\"\nrefresh_token = \"RTOKEN_inline\"\n",
+        secret.display(),
+        refresh.display()
+    );
+    let (cfg, _d) = load_text(&text, &[]);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.startup.twitch.auth_url.to_string(), "http://127.0.0.1:9/oauth2");
+    assert_eq!(cfg.startup.twitch.token_dir, PathBuf::from("/var/tok"));
+    match &cfg.live.accounts["bot"].credentials {
+        Credentials::Login { username, token: None, refresh: Some(r) } => {
+            assert_eq!(username, "mybot");
+            assert_eq!(r.client_id, "abc123");
+            assert_eq!(r.client_secret.expose_secret(), "CSECRET_file_1");
+            assert_eq!(r.refresh_token.expose_secret(), "RTOKEN_file_1");
+        }
+        other => panic!("expected a login with refresh credentials only: {other:?}"),
+    }
+    match &cfg.live.accounts["inline"].credentials {
+        Credentials::Login { token: Some(t), refresh: Some(r), .. } => {
+            assert_eq!(t.expose_secret(), "OTOKEN_1");
+            assert_eq!(r.refresh_token.expose_secret(), "RTOKEN_inline");
+        }
+        other => panic!("expected a token and refresh credentials: {other:?}"),
+    }
+    let report = render::render(&cfg);
+    for secret in ["CSECRET", "RTOKEN", "OTOKEN"] {
+        assert!(!report.contains(secret), "{secret} in:\n{report}");
+        assert!(!format!("{cfg:?}").contains(secret), "{secret} in Debug output");
+    }
+    assert!(report.contains("client_id = \"abc123\"\nclient_secret = \"[redacted]\"\nrefresh_token = \"[redacted]\""));
+    assert!(report.contains("auth_url = \"http://127.0.0.1:9/oauth2\"\ntoken_dir = \"/var/tok\""), "{report}");
+}
+
+#[test]
+fn incomplete_or_doubled_refresh_credentials_are_reported_by_key_without_their_values() {
+    let text = "[accounts.a]\nusername = \"bot\"\nclient_id = \"abc\"\nclient_secret = \"CSECRET 1\"\n\
+                [accounts.b]\nusername = \"bot\"\nclient_id = \"abc\"\nclient_secret = \"CSECRET2\"\nrefresh_token = \"RTOKEN1\"\nrefresh_token_file = \"/x\"\n\
+                [accounts.c]\nclient_id = \"abc\"\nclient_secret = \"CSECRET3\"\nrefresh_token = \"RTOKEN3\"\n\
+                [accounts.d]\nusername = \"bot\"\nclient_id = \"a b\"\nclient_secret = \"CSECRET4\"\nrefresh_token = \"RTOKEN4\"\n";
+    let p = problems(text, &[]);
+    let all = p.join("\n");
+    assert!(!all.contains("SECRET") && !all.contains("RTOKEN"), "{all}");
+    let has = |k: &str, m: &str| p.iter().any(|l| l.contains(&format!("key `{k}`")) && l.contains(m));
+    assert!(has("accounts.a.client_secret", "contains spaces"), "{all}");
+    assert!(has("accounts.a.refresh_token", "is missing"), "{all}");
+    assert!(has("accounts.b.refresh_token_file", "is set together with refresh_token"), "{all}");
+    assert!(has("accounts.c.client_id", "has no username"), "{all}");
+    assert!(has("accounts.d.client_id", "is not a client id"), "{all}");
+    assert_eq!(p.len(), 5, "{all}");
+}
+
+#[test]
+fn a_bad_auth_url_is_reported_at_its_line_and_never_quotes_a_password() {
+    let p = problems("[accounts.a]\n[twitch]\nauth_url = \"https://user:PWSECRET@id.example/oauth2\"\n", &[]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("line 3: key `twitch.auth_url`:") && !p[0].contains("PWSECRET"), "{p:?}");
+    let p = problems("[twitch]\nauth_url = \"ftp://x\"\n", &[]);
+    assert!(p[0].contains("twitch.auth_url") && p[0].contains("https://id.twitch.tv/oauth2"), "{p:?}");
+}
+
+#[test]
+fn auth_url_and_token_dir_need_a_restart_and_a_changed_secret_changes_only_that_account() {
+    let base = "[twitch]\nauth_url = \"http://127.0.0.1:9\"\n[accounts.a]\nusername = \"bot\"\nclient_id = \"abc\"\nclient_secret = \"S1\"\nrefresh_token = \"R1\"\n[accounts.b]\nusername = \"bot2\"\noauth_token = \"T1\"\n";
+    let (old, _d) = load_text(base, &[]);
+    let old = old.unwrap();
+    let (new, _d) = load_text(
+        &base
+            .replace("127.0.0.1:9", "127.0.0.1:10")
+            .replace("S1", "S2")
+            .replace("[accounts.a]", "[twitch.x]\n[accounts.a]"),
+        &[],
+    );
+    assert!(new.is_err(), "an unknown key under [twitch] is refused");
+    let (new, _d) =
+        load_text(&base.replace("127.0.0.1:9\"", "127.0.0.1:10\"\ntoken_dir = \"t\"").replace("S1", "S2"), &[]);
+    let new = new.unwrap();
+    assert_eq!(old.startup.changed_keys(&new.startup), ["twitch.auth_url", "twitch.token_dir"]);
+    assert_ne!(old.live.accounts["a"], new.live.accounts["a"], "a new client secret is a credentials change");
+    assert_eq!(old.live.accounts["b"], new.live.accounts["b"]);
+    let (same, _d) = load_text(base, &[]);
+    assert_eq!(old.live.accounts["a"], same.unwrap().live.accounts["a"]);
+    let (new, _d) = load_text(&base.replace("R1", "R2"), &[]);
+    assert_ne!(old.live.accounts["a"], new.unwrap().live.accounts["a"], "a new refresh token too");
 }

@@ -184,7 +184,12 @@ pub fn normalize_token(raw: &str) -> Result<SecretString, TokenError> {
 }
 
 fn twitch(cx: &mut Ctx<'_>, t: &TwitchFile) -> TwitchConfig {
-    TwitchConfig { server: cx.parse_or("twitch.server", t.server.as_ref(), ServerAddr::twitch(), ServerAddr::parse) }
+    let default = TwitchConfig::default();
+    TwitchConfig {
+        server: cx.parse_or("twitch.server", t.server.as_ref(), default.server, ServerAddr::parse),
+        auth_url: cx.parse_or("twitch.auth_url", t.auth_url.as_ref(), default.auth_url, AuthEndpoint::parse),
+        token_dir: t.token_dir.as_ref().map_or(default.token_dir, |d| d.get_ref().clone()),
+    }
 }
 
 fn batch(cx: &mut Ctx<'_>, b: &BatchFile) -> BatchConfig {
@@ -364,7 +369,8 @@ fn account(cx: &mut Ctx<'_>, name: &str, a: &AccountFile) -> AccountConfig {
             None
         }
     });
-    let credentials = credentials(cx, &key, a, username, token);
+    let refresh = refresh(cx, &key, a);
+    let credentials = credentials(cx, &key, a, username, token, refresh);
     let join_rate = cx.parse_or(&key("join_rate"), a.join_rate.as_ref(), Rate::TWITCH_DEFAULT_JOINS, parse_rate);
     AccountConfig { credentials, join_rate }
 }
@@ -389,31 +395,140 @@ fn token(cx: &mut Ctx<'_>, key: &dyn Fn(&str) -> String, a: &AccountFile) -> Opt
     }
 }
 
-/// A login needs both a username and a token; neither is anonymous; one alone is a mistake.
+/// The refresh credentials' keys, in the order they are reported.
+const REFRESH_KEYS: [&str; 5] =
+    ["client_id", "client_secret", "client_secret_file", "refresh_token", "refresh_token_file"];
+
+fn refresh_given(a: &AccountFile) -> bool {
+    a.client_id.is_some()
+        || a.client_secret.is_some()
+        || a.client_secret_file.is_some()
+        || a.refresh_token.is_some()
+        || a.refresh_token_file.is_some()
+}
+
+/// A secret given inline or in a file: `Ok(None)` when neither is set, `Err` when reported.
+fn secret_value(
+    cx: &mut Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    names: (&str, &str),
+    inline: &Option<SecretString>,
+    file: &Option<Spanned<std::path::PathBuf>>,
+) -> Result<Option<SecretString>, ()> {
+    let (inline_key, file_key) = names;
+    let raw = match (inline, file) {
+        (Some(_), Some(f)) => {
+            cx.problem(
+                &key(file_key),
+                Some(f.span()),
+                format!("is set together with {inline_key}; keep one of the two"),
+            );
+            return Err(());
+        }
+        (Some(v), None) => v.clone(),
+        (None, Some(f)) => cx.read_secret_file(&key(file_key), f).ok_or(())?,
+        (None, None) => return Ok(None),
+    };
+    let v = raw.expose_secret().trim();
+    let problem = if v.is_empty() {
+        Some("is empty; paste the whole value")
+    } else if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains spaces or control characters (value hidden); paste the value alone")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            match (inline, file) {
+                (Some(_), _) => cx.problem(&key(inline_key), None, p),
+                (_, f) => cx.problem(&key(file_key), f.as_ref().map(|f| f.span()), p),
+            }
+            Err(())
+        }
+        None => Ok(Some(SecretString::from(v.to_string()))),
+    }
+}
+
+/// `client_id`, `client_secret[_file]` and `refresh_token[_file]`: all three or none. `None`
+/// when unset or wrong (then reported).
+fn refresh(cx: &mut Ctx<'_>, key: &dyn Fn(&str) -> String, a: &AccountFile) -> Option<RefreshCredentials> {
+    if !refresh_given(a) {
+        return None;
+    }
+    let client_id = match &a.client_id {
+        Some(id) => {
+            let v = id.get_ref().trim();
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric()) {
+                cx.problem(
+                    &key("client_id"),
+                    Some(id.span()),
+                    format!("`{v}` is not a client id; copy the Client ID of your app at https://dev.twitch.tv/console/apps (letters and digits)"),
+                );
+                None
+            } else {
+                Some(v.to_string())
+            }
+        }
+        None => None,
+    };
+    let secret =
+        secret_value(cx, key, ("client_secret", "client_secret_file"), &a.client_secret, &a.client_secret_file);
+    let token = secret_value(cx, key, ("refresh_token", "refresh_token_file"), &a.refresh_token, &a.refresh_token_file);
+    let needs = "an account renewing its own token needs client_id, client_secret (or client_secret_file) and \
+                 refresh_token (or refresh_token_file); add it, or remove the others to use a fixed oauth_token";
+    if a.client_id.is_none() {
+        cx.problem(&key("client_id"), None, format!("is missing: {needs}"));
+    }
+    if matches!(secret, Ok(None)) {
+        cx.problem(&key("client_secret"), None, format!("is missing: {needs}"));
+    }
+    if matches!(token, Ok(None)) {
+        cx.problem(&key("refresh_token"), None, format!("is missing: {needs}"));
+    }
+    Some(RefreshCredentials { client_id: client_id?, client_secret: secret.ok()??, refresh_token: token.ok()?? })
+}
+
+/// A login needs a username and a token or refresh credentials; none of them is anonymous;
+/// anything else is a mistake.
 fn credentials(
     cx: &mut Ctx<'_>,
     key: &dyn Fn(&str) -> String,
     a: &AccountFile,
     username: Option<String>,
     token: Option<SecretString>,
+    refresh: Option<RefreshCredentials>,
 ) -> Credentials {
     let token_given = a.oauth_token.is_some() || a.token_file.is_some();
-    match (&a.username, token_given) {
-        (Some(_), true) => match (username, token) {
-            (Some(username), Some(token)) => Credentials::Login { username, token },
-            _ => Credentials::Anonymous, // already reported
+    let refresh_given = refresh_given(a);
+    match (&a.username, token_given || refresh_given) {
+        (Some(_), true) => match username {
+            // A wrong token or refresh part is already reported.
+            Some(username) if token_given == token.is_some() && refresh_given == refresh.is_some() => {
+                Credentials::Login { username, token, refresh }
+            }
+            _ => Credentials::Anonymous,
         },
         (None, false) => Credentials::Anonymous,
         (Some(u), false) => {
-            cx.problem(&key("username"), Some(u.span()), "is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously");
+            cx.problem(&key("username"), Some(u.span()), "is set but the account has no oauth_token or token_file (nor client_id, client_secret and refresh_token); add one, or remove username to log in anonymously");
             Credentials::Anonymous
         }
         (None, true) => {
-            cx.problem(
-                &key("oauth_token"),
-                None,
-                "is set but the account has no username; add the bot's login as username",
-            );
+            let first = if token_given {
+                "oauth_token"
+            } else {
+                REFRESH_KEYS
+                    .into_iter()
+                    .find(|k| match *k {
+                        "client_id" => a.client_id.is_some(),
+                        "client_secret" => a.client_secret.is_some(),
+                        "client_secret_file" => a.client_secret_file.is_some(),
+                        "refresh_token" => a.refresh_token.is_some(),
+                        _ => a.refresh_token_file.is_some(),
+                    })
+                    .unwrap_or("refresh_token")
+            };
+            cx.problem(&key(first), None, "is set but the account has no username; add the bot's login as username");
             Credentials::Anonymous
         }
     }
@@ -553,7 +668,7 @@ accounts = []
 
     #[test]
     fn a_file_wrong_in_every_table_gets_the_same_problems_in_the_same_words() {
-        let expected = vec!["key `accounts.a.oauth_token`: is empty after the `oauth:` prefix; paste the whole token", "key `accounts.b c`: `b c` is not a usable name; use letters, digits, `_` and `-`", "key `accounts.nouser.oauth_token`: is set but the account has no username; add the bot's login as username", "key `groups.e.accounts`: is empty; name at least one account, e.g. accounts = [\"a\"]", "line 3: key `twitch.server`: `ftp://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "line 6: key `database.port`: must be a port number from 1 to 65535", "line 8: key `database.password_file`: is set together with password; keep one of the two", "line 11: key `batch.max_rows`: must be between 1 and 50000", "line 12: key `batch.flush_interval`: `soon` does not start with a number; write e.g. \"1.5s\"", "line 13: key `batch.queue_capacity`: must be between 1 and 10000000", "line 14: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 15: key `batch.shutdown_timeout`: `2h` is out of range; use a value from 0s to 60m", "line 16: key `batch.durable_within`: `1ms` is out of range; use a value from 100ms to 60m", "line 19: key `reload.mode`: `sometimes` is not a mode; use \"watch\", \"poll\" or \"off\"", "line 20: key `reload.poll_interval`: `1ms` is out of range; use a value from 100ms to 60m", "line 21: key `reload.debounce`: `1m` is out of range; use a value from 0s to 10s", "line 24: key `http.listen`: `localhost` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "line 27: key `log.level`: `[[[` is not a log filter (invalid filter directive); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"", "line 28: key `log.format`: `xml` is not a format; use \"text\" or \"json\"", "line 31: key `accounts.a.username`: `bad name!` contains ` `; Twitch logins use only letters, digits and `_` (a bot username is a Twitch login)", "line 33: key `accounts.a.join_rate`: `fast` is not a rate; write it as \"20/10s\"", "line 40: key `accounts.both.token_file`: is set together with oauth_token; keep one of the two", "line 46: key `accounts.notoken.username`: is set but the account has no oauth_token or token_file; add one, or remove username to log in anonymously", "line 49: key `groups.g.accounts`: names account `aa`, which does not exist; did you mean `a`?", "line 49: key `groups.g.accounts`: names account `zzz`, which does not exist; define [accounts.zzz] or use one of: a, b c, both, notoken, nouser", "line 50: key `groups.g.channels`: `not-ok` contains `-`; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)"];
+        let expected = vec!["key `accounts.a.oauth_token`: is empty after the `oauth:` prefix; paste the whole token", "key `accounts.b c`: `b c` is not a usable name; use letters, digits, `_` and `-`", "key `accounts.nouser.oauth_token`: is set but the account has no username; add the bot's login as username", "key `groups.e.accounts`: is empty; name at least one account, e.g. accounts = [\"a\"]", "line 3: key `twitch.server`: `ftp://x` has no ircs:// or irc:// scheme; write it as ircs://irc.chat.twitch.tv:6697 (TLS) or irc://127.0.0.1:6667 (plain)", "line 6: key `database.port`: must be a port number from 1 to 65535", "line 8: key `database.password_file`: is set together with password; keep one of the two", "line 11: key `batch.max_rows`: must be between 1 and 50000", "line 12: key `batch.flush_interval`: `soon` does not start with a number; write e.g. \"1.5s\"", "line 13: key `batch.queue_capacity`: must be between 1 and 10000000", "line 14: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 15: key `batch.shutdown_timeout`: `2h` is out of range; use a value from 0s to 60m", "line 16: key `batch.durable_within`: `1ms` is out of range; use a value from 100ms to 60m", "line 19: key `reload.mode`: `sometimes` is not a mode; use \"watch\", \"poll\" or \"off\"", "line 20: key `reload.poll_interval`: `1ms` is out of range; use a value from 100ms to 60m", "line 21: key `reload.debounce`: `1m` is out of range; use a value from 0s to 10s", "line 24: key `http.listen`: `localhost` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\"", "line 27: key `log.level`: `[[[` is not a log filter (invalid filter directive); use e.g. \"info\" or \"info,twitch_chat_logger=debug\"", "line 28: key `log.format`: `xml` is not a format; use \"text\" or \"json\"", "line 31: key `accounts.a.username`: `bad name!` contains ` `; Twitch logins use only letters, digits and `_` (a bot username is a Twitch login)", "line 33: key `accounts.a.join_rate`: `fast` is not a rate; write it as \"20/10s\"", "line 40: key `accounts.both.token_file`: is set together with oauth_token; keep one of the two", "line 46: key `accounts.notoken.username`: is set but the account has no oauth_token or token_file (nor client_id, client_secret and refresh_token); add one, or remove username to log in anonymously", "line 49: key `groups.g.accounts`: names account `aa`, which does not exist; did you mean `a`?", "line 49: key `groups.g.accounts`: names account `zzz`, which does not exist; define [accounts.zzz] or use one of: a, b c, both, notoken, nouser", "line 50: key `groups.g.channels`: `not-ok` contains `-`; Twitch logins use only letters, digits and `_` (a channel is its streamer's Twitch login)"];
         assert_eq!(problems(EVERY_TABLE_WRONG, &[]), expected);
     }
 
@@ -588,7 +703,7 @@ accounts = []
     fn check_renders_modes_and_formats_by_their_names() {
         let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         let out = render(&load(text, &[]).unwrap());
-        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         assert_eq!(out, expected);
         let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
         let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());

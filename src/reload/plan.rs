@@ -98,7 +98,6 @@ fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::config::ServerAddr;
     use crate::config::{AccountConfig, Credentials, GroupConfig, Origin, ReloadConfig, StartupConfig, TwitchConfig};
     use secrecy::SecretString;
     use std::time::Duration;
@@ -107,7 +106,11 @@ mod tests {
         AccountConfig {
             credentials: match token {
                 None => Credentials::Anonymous,
-                Some(t) => Credentials::Login { username: "bot".into(), token: SecretString::from(t.to_string()) },
+                Some(t) => Credentials::Login {
+                    username: "bot".into(),
+                    token: Some(SecretString::from(t.to_string())),
+                    refresh: None,
+                },
             },
             join_rate: Rate::TWITCH_DEFAULT_JOINS,
         }
@@ -115,7 +118,7 @@ mod tests {
 
     fn config(accounts: &[(&str, Option<&str>)], groups: &[(&str, &[&str], &[&str])]) -> Config {
         let startup = StartupConfig {
-            twitch: TwitchConfig { server: ServerAddr::twitch() },
+            twitch: TwitchConfig::default(),
             database: DatabaseConfig::Fields {
                 host: "h".into(),
                 port: 5432,

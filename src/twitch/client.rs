@@ -2,28 +2,70 @@
 //! incoming channel into our writer queue at once, and a supervisor that starts a new client
 //! when that one dies.
 
+use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::FutureExt;
-use secrecy::ExposeSecret;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use twitch_irc::login::StaticLoginCredentials;
+use twitch_irc::login::{CredentialsPair, LoginCredentials, StaticLoginCredentials};
 use twitch_irc::message::{AsRawIRC, ServerMessage};
 use twitch_irc::{ClientConfig, TwitchIRCClient};
 
+use super::auth::{AuthEndpoint, AuthError, AuthSettings, AuthStats, Timing, TokenManager};
 use super::convert;
 use super::transport::{self, report_bad_line, BadLine, LoginLease, LoginState, PacedTransport};
-use crate::config::{AccountConfig, Credentials, Rate};
+use crate::config::{AccountConfig, Credentials, Rate, TwitchConfig};
 use crate::record::Record;
 use crate::record::RecordTx;
 
-type Client = TwitchIRCClient<PacedTransport, StaticLoginCredentials>;
+type Client = TwitchIRCClient<PacedTransport, AccountCreds>;
+
+/// Where the accounts' token managers talk to and keep their state (`[twitch] auth_url` and
+/// `token_dir`); a start-up setting shared by every account.
+#[derive(Debug, Clone)]
+pub struct AuthContext {
+    pub endpoint: AuthEndpoint,
+    pub token_dir: PathBuf,
+    /// [`Timing::default`] outside tests.
+    pub timing: Timing,
+}
+
+impl AuthContext {
+    /// From `[twitch]`, with production timing.
+    pub fn from_config(t: &TwitchConfig) -> Self {
+        AuthContext { endpoint: t.auth_url.clone(), token_dir: t.token_dir.clone(), timing: Timing::default() }
+    }
+}
+
+/// What an account logs in with: anonymous, or a token kept valid (and, with refresh
+/// credentials, renewed) by a [`TokenManager`].
+#[derive(Debug, Clone)]
+pub enum AccountCreds {
+    Anonymous(StaticLoginCredentials),
+    Token(TokenManager),
+}
+
+#[async_trait]
+impl LoginCredentials for AccountCreds {
+    type Error = AuthError;
+
+    async fn get_credentials(&self) -> Result<CredentialsPair, AuthError> {
+        match self {
+            AccountCreds::Anonymous(s) => match s.get_credentials().await {
+                Ok(pair) => Ok(pair),
+                Err(never) => match never {},
+            },
+            AccountCreds::Token(m) => m.get_credentials().await,
+        }
+    }
+}
 
 /// What a client tells the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +87,8 @@ pub struct AccountStats {
     pub stopped: AtomicBool,
     /// Times its twitch-irc client died and was started again.
     pub restarts: AtomicU64,
+    /// Its token's counters; `None` for an anonymous account.
+    pub auth: Option<Arc<AuthStats>>,
     /// Channels reported as unjoinable, so each is reported once (until it is joined).
     reported: std::sync::Mutex<HashSet<String>>,
     /// Channels whose JOIN was logged, so a rejoin after a reconnect is not logged again.
@@ -99,25 +143,52 @@ impl AccountHandle {
     /// [`TransportContext`](transport::TransportContext). If its twitch-irc
     /// client dies (a panic in the library, its event loop ending), it is started again with
     /// backoff, logged and counted in `restarts`.
+    ///
+    /// A logged-in account's token is validated at start-up and hourly and, with refresh
+    /// credentials, renewed ahead of expiry (see [`TokenManager`]), talking to `auth`.
     pub fn start(
         name: &str,
         config: &AccountConfig,
+        auth: &AuthContext,
         channels: BTreeSet<String>,
         sender: RecordTx,
         events: mpsc::UnboundedSender<ClientEvent>,
     ) -> Self {
         install_panic_counter();
-        let creds = match &config.credentials {
-            Credentials::Anonymous => StaticLoginCredentials::anonymous(),
-            Credentials::Login { username, token } => {
-                StaticLoginCredentials::new(username.clone(), Some(token.expose_secret().to_string()))
+        let (creds, login_name, setup_error) = match &config.credentials {
+            Credentials::Anonymous => {
+                let c = StaticLoginCredentials::anonymous();
+                let login = c.credentials.login.clone();
+                (AccountCreds::Anonymous(c), login, None)
+            }
+            Credentials::Login { username, token, refresh } => {
+                let settings = AuthSettings {
+                    account: name.to_string(),
+                    username: username.clone(),
+                    token: token.clone(),
+                    refresh: refresh.clone(),
+                    endpoint: auth.endpoint.clone(),
+                    state_dir: auth.token_dir.clone(),
+                    timing: auth.timing.clone(),
+                };
+                match TokenManager::new(settings) {
+                    Ok(m) => (AccountCreds::Token(m), username.clone(), None),
+                    // The config never lets this happen (a login has a token or refresh
+                    // credentials); still stop the account rather than log in anonymously.
+                    Err(e) => (AccountCreds::Anonymous(StaticLoginCredentials::anonymous()), username.clone(), Some(e)),
+                }
             }
         };
-        let lease = transport::installed().lease(&creds.credentials.login, config.join_rate);
+        let lease = transport::installed().lease(&login_name, config.join_rate);
         let login = lease.state().clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Command::SetChannels(channels));
-        let stats = Arc::new(AccountStats::default());
+        let manager = match &creds {
+            AccountCreds::Token(m) => Some(m.clone()),
+            AccountCreds::Anonymous(_) => None,
+        };
+        let stats = Arc::new(AccountStats { auth: manager.as_ref().map(TokenManager::stats), ..Default::default() });
+        let (fatal_tx, fatal_rx) = watch::channel(false);
         let ctx = Drain {
             login_state: login.clone(),
             name: name.to_string(),
@@ -125,8 +196,18 @@ impl AccountHandle {
             sender,
             events,
             stats: stats.clone(),
+            manager,
+            auth_fatal: fatal_rx,
+            renew: AtomicBool::new(false),
+            renewed: AtomicBool::new(false),
         };
-        let task = tokio::spawn(supervise(ctx, creds, rx));
+        let task = match setup_error {
+            None => tokio::spawn(supervise(ctx, creds, rx, fatal_tx)),
+            Some(e) => tokio::spawn(async move {
+                tracing::error!(account = %ctx.name, "{e}");
+                ctx.stop_rejected();
+            }),
+        };
         AccountHandle { name: name.to_string(), stats, login, lease, commands: tx, task }
     }
 
@@ -179,14 +260,37 @@ fn install_panic_counter() {
     });
 }
 
-fn new_client(creds: &StaticLoginCredentials, name: &str) -> (mpsc::UnboundedReceiver<ServerMessage>, Client) {
+fn new_client(creds: &AccountCreds, name: &str) -> (mpsc::UnboundedReceiver<ServerMessage>, Client) {
     let mut client_config = ClientConfig::new_simple(creds.clone());
     client_config.tracing_identifier = Some(name.to_string().into());
     Client::new(client_config)
 }
 
-/// Runs the account's client, and starts a new one whenever it dies, until told to stop.
-async fn supervise(ctx: Drain, creds: StaticLoginCredentials, mut commands: mpsc::UnboundedReceiver<Command>) {
+/// Aborts a task when dropped, so the token maintenance ends with its account.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the account's client, and starts a new one whenever it dies, until told to stop. A
+/// logged-in account's token maintenance runs alongside; its fatal error is sent on `fatal`.
+async fn supervise(
+    ctx: Drain,
+    creds: AccountCreds,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    fatal: watch::Sender<bool>,
+) {
+    let _maintenance = ctx.manager.clone().map(|m| {
+        let fatal = fatal.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            // Already logged by the manager; the drain loop stops the account.
+            let _ = m.run().await;
+            fatal.send_replace(true);
+        }))
+    });
     // What the config wants, replayed to a restarted client.
     let mut channels = BTreeSet::new();
     let mut backoff = RESTART_MIN;
@@ -196,6 +300,34 @@ async fn supervise(ctx: Drain, creds: StaticLoginCredentials, mut commands: mpsc
         let run = AssertUnwindSafe(ctx.run(client, incoming, &mut commands, &mut channels)).catch_unwind().await;
         let why = match run {
             Ok(End::Finished) => return,
+            Ok(End::Renew) => {
+                let Some(m) = &ctx.manager else { return };
+                // A new client logs in only once the token is renewed (network failures are
+                // waited out inside); a stop meanwhile is obeyed.
+                let renewal = m.force_refresh();
+                tokio::pin!(renewal);
+                loop {
+                    tokio::select! {
+                        r = &mut renewal => match r {
+                            Ok(()) => break,
+                            // Logged by the manager.
+                            Err(_) => {
+                                ctx.stop_rejected();
+                                return;
+                            }
+                        },
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::SetChannels(ch)) => {
+                                ctx.stats.channels_wanted.store(ch.len() as u64, Relaxed);
+                                channels = ch;
+                            }
+                            Some(Command::Stop) | None => return,
+                        },
+                    }
+                }
+                tracing::info!(account = %ctx.name, "token of account `{}` renewed; logging in again", ctx.name);
+                continue;
+            }
             Ok(End::Died(why)) => why.to_string(),
             Err(panic) => {
                 let text = panic
@@ -238,6 +370,9 @@ async fn supervise(ctx: Drain, creds: StaticLoginCredentials, mut commands: mpsc
 enum End {
     /// Stopped on purpose: asked to, login rejected, or the writer gone.
     Finished,
+    /// The login was rejected for the first time and the token can be renewed: renew it, then
+    /// start a new client.
+    Renew,
     /// Died on its own; the supervisor starts a new one.
     Died(&'static str),
 }
@@ -249,12 +384,28 @@ struct Drain {
     sender: RecordTx,
     events: mpsc::UnboundedSender<ClientEvent>,
     stats: Arc<AccountStats>,
+    /// The token source of a logged-in account.
+    manager: Option<TokenManager>,
+    /// Becomes true when the token maintenance hit a fatal error (already logged).
+    auth_fatal: watch::Receiver<bool>,
+    /// The current client ends to renew the token (see [`End::Renew`]).
+    renew: AtomicBool,
+    /// A rejected login was already answered with a renewal, and no login succeeded since:
+    /// the next rejection stops the account.
+    renewed: AtomicBool,
 }
 
 /// How long a dead client's last messages are waited for before it is replaced.
 const DRAIN_DEAD: Duration = Duration::from_secs(5);
 
 impl Drain {
+    /// Stops the account for good, as a rejected login does: not counted against readiness,
+    /// and the supervisor is told (it exits when no account is left).
+    fn stop_rejected(&self) {
+        self.stats.stopped.store(true, Relaxed);
+        let _ = self.events.send(ClientEvent::LoginRejected { account: self.name.clone() });
+    }
+
     async fn run(
         &self,
         client: Client,
@@ -284,9 +435,18 @@ impl Drain {
         let mut died: Option<&'static str> = None;
         let mut idle_check = tokio::time::interval(Duration::from_secs(1));
         let mut taken_since_check = 0u64;
+        let mut stop_asked = false;
+        let mut fatal = self.auth_fatal.clone();
         loop {
             let msg = tokio::select! {
                 biased;
+                stop = async { fatal.wait_for(|f| *f).await.is_ok() }, if client.is_some() => {
+                    if stop {
+                        self.stop_rejected();
+                        close(&mut client);
+                    }
+                    continue;
+                }
                 _ = idle_check.tick() => {
                     if taken_since_check == 0 && incoming.is_empty() {
                         self.login_state.reset_in_flight();
@@ -321,7 +481,10 @@ impl Drain {
                         }
                         // Dropping the client closes its connections; `incoming` then yields
                         // what was already read and ends.
-                        Some(Command::Stop) | None => close(&mut client),
+                        Some(Command::Stop) | None => {
+                            stop_asked = true;
+                            close(&mut client);
+                        }
                     }
                     continue;
                 }
@@ -342,6 +505,9 @@ impl Drain {
         }
         close(&mut client);
         tracing::debug!(account = %self.name, "client stopped; its messages are handed to the writer");
+        if self.renew.swap(false, Relaxed) && !stop_asked {
+            return End::Renew;
+        }
         End::Finished
     }
 
@@ -369,18 +535,42 @@ impl Drain {
             self.login_state.drained(1);
         }
         match &msg {
+            ServerMessage::Notice(n)
+                if convert::is_login_rejection(n)
+                    && self.manager.as_ref().is_some_and(TokenManager::can_refresh)
+                    && !self.renewed.swap(true, Relaxed) =>
+            {
+                tracing::warn!(
+                    account = %self.name,
+                    "Twitch rejected the login of account `{}` (user {}): \"{}\". Renewing its token and logging in again once.",
+                    self.name,
+                    self.login,
+                    n.message_text
+                );
+                self.renew.store(true, Relaxed);
+                close(client);
+            }
+            ServerMessage::GlobalUserState(_) => {
+                // Logged in: a later rejection may be answered with a renewal again.
+                self.renewed.store(false, Relaxed);
+            }
             ServerMessage::Notice(n) if convert::is_login_rejection(n) => {
+                let check = if self.manager.as_ref().is_some_and(TokenManager::can_refresh) {
+                    "It was rejected again with a freshly renewed token: check that the refresh token was made for this \
+                     user with the chat:read scope (see the README, \"Tokens that renew themselves\") and reload"
+                } else {
+                    "Check its oauth_token (an IRC token for this user, with chat:read scope) or remove username and \
+                     token to log in anonymously"
+                };
                 tracing::error!(
                     account = %self.name,
-                    "Twitch rejected the login of account `{}` (user {}): \"{}\". Check its oauth_token (an IRC token for this \
-                     user, with chat:read scope) or remove username and token to log in anonymously. This account is \
+                    "Twitch rejected the login of account `{}` (user {}): \"{}\". {check}. This account is \
                      stopped; other accounts keep running.",
                     self.name,
                     self.login,
                     n.message_text
                 );
-                self.stats.stopped.store(true, Relaxed);
-                let _ = self.events.send(ClientEvent::LoginRejected { account: self.name.clone() });
+                self.stop_rejected();
                 close(client);
             }
             ServerMessage::Notice(n) if convert::is_join_failure(n) => {

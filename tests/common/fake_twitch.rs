@@ -32,6 +32,7 @@ enum Cmd {
 struct State {
     conns: Vec<Conn>,
     bad_tokens: HashSet<String>,
+    bad_nicks: HashSet<String>,
     suspended: HashSet<String>,
     ghosts: HashSet<String>,
 }
@@ -80,6 +81,11 @@ impl FakeTwitch {
     /// Logins with this token (as sent after `oauth:`) are refused like Twitch refuses them.
     pub fn reject_token(&self, token: &str) {
         self.state.lock().unwrap().bad_tokens.insert(token.to_string());
+    }
+
+    /// Every login of `nick` is refused, whatever its token.
+    pub fn reject_nick(&self, nick: &str) {
+        self.state.lock().unwrap().bad_nicks.insert(nick.to_string());
     }
 
     /// JOINs to this channel get Twitch's "suspended" NOTICE.
@@ -197,6 +203,7 @@ async fn serve(id: usize, sock: TcpStream, mut rx: mpsc::UnboundedReceiver<Cmd>,
 fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
     let mut s = st.lock().unwrap();
     let bad = s.bad_tokens.clone();
+    let bad_nicks = s.bad_nicks.clone();
     let suspended = s.suspended.clone();
     let ghosts = s.ghosts.clone();
     let c = &mut s.conns[id];
@@ -212,7 +219,7 @@ fn handle(id: usize, line: &str, st: &Arc<Mutex<State>>) -> Vec<String> {
         "NICK" => {
             c.nick = Some(rest.to_string());
             let token = c.pass.as_deref().and_then(|p| p.strip_prefix("oauth:")).unwrap_or("");
-            if bad.contains(token) {
+            if bad.contains(token) || bad_nicks.contains(rest) {
                 return vec![":tmi.twitch.tv NOTICE * :Login authentication failed".into(), "\u{0}CLOSE".into()];
             }
             let n = rest;
