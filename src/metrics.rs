@@ -125,40 +125,33 @@ impl prometheus_client::collector::Collector for Observed {
             "kind",
             &[("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))],
         )?;
-        counter(
-            e,
-            "duplicates_skipped",
-            "Messages already stored (same message_id), skipped",
-            s.duplicates.load(Relaxed),
-        )?;
-        counter(e, "batches_flushed", "Batches committed", s.batches.load(Relaxed))?;
-        counter(e, "write_failures", "Failed write attempts (each retried)", s.failed_attempts.load(Relaxed))?;
-        counter(e, "spooled_rows", "Rows written to the on-disk spool", s.spooled.load(Relaxed))?;
-        counter(e, "replayed_rows", "Rows written to the database from the spool", s.replayed.load(Relaxed))?;
-        counter(
-            e,
-            "dead_lettered_rows",
-            "Rows the database refused, kept in dead_letters",
-            s.dead_lettered.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "dropped_rows",
-            "Rows lost: the spool was full (spool_max_bytes) or its disk refused them with the memory queue full",
-            s.dropped.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "spool_corrupt_segments",
-            "Spool segments that could not be replayed (empty, unreadable, missing), moved to spool_dir/corrupt/",
-            s.spool_corrupt_segments.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "slow_write_spills",
-            "Writes not committed within batch.durable_within, whose rows were copied to the spool",
-            s.slow_write_spills.load(Relaxed),
-        )?;
+        // The writer's plain counters: (name, help, value).
+        let writer_counters = [
+            ("duplicates_skipped", "Messages already stored (same message_id), skipped", &s.duplicates),
+            ("batches_flushed", "Batches committed", &s.batches),
+            ("write_failures", "Failed write attempts (each retried)", &s.failed_attempts),
+            ("spooled_rows", "Rows written to the on-disk spool", &s.spooled),
+            ("replayed_rows", "Rows written to the database from the spool", &s.replayed),
+            ("dead_lettered_rows", "Rows the database refused, kept in dead_letters", &s.dead_lettered),
+            (
+                "dropped_rows",
+                "Rows lost: the spool was full (spool_max_bytes) or its disk refused them with the memory queue full",
+                &s.dropped,
+            ),
+            (
+                "spool_corrupt_segments",
+                "Spool segments that could not be replayed (empty, unreadable, missing), moved to spool_dir/corrupt/",
+                &s.spool_corrupt_segments,
+            ),
+            (
+                "slow_write_spills",
+                "Writes not committed within batch.durable_within, whose rows were copied to the spool",
+                &s.slow_write_spills,
+            ),
+        ];
+        for (name, help, value) in writer_counters {
+            counter(e, name, help, value.load(Relaxed))?;
+        }
 
         counter_family(
             e,
