@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{BatchConfig, Config, LiveConfig, Rate};
 
+/// Most names listed per kind in a reload's summary line.
+const LIST_MAX: usize = 20;
+
 /// What a reload does.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -32,7 +35,16 @@ impl Plan {
 
     /// The one summary line a reload logs.
     pub fn summary(&self) -> String {
-        let list = |v: &mut dyn Iterator<Item = &String>| v.cloned().collect::<Vec<_>>().join(", ");
+        // At most LIST_MAX names each, so an edit of thousands of channels stays one readable
+        // line (Docker splits log lines at 16 KiB).
+        let list = |v: &mut dyn Iterator<Item = &String>| {
+            let all: Vec<&String> = v.collect();
+            let shown: Vec<&str> = all.iter().take(LIST_MAX).map(|s| s.as_str()).collect();
+            match all.len().saturating_sub(LIST_MAX) {
+                0 => shown.join(", "),
+                more => format!("{}, … and {more} more", shown.join(", ")),
+            }
+        };
         let joins: BTreeSet<&String> = self.channels.values().flat_map(|(j, _)| j).collect();
         let parts: BTreeSet<&String> = self.channels.values().flat_map(|(_, p)| p).collect();
         let mut parts_out = vec![];
@@ -211,6 +223,17 @@ mod tests {
         assert_eq!((b.max_rows, b.flush_interval, b.queue_capacity), (7, Duration::from_millis(300), 9));
         // The running spool stays where it is: spool_dir is a start-up setting, not in `b`'s type.
         assert_eq!(p.needs_restart, ["batch.spool_dir", "database"]);
+    }
+
+    #[test]
+    fn a_summary_of_thousands_of_channels_stays_one_short_line() {
+        let many: Vec<String> = (0..5000).map(|i| format!("ch_{i:04}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let old = config(&[("a", None)], &[("g", &["a"], &["x"])]);
+        let new = config(&[("a", None)], &[("g", &["a"], &many)]);
+        let line = plan(&old, &new).summary();
+        assert!(line.len() < 1000, "{} bytes", line.len());
+        assert!(line.starts_with("joined [ch_0000, ch_0001") && line.contains("… and 4980 more]"), "{line}");
     }
 
     #[test]
