@@ -145,6 +145,7 @@ mod tests {
         };
         let live = LiveConfig {
             batch: BatchConfig::default(),
+            filters: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()
@@ -154,6 +155,7 @@ mod tests {
                         GroupConfig {
                             accounts: a.iter().map(|s| s.to_string()).collect(),
                             channels: c.iter().map(|s| s.to_string()).collect(),
+                            ignore_users: Default::default(),
                         },
                     )
                 })
