@@ -145,7 +145,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     };
 
     let spool_dir = &cfg.startup.spool_dir;
-    let writer = writer::spawn(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone())
+    // In force before the first row, a previous run's spool included.
+    let filter = user_filter(&cfg.live);
+    let writer = writer::spawn_filtered(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone(), filter.clone())
         .with_context(|| format!("cannot open the spool directory {} (batch.spool_dir)", spool_dir.display()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let views = Arc::new(RwLock::new(BTreeMap::new()));
@@ -161,9 +163,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     transport::install(connections.clone());
-    // Before the first account starts, so no row of a filtered user is ever written.
-    let filter = user_filter(&cfg.live);
-    writer.set_filter(filter.clone());
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);

@@ -161,9 +161,17 @@ impl UserSet {
         self.logins.is_empty() && self.ids.is_empty()
     }
 
-    /// Whether `user` is listed, by login or by id.
+    /// Whether `user` is listed, by login (in any case: the list is lowercase, and a line
+    /// need not be) or by id.
     pub fn has(&self, user: &UserRef<'_>) -> bool {
-        user.login.is_some_and(|l| self.logins.contains(l)) || user.id.is_some_and(|i| self.ids.contains(i))
+        let login_listed = |l: &str| {
+            if l.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.logins.contains(&l.to_ascii_lowercase())
+            } else {
+                self.logins.contains(l)
+            }
+        };
+        user.login.is_some_and(login_listed) || user.id.is_some_and(|i| self.ids.contains(i))
     }
 }
 
@@ -298,6 +306,7 @@ mod filter_tests {
         assert!(f.keeps(&msg("a", "viewer", Some("5"))));
         assert!(f.keeps(&msg("a", "viewer", None)));
         assert!(f.keeps(&msg("a", "100", Some("5"))), "an id entry is not a login");
+        assert_eq!(f.verdict(&msg("a", "NightBot", None)), Some(Filtered::Ignored), "a login in capitals");
     }
 
     #[test]

@@ -88,3 +88,25 @@ async fn ignored_and_opted_out_users_are_not_stored_before_and_after_a_live_relo
     assert_eq!(metric(&m, "twitch_logger_filtered_rows_total{reason=\"opted_out\"}"), 3);
     assert!(!logger.log_text().contains("later_renamed") && !logger.log_text().contains("4242"), "no user in the log");
 }
+
+#[tokio::test]
+async fn a_channel_moved_into_a_group_with_an_ignore_list_gets_that_list_on_reload_and_loses_it_when_moved_back() {
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let (_dir, path) = config_dir(&cfg(&fake, ""));
+    let logger = Logger::spawn(file_mode(&path, &db.url));
+    fake.wait_for("both joined", 10 * SEC, |f| f.joined_by(ANON).len() == 2).await;
+    let moved = cfg(&fake, "").replace("channels = [\"one\"]", "channels = [\"one\", \"two\"]");
+    std::fs::write(&path, &moved).unwrap();
+    // Only a channel list changed, no filter list: the filter still follows the group.
+    logger.wait_log("user filters applied [groups.g.ignore_users +0/-0 (now in 2 channels)]", 5 * SEC).await;
+    fake.to_channel("two", &from("two", "c-1", "g_bot", "4"));
+    fake.to_channel("two", &from("two", "c-2", "zed", "8"));
+    db.wait_count("SELECT count(*) FROM chat_messages WHERE username = 'zed'", 1, 10 * SEC).await;
+    assert_eq!(stored(&db).await, ["two/zed"]);
+    std::fs::write(&path, cfg(&fake, "")).unwrap();
+    logger.wait_log("user filters applied [groups.g.ignore_users +0/-0 (now in 1 channels)]", 5 * SEC).await;
+    fake.to_channel("two", &from("two", "c-3", "g_bot", "4"));
+    fake.to_channel("two", &from("two", "c-4", "zed", "8"));
+    db.wait_count("SELECT count(*) FROM chat_messages WHERE username = 'zed'", 2, 10 * SEC).await;
+    assert_eq!(stored(&db).await, ["two/g_bot", "two/zed", "two/zed"]);
+}

@@ -122,6 +122,21 @@ async fn a_bad_login_or_channel_is_refused_before_anything_is_deleted() {
 }
 
 #[tokio::test]
+async fn a_purge_against_a_database_that_is_down_fails_saying_what_was_deleted_and_what_to_do() {
+    let (_dir, path) = config_dir(&base_cfg("irc://127.0.0.1:1"));
+    let mut cmd = file_mode(&path, "postgres://u:SECRETPW@127.0.0.1:1/x");
+    cmd.args(["purge-user", "42"]);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("purging chat_messages failed after deleting 0 rows; run the command again to finish"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRETPW"), "{err}");
+}
+
+#[tokio::test]
 async fn an_opted_out_user_is_purged_in_chunks_while_the_logger_stores_everyone_else() {
     let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
     let text = format!("{}[filters]\nopt_out_users = [\"42\"]\n", base_cfg(&fake.url()));
