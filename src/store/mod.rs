@@ -5,6 +5,7 @@
 //! or time-partitioned tables can come in behind the same trait.
 
 pub mod postgres;
+pub mod purge;
 pub mod spool;
 pub mod writer;
 
