@@ -218,12 +218,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 pub fn user_filter(live: &LiveConfig) -> UserFilter {
     let set =
         |l: &UserList| UserSet { logins: l.logins.iter().cloned().collect(), ids: l.ids.iter().cloned().collect() };
-    let mut ignore_in: std::collections::HashMap<String, UserSet> = Default::default();
+    let mut ignore_in: std::collections::HashMap<String, Arc<UserSet>> = Default::default();
     for g in live.groups.values().filter(|g| !g.ignore_users.is_empty()) {
+        let list = Arc::new(set(&g.ignore_users));
         for c in &g.channels {
-            let s = ignore_in.entry(c.clone()).or_default();
-            s.logins.extend(g.ignore_users.logins.iter().cloned());
-            s.ids.extend(g.ignore_users.ids.iter().cloned());
+            match ignore_in.get_mut(c) {
+                None => {
+                    ignore_in.insert(c.clone(), list.clone());
+                }
+                // In two groups: this channel gets its own union.
+                Some(s) => {
+                    let s = Arc::make_mut(s);
+                    s.logins.extend(list.logins.iter().cloned());
+                    s.ids.extend(list.ids.iter().cloned());
+                }
+            }
         }
     }
     UserFilter { ignore: set(&live.filters.ignore_users), ignore_in, opt_out: set(&live.filters.opt_out_users) }
@@ -347,5 +356,7 @@ mod tests {
         assert_eq!(f.verdict(&from("two", "nightbot", "1")), Some(Filtered::Ignored));
         assert_eq!(f.verdict(&from("one", "anyone", "42")), Some(Filtered::OptedOut));
         assert_eq!(f.verdict(&from("one", "anyone", "43")), None);
+        // `shared` got its own union; `one` still holds g's list alone.
+        assert!(f.ignore_in["one"].ids.is_empty() && f.ignore_in["shared"].ids.contains("555"));
     }
 }
