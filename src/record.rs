@@ -329,11 +329,21 @@ impl Record {
             },
             // A notice is Twitch's, about the channel: it names no chatter.
             Record::Notice(n) => Involved { channel: &n.channel, sender: None, target: None },
-            // INTEGRATOR (events, issue #14): a `Record::Event(e)` arm goes here, e.g.
-            // `Involved { channel: &e.channel, sender: Some(UserRef { login: e.login.as_deref(),
-            // id: e.user_id.as_deref() }), target: Some(UserRef { login: e.target_login.as_deref(),
-            // id: e.target_user_id.as_deref() }) }` (a CLEARMSG's target is the deleted message's
-            // author; a gift's, its recipient). The filter needs nothing else.
+            // The target is who the event is about: the timed-out or banned user, the deleted
+            // message's author, else a gift's recipient.
+            Record::Event(e) => {
+                let (t_login, t_id) = if e.target_login.is_some() || e.target_user_id.is_some() {
+                    (e.target_login.as_deref(), e.target_user_id.as_deref())
+                } else {
+                    (e.recipient_login.as_deref(), e.recipient_id.as_deref())
+                };
+                Involved {
+                    channel: &e.channel,
+                    sender: (e.login.is_some() || e.user_id.is_some())
+                        .then_some(UserRef { login: e.login.as_deref(), id: e.user_id.as_deref() }),
+                    target: (t_login.is_some() || t_id.is_some()).then_some(UserRef { login: t_login, id: t_id }),
+                }
+            }
         }
     }
 }
@@ -457,6 +467,7 @@ mod filter_tests {
             tags: String::new(),
             notice_at: None,
             key: String::new(),
+            raw: None,
         });
         assert!(f.keeps(&n));
     }
@@ -470,5 +481,24 @@ mod filter_tests {
         assert_eq!(f.verdict_on(about(UserRef { login: Some("bot"), id: None })), None);
         let by_bot = Involved { channel: "c", sender: Some(UserRef { login: Some("bot"), id: None }), target: None };
         assert_eq!(f.verdict_on(by_bot), Some(Filtered::Ignored));
+    }
+
+    #[test]
+    fn events_name_their_sender_and_their_target_or_gift_recipient() {
+        let f = UserFilter { opt_out: set(&["private"], &["42"]), ..Default::default() };
+        let ev = |login: Option<&str>, target: Option<&str>, recipient_id: Option<&str>| {
+            Record::Event(ChatEvent {
+                channel: "c".into(),
+                login: login.map(Into::into),
+                target_login: target.map(Into::into),
+                recipient_id: recipient_id.map(Into::into),
+                ..Default::default()
+            })
+        };
+        assert_eq!(f.verdict(&ev(Some("private"), None, None)), Some(Filtered::OptedOut), "their own sub");
+        assert_eq!(f.verdict(&ev(None, Some("private"), None)), Some(Filtered::OptedOut), "their timeout");
+        assert_eq!(f.verdict(&ev(Some("gifter"), None, Some("42"))), Some(Filtered::OptedOut), "a gift to them");
+        assert!(f.keeps(&ev(Some("gifter"), None, Some("7"))));
+        assert!(f.keeps(&ev(None, None, None)), "a clear chat names nobody");
     }
 }

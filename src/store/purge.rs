@@ -23,9 +23,12 @@ pub struct UserTable {
 /// schema) is skipped.
 pub const USER_TABLES: &[UserTable] = &[
     UserTable { table: "chat_messages", channel: "channel", users: &[("username", "user_id")] },
-    // INTEGRATOR (events, issue #14): the events table is one line, its sender, target and
-    // gift recipient all naming the user:
-    // UserTable { table: "chat_events", channel: "channel", users: &[("login", "user_id"), ("target_login", "target_user_id"), ("recipient_login", "recipient_id")] },
+    // Its sender, target and gift recipient all name the user.
+    UserTable {
+        table: "chat_events",
+        channel: "channel",
+        users: &[("login", "user_id"), ("target_login", "target_user_id"), ("recipient_login", "recipient_id")],
+    },
 ];
 
 /// What a purge did (or, in a dry run, would do) to one table.
