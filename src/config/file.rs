@@ -31,6 +31,21 @@ pub struct FileConfig {
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
+    #[serde(default)]
+    pub cluster: ClusterFile,
+}
+
+/// `[cluster]`: sharding over one config (see `super::cluster`).
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// `"INDEX/COUNT"`, 1-based.
+    pub shard: Option<Spanned<String>>,
+    /// The count alone; the index then comes from the pod name in `HOSTNAME`.
+    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000"))]
+    pub shards: Option<Int>,
+    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000 (and at most the shard count)"))]
+    pub replicas: Option<Int>,
 }
 
 /// `[twitch]`
@@ -207,6 +222,7 @@ const ACCOUNT: &[(&str, Ty)] = &[
     ("refresh_token_file", Ty::Str),
 ];
 const GROUP: &[(&str, Ty)] = &[("accounts", Ty::StrList), ("channels", Ty::StrList)];
+const CLUSTER: &[(&str, Ty)] = &[("shard", Ty::Str), ("shards", Ty::Int), ("replicas", Ty::Int)];
 /// The whole file: the one schema that the checks below and the "did you mean" hints use.
 const ROOT: &[(&str, Ty)] = &[
     ("twitch", Ty::Table(TWITCH)),
@@ -217,6 +233,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("log", Ty::Table(LOG)),
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
+    ("cluster", Ty::Table(CLUSTER)),
 ];
 
 /// Keys whose values may be quoted in a message: every known key that is not a secret.

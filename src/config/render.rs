@@ -91,5 +91,10 @@ pub fn render(cfg: &Config) -> String {
         let _ =
             writeln!(out, "channels = [{}]{}", quoted(&mut g.channels.iter()), src(&format!("groups.{name}.channels")));
     }
+    let c = &cfg.live.cluster;
+    if *c != Default::default() {
+        let _ = writeln!(out, "\n[cluster]\nshard = \"{}\"{}\nreplicas = {}", c.shard, src("cluster.shard"), c.replicas);
+        let _ = writeln!(out, "# {}", cfg.live.shard_summary());
+    }
     out
 }
