@@ -127,7 +127,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// The weight shard `index` gives the channel whose FNV-1a is `key`.
 fn weight(key: u64, index: u32) -> u64 {
-    mix(key ^ mix(u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    mix(mix(key) ^ mix(u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
 #[cfg(test)]
@@ -175,7 +175,7 @@ mod tests {
     }
 
     const PINNED: [(&str, [u32; 2]); 5] =
-        [("twitchdev", [1, 4]), ("twitch", [3, 1]), ("xqc", [3, 4]), ("shroud", [3, 2]), ("channel_0", [5, 3])];
+        [("twitchdev", [4, 1]), ("twitch", [5, 2]), ("xqc", [2, 4]), ("shroud", [3, 1]), ("channel_0", [5, 2])];
 
     #[test]
     fn not_sharded_owns_everything_and_replicas_equal_to_count_too() {
