@@ -368,9 +368,14 @@ fn any_shard_setting_from_file_or_environment_loads_to_a_valid_shard_or_names_th
     );
     runner
         .run(&strategy, |(shard_env, host, shard_file, shards, replicas)| {
-            let mut text = "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\", \"y\", \"z\"]\n[cluster]\n".to_string();
+            let mut text =
+                "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\", \"y\", \"z\"]\n[cluster]\n"
+                    .to_string();
             if let Some(v) = &shard_file {
-                text.push_str(&format!("shard = \"{}\"\n", v.replace(['\\', '"'], "").replace(|c: char| c.is_control(), "")));
+                text.push_str(&format!(
+                    "shard = \"{}\"\n",
+                    v.replace(['\\', '"'], "").replace(|c: char| c.is_control(), "")
+                ));
             }
             if let Some(n) = shards {
                 text.push_str(&format!("shards = {n}\n"));
@@ -396,7 +401,9 @@ fn any_shard_setting_from_file_or_environment_loads_to_a_valid_shard_or_names_th
                     let shown = e.to_string();
                     prop_assert!(!shown.contains("internal error"), "{text}\n{shown}");
                     prop_assert!(
-                        e.problems.iter().all(|p| p.key.starts_with("cluster") || matches!(p.location, config::Location::Env(_))),
+                        e.problems
+                            .iter()
+                            .all(|p| p.key.starts_with("cluster") || matches!(p.location, config::Location::Env(_))),
                         "{text}\n{shown}"
                     );
                 }

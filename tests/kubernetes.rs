@@ -63,7 +63,8 @@ fn the_statefulset_configmap_and_service_agree_and_every_pod_gets_its_shard() {
     // The config is the ConfigMap's, mounted as a directory (edits reach the pods), read-only.
     let pod = &spec["template"]["spec"];
     let c = &list(&pod["containers"])[0];
-    let config_volume = list(&pod["volumes"]).iter().find(|v| !v["configMap"].is_badvalue()).expect("a configMap volume");
+    let config_volume =
+        list(&pod["volumes"]).iter().find(|v| !v["configMap"].is_badvalue()).expect("a configMap volume");
     assert_eq!(s(&config_volume["configMap"]["name"]), s(&cm["metadata"]["name"]));
     let mount =
         list(&c["volumeMounts"]).iter().find(|m| m["name"] == config_volume["name"]).expect("the config is mounted");
@@ -83,9 +84,9 @@ fn the_statefulset_configmap_and_service_agree_and_every_pod_gets_its_shard() {
     std::fs::write(&path, text).unwrap();
     let port_of = |p: &Yaml| match p.as_i64() {
         Some(n) => n,
-        None => list(&c["ports"]).iter().find(|q| q["name"] == *p).expect("a named port")["containerPort"]
-            .as_i64()
-            .unwrap(),
+        None => {
+            list(&c["ports"]).iter().find(|q| q["name"] == *p).expect("a named port")["containerPort"].as_i64().unwrap()
+        }
     };
     for ordinal in 0..pods {
         let name = format!("{sts_name}-{ordinal}");

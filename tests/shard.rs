@@ -78,7 +78,8 @@ async fn three_shards_split_the_channels_two_replicas_double_them_and_a_killed_o
     eprintln!("replicas 1: channels per shard {shares:?}");
     assert_eq!(shares.iter().sum::<usize>(), 30);
     for (i, l) in loggers.iter().enumerate() {
-        let line = format!("shard {}/3, replicas 1: this instance logs {} of the 30 configured channels", i + 1, shares[i]);
+        let line =
+            format!("shard {}/3, replicas 1: this instance logs {} of the 30 configured channels", i + 1, shares[i]);
         l.wait_log(&line, 5 * SEC).await;
     }
     for c in channels() {

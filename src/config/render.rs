@@ -93,7 +93,8 @@ pub fn render(cfg: &Config) -> String {
     }
     let c = &cfg.live.cluster;
     if *c != Default::default() {
-        let _ = writeln!(out, "\n[cluster]\nshard = \"{}\"{}\nreplicas = {}", c.shard, src("cluster.shard"), c.replicas);
+        let _ =
+            writeln!(out, "\n[cluster]\nshard = \"{}\"{}\nreplicas = {}", c.shard, src("cluster.shard"), c.replicas);
         let _ = writeln!(out, "# {}", cfg.live.shard_summary());
     }
     out

@@ -508,7 +508,10 @@ fn shard_from_the_environment_wins_over_the_file_and_is_reported_as_such() {
     let o = cfg.env_overrides.iter().find(|o| o.var == "SHARD").unwrap();
     assert_eq!((o.key.as_str(), o.file_also_set), ("cluster.shard", true));
     let shown = render::render(&cfg);
-    assert!(shown.contains("\n[cluster]\nshard = \"3/3\"  # from SHARD (overrides the file)\nreplicas = 2\n"), "{shown}");
+    assert!(
+        shown.contains("\n[cluster]\nshard = \"3/3\"  # from SHARD (overrides the file)\nreplicas = 2\n"),
+        "{shown}"
+    );
     assert!(shown.contains("# shard 3/3, replicas 2: this instance logs "), "{shown}");
     // SHARD replaces `shards` (the pod-name rule) too.
     let (cfg, _d) = load_text(&format!("{SHARDED}[cluster]\nshards = 4\n"), &[("SHARD", "2/3"), ("HOSTNAME", "x-0")]);
@@ -544,10 +547,13 @@ fn wrong_cluster_settings_are_reported_at_their_key_and_line() {
     let p = problems(&format!("{SHARDED}[cluster]\nshard = \"1/2\"\nreplicas = 3\n"), &[]);
     assert_eq!(p, ["line 7: key `cluster.replicas`: (3) is more than the shard count (2); each channel can be logged by at most every shard"]);
     let p = problems(&format!("{SHARDED}[cluster]\nreplicas = 0\nshards = 0\n"), &[("HOSTNAME", "l-0")]);
-    assert_eq!(p, [
-        "line 6: key `cluster.replicas`: must be between 1 and 1000 (and at most the shard count)",
-        "line 7: key `cluster.shards`: must be between 1 and 1000"
-    ]);
+    assert_eq!(
+        p,
+        [
+            "line 6: key `cluster.replicas`: must be between 1 and 1000 (and at most the shard count)",
+            "line 7: key `cluster.shards`: must be between 1 and 1000"
+        ]
+    );
     let p = problems(&format!("{SHARDED}[cluster]\nshard = \"1/2\"\nshards = 2\n"), &[]);
     assert!(p[0].starts_with("line 7: key `cluster.shards`: is set together with shard; keep one"), "{p:?}");
     let p = problems(&format!("{SHARDED}shard = \"1/2\"\n"), &[]);

@@ -14,8 +14,8 @@ use validator::{Validate, ValidationErrors};
 
 use super::duration::{format_duration, parse_duration, parse_rate, Rate};
 use super::file::{
-    self, line_col, AccountFile, BatchFile, ClusterFile, DatabaseFile, FileConfig, GroupFile, HttpFile, Int, LogFile, ReloadFile,
-    TwitchFile,
+    self, line_col, AccountFile, BatchFile, ClusterFile, DatabaseFile, FileConfig, GroupFile, HttpFile, Int, LogFile,
+    ReloadFile, TwitchFile,
 };
 use super::login::normalize_login;
 use super::*;
