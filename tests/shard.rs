@@ -165,3 +165,28 @@ async fn a_reload_that_changes_the_shard_joins_and_parts_accordingly() {
     }
     stored_once(&db, four.len() as i64).await;
 }
+
+#[tokio::test]
+async fn a_shard_that_owns_no_channel_is_ready_and_says_so() {
+    // Fewer channels than shards: some instance has nothing to log, and must not fail its
+    // readiness probe for that (a StatefulSet would never finish rolling out).
+    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+    let idle = (1..=3).find(|&i| !owners("twitchdev", 3, 1).contains(&i)).unwrap();
+    let (_dir, path) = config_dir(&format!(
+        "[twitch]\nserver = \"{}\"\n[accounts.default]\n[groups.g]\naccounts = [\"default\"]\nchannels = [\"twitchdev\"]\n[cluster]\nshard = \"{idle}/3\"\n",
+        fake.url()
+    ));
+    let logger = Logger::spawn(file_mode(&path, &db.url));
+    logger
+        .wait_log(&format!("shard {idle}/3, replicas 1: this instance logs 0 of the 1 configured channels"), 10 * SEC)
+        .await;
+    let addr = http_addr(&logger).await;
+    let end = Instant::now() + 10 * SEC;
+    let mut last = get(&addr, "/readyz").await;
+    while last.0 != 200 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = get(&addr, "/readyz").await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    assert!(fake.readers("twitchdev").is_empty());
+}

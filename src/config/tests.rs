@@ -570,3 +570,19 @@ fn an_unsharded_config_logs_everything_and_check_shows_no_cluster_table() {
     assert_eq!(cfg.live.all_channels().len(), 10);
     assert!(!render::render(&cfg).contains("[cluster]"));
 }
+
+#[test]
+fn env_only_mode_shards_by_shard_alone() {
+    let env = env_of(&[
+        ("TWITCH_USERNAME", "bot"),
+        ("TWITCH_OAUTH_TOKEN", "tok"),
+        ("TWITCH_CHANNELS", "c0,c1,c2,c3,c4,c5,c6,c7,c8,c9"),
+        ("DATABASE_URL", "postgres://h/db"),
+        ("SHARD", "2/2"),
+    ]);
+    let cfg = load(None, &env).unwrap();
+    assert_eq!(cfg.live.cluster.shard, Shard { index: 2, count: 2 });
+    let mine = cfg.channels_for("default");
+    let other = cfg.live.configured_channels().len() - mine.len();
+    assert!(!mine.is_empty() && other > 0, "both shards get some of ten channels: {mine:?}");
+}
