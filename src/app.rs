@@ -91,6 +91,9 @@ impl Runtime {
             self.writer.set_filter(filter.clone());
             self.filter = filter;
         }
+        if p.cluster.is_some() {
+            tracing::info!("{}", self.cfg.live.shard_summary());
+        }
         for key in &p.needs_restart {
             tracing::warn!(
                 "`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)"
@@ -173,6 +176,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         server = %rt.cfg.startup.twitch.server,
         "logging chat"
     );
+    if rt.cfg.live.cluster.is_sharded() {
+        tracing::info!("{}", rt.cfg.live.shard_summary());
+    }
 
     // A database problem that waiting will not fix ends the run (after writing out what was read).
     let mut fatal = None;

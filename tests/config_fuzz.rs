@@ -127,6 +127,9 @@ const STRS: &[&str] = &[
     "\n[filters]\n",
     "ignore_users = [\"",
     "opt_out_users = [\"",
+    "\n[cluster]\nshard = \"2/3\"\n",
+    "\n[cluster]\nshards = 3\nreplicas = 2\n",
+    "/",
 ];
 
 fn pos() -> impl Strategy<Value = Pos> {
@@ -401,6 +404,66 @@ fn filter_entries_of_any_shape_load_normalised_or_are_reported_at_their_key_neve
                         let on_line = matches!(p.location, config::Location::File { line: Some(_), .. });
                         prop_assert!(on_line, "{}", p);
                     }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+/// `SHARD`, `HOSTNAME` and `[cluster]` in any combination: the load never panics, and either
+/// yields a shard inside its count with replicas inside it too, or refuses with the place named.
+#[test]
+fn any_shard_setting_from_file_or_environment_loads_to_a_valid_shard_or_names_the_problem() {
+    let mut runner =
+        TestRunner::new(RunnerConfig { cases: cases() / 3, failure_persistence: None, ..RunnerConfig::default() });
+    let value = prop_oneof!["[0-9]{1,4}/[0-9]{1,4}", "\\PC{0,10}", Just(String::new())];
+    let strategy = (
+        prop::option::of(value.clone()),
+        prop::option::of(prop_oneof!["[a-z]{1,8}-[0-9]{1,3}", "\\PC{0,12}"]),
+        prop::option::of(value),
+        prop::option::of(-2i64..1200),
+        prop::option::of(-2i64..1200),
+    );
+    runner
+        .run(&strategy, |(shard_env, host, shard_file, shards, replicas)| {
+            let mut text =
+                "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\", \"y\", \"z\"]\n[cluster]\n"
+                    .to_string();
+            if let Some(v) = &shard_file {
+                text.push_str(&format!(
+                    "shard = \"{}\"\n",
+                    v.replace(['\\', '"'], "").replace(|c: char| c.is_control(), "")
+                ));
+            }
+            if let Some(n) = shards {
+                text.push_str(&format!("shards = {n}\n"));
+            }
+            if let Some(r) = replicas {
+                text.push_str(&format!("replicas = {r}\n"));
+            }
+            let env = |k: &str| match k {
+                "SHARD" => shard_env.clone(),
+                "HOSTNAME" => host.clone(),
+                "DATABASE_URL" => Some("postgres://h/db".into()),
+                _ => None,
+            };
+            match config::load_text(Some((Path::new("c.toml"), &text)), &env) {
+                Ok(cfg) => {
+                    let c = cfg.live.cluster;
+                    prop_assert!(c.shard.index >= 1 && c.shard.index <= c.shard.count);
+                    prop_assert!(c.replicas >= 1 && c.replicas <= c.shard.count);
+                    let owned = cfg.live.all_channels().len();
+                    prop_assert!(owned <= 3);
+                }
+                Err(e) => {
+                    let shown = e.to_string();
+                    prop_assert!(!shown.contains("internal error"), "{text}\n{shown}");
+                    prop_assert!(
+                        e.problems
+                            .iter()
+                            .all(|p| p.key.starts_with("cluster") || matches!(p.location, config::Location::Env(_))),
+                        "{text}\n{shown}"
+                    );
                 }
             }
             Ok(())

@@ -8,6 +8,8 @@
 //! | `DATABASE_URL` | `database.url` |
 //! | `TWITCH_IRC_SERVER` | `twitch.server` |
 //! | `TWITCH_AUTH_URL` | `twitch.auth_url` |
+//! | `SHARD` | `cluster.shard` (and replaces `cluster.shards`) |
+//! | `HOSTNAME` | `cluster.shard`, only with `cluster.shards` and no `shard`: the pod's ordinal + 1 |
 //!
 //! An empty variable counts as unset, because `docker compose` turns `${VAR}` of an unset
 //! variable into an empty string.
@@ -112,6 +114,8 @@ pub fn apply(
         db.password_file = None;
     }
 
+    cluster(&mut file, env, problems, &mut note);
+
     let user = get(env, "TWITCH_USERNAME");
     let token = env("TWITCH_OAUTH_TOKEN").filter(|v| !v.trim().is_empty());
     let channels = get(env, "TWITCH_CHANNELS");
@@ -148,4 +152,47 @@ pub fn apply(
         }
     }
     (file, overrides)
+}
+
+/// `SHARD=i/n` names this instance's shard, over the file's `shard` and `shards`. Else, with
+/// `shards = n` alone, the shard comes from the StatefulSet pod name in `HOSTNAME`.
+fn cluster(
+    file: &mut FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+    note: &mut dyn FnMut(&'static str, String, bool),
+) {
+    let c = &mut file.cluster;
+    if let Some(v) = get(env, "SHARD") {
+        note("SHARD", "cluster.shard".into(), c.shard.is_some() || c.shards.is_some());
+        c.shard = Some(spanned(v.trim().to_string()));
+        c.shards = None;
+        return;
+    }
+    let count = match (&c.shard, &c.shards) {
+        (None, Some(n)) => *n.get_ref(),
+        _ => return,
+    };
+    let Ok(count) = u32::try_from(count) else { return };
+    if super::cluster::check_count(count).is_err() {
+        return; // out of range: reported at the key
+    }
+    let shard = match get(env, "HOSTNAME") {
+        None => Err(format!(
+            "is not set; cluster.shards = {count} takes this instance's shard from its StatefulSet pod name (logger-0 is shard 1/{count}); run it as a StatefulSet pod, or set SHARD=INDEX/{count} or [cluster] shard = \"INDEX/{count}\" instead of shards"
+        )),
+        Some(host) => super::cluster::shard_from_pod_name(host.trim(), count),
+    };
+    match shard {
+        Ok(s) => {
+            note("HOSTNAME", "cluster.shard".into(), false);
+            c.shard = Some(spanned(s.to_string()));
+            c.shards = None;
+        }
+        Err(message) => {
+            problems.push(Problem { key: "cluster.shard".into(), location: Location::Env("HOSTNAME"), message });
+            // Reported: the file's `shards` must not also count as "shard missing".
+            c.shards = None;
+        }
+    }
 }

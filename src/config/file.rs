@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub groups: BTreeMap<String, GroupFile>,
     #[serde(default)]
     pub filters: FiltersFile,
+    #[serde(default)]
+    pub cluster: ClusterFile,
 }
 
 /// `[filters]`
@@ -43,6 +45,19 @@ pub struct FiltersFile {
     pub ignore_users: Vec<Spanned<String>>,
     #[serde(default)]
     pub opt_out_users: Vec<Spanned<String>>,
+}
+
+/// `[cluster]`: sharding over one config (see `super::cluster`).
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// `"INDEX/COUNT"`, 1-based.
+    pub shard: Option<Spanned<String>>,
+    /// The count alone; the index then comes from the pod name in `HOSTNAME`.
+    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000"))]
+    pub shards: Option<Int>,
+    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000 (and at most the shard count)"))]
+    pub replicas: Option<Int>,
 }
 
 /// `[twitch]`
@@ -222,6 +237,7 @@ const ACCOUNT: &[(&str, Ty)] = &[
 ];
 const GROUP: &[(&str, Ty)] = &[("accounts", Ty::StrList), ("channels", Ty::StrList), ("ignore_users", Ty::StrList)];
 const FILTERS: &[(&str, Ty)] = &[("ignore_users", Ty::StrList), ("opt_out_users", Ty::StrList)];
+const CLUSTER: &[(&str, Ty)] = &[("shard", Ty::Str), ("shards", Ty::Int), ("replicas", Ty::Int)];
 /// The whole file: the one schema that the checks below and the "did you mean" hints use.
 const ROOT: &[(&str, Ty)] = &[
     ("twitch", Ty::Table(TWITCH)),
@@ -233,6 +249,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
     ("filters", Ty::Table(FILTERS)),
+    ("cluster", Ty::Table(CLUSTER)),
 ];
 
 /// Keys whose values may be quoted in a message: every known key that is not a secret.

@@ -4,6 +4,7 @@
 //! Precedence is environment over file over built-in defaults. With no file at all the logger
 //! runs from the original Go program's eight variables alone ("env-only mode").
 
+pub mod cluster;
 pub mod duration;
 pub mod env;
 pub mod file;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cluster::{ClusterConfig, Shard};
 pub use duration::Rate;
 
 pub use login::ServerAddr;
@@ -93,21 +95,41 @@ pub struct LiveConfig {
     pub batch: BatchConfig,
     /// `[filters]`: users whose rows are not stored, in every channel.
     pub filters: FiltersConfig,
+    /// `[cluster]`: which of the configured channels this instance logs.
+    pub cluster: ClusterConfig,
 }
 
 impl LiveConfig {
-    /// The channels an account should be in: the union of the groups that name it.
+    /// The channels an account should be in: the union of the groups that name it, less the
+    /// channels other shards log.
     pub fn channels_for(&self, account: &str) -> BTreeSet<String> {
         self.groups
             .values()
             .filter(|g| g.accounts.iter().any(|a| a == account))
-            .flat_map(|g| g.channels.iter().cloned())
+            .flat_map(|g| g.channels.iter().filter(|c| self.cluster.owns(c)).cloned())
             .collect()
     }
 
-    /// Every channel some account logs.
+    /// Every channel some account of this shard logs.
     pub fn all_channels(&self) -> BTreeSet<String> {
+        self.groups.values().flat_map(|g| g.channels.iter().filter(|c| self.cluster.owns(c)).cloned()).collect()
+    }
+
+    /// Every channel of the config, whichever shard logs it.
+    pub fn configured_channels(&self) -> BTreeSet<String> {
         self.groups.values().flat_map(|g| g.channels.iter().cloned()).collect()
+    }
+
+    /// The one line saying what this shard logs, for start-up, reloads and `check`.
+    pub fn shard_summary(&self) -> String {
+        let c = &self.cluster;
+        format!(
+            "shard {}, replicas {}: this instance logs {} of the {} configured channels",
+            c.shard,
+            c.replicas,
+            self.all_channels().len(),
+            self.configured_channels().len()
+        )
     }
 
     /// Whether this user asked not to be logged (`filters.opt_out_users`), by login (any case)

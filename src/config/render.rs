@@ -104,5 +104,11 @@ pub fn render(cfg: &Config) -> String {
             quoted(&f.opt_out_users)
         );
     }
+    let c = &cfg.live.cluster;
+    if *c != Default::default() {
+        let _ =
+            writeln!(out, "\n[cluster]\nshard = \"{}\"{}\nreplicas = {}", c.shard, src("cluster.shard"), c.replicas);
+        let _ = writeln!(out, "# {}", cfg.live.shard_summary());
+    }
     out
 }

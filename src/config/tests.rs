@@ -553,3 +553,112 @@ fn a_misplaced_or_misspelt_filter_key_is_named_with_its_home() {
     let p = problems("[accounts.a]\nopt_out_users = [\"x\"]\n", &[("DATABASE_URL", "postgres://h/db")]);
     assert!(p[0].contains("key `accounts.a.opt_out_users`"), "{p:?}");
 }
+const SHARDED: &str = "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\", \"c8\", \"c9\"]\n";
+
+#[test]
+fn a_shard_in_the_file_logs_only_its_channels_and_every_channel_has_one_shard() {
+    let mut seen = BTreeMap::new();
+    for i in 1..=3 {
+        let (cfg, _d) = load_text(&format!("{SHARDED}[cluster]\nshard = \"{i}/3\"\n"), &[]);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.live.cluster, ClusterConfig { shard: Shard { index: i, count: 3 }, replicas: 1 });
+        assert_eq!(cfg.live.configured_channels().len(), 10);
+        assert_eq!(cfg.channels_for("a"), cfg.live.all_channels());
+        for c in cfg.channels_for("a") {
+            *seen.entry(c).or_insert(0) += 1;
+        }
+        assert!(cfg.live.shard_summary().starts_with(&format!("shard {i}/3, replicas 1: this instance logs ")));
+    }
+    assert_eq!(seen.len(), 10);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    let (cfg, _d) = load_text(&format!("{SHARDED}[cluster]\nshard = \"1/3\"\nreplicas = 3\n"), &[]);
+    assert_eq!(cfg.unwrap().channels_for("a").len(), 10, "three replicas of three shards: every channel");
+}
+
+#[test]
+fn shard_from_the_environment_wins_over_the_file_and_is_reported_as_such() {
+    let (cfg, _d) = load_text(&format!("{SHARDED}[cluster]\nshard = \"1/3\"\nreplicas = 2\n"), &[("SHARD", "3/3")]);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.live.cluster.shard, Shard { index: 3, count: 3 });
+    assert_eq!(cfg.live.cluster.replicas, 2, "replicas still comes from the file");
+    let o = cfg.env_overrides.iter().find(|o| o.var == "SHARD").unwrap();
+    assert_eq!((o.key.as_str(), o.file_also_set), ("cluster.shard", true));
+    let shown = render::render(&cfg);
+    assert!(
+        shown.contains("\n[cluster]\nshard = \"3/3\"  # from SHARD (overrides the file)\nreplicas = 2\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("# shard 3/3, replicas 2: this instance logs "), "{shown}");
+    // SHARD replaces `shards` (the pod-name rule) too.
+    let (cfg, _d) = load_text(&format!("{SHARDED}[cluster]\nshards = 4\n"), &[("SHARD", "2/3"), ("HOSTNAME", "x-0")]);
+    assert_eq!(cfg.unwrap().live.cluster.shard, Shard { index: 2, count: 3 });
+    assert_eq!(problems(SHARDED, &[("SHARD", "4/3")]), [
+        "environment variable SHARD: `4/3`: the index must be from 1 to 3 (it is 1-based); write it as \"INDEX/COUNT\", e.g. \"2/4\" for the second of four shards (1-based)"
+    ]);
+}
+
+#[test]
+fn shards_alone_takes_the_shard_from_the_statefulset_pod_name() {
+    let text = format!("{SHARDED}[cluster]\nshards = 4\n");
+    let (cfg, _d) = load_text(&text, &[("HOSTNAME", "logger-1")]);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.live.cluster.shard, Shard { index: 2, count: 4 });
+    assert!(render::render(&cfg).contains("shard = \"2/4\"  # from HOSTNAME\n"));
+    let p = problems(&text, &[("HOSTNAME", "logger-4")]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("environment variable HOSTNAME: `logger-4` is pod ordinal 4"), "{p:?}");
+    let p = problems(&text, &[("HOSTNAME", "d5f1e0c2a9b3")]);
+    assert!(p[0].contains("does not end in -ORDINAL") && p[0].contains("SHARD=INDEX/COUNT"), "{p:?}");
+    let p = problems(&text, &[]);
+    assert!(p[0].starts_with("environment variable HOSTNAME: is not set; cluster.shards = 4"), "{p:?}");
+}
+
+#[test]
+fn wrong_cluster_settings_are_reported_at_their_key_and_line() {
+    let p = problems(&format!("{SHARDED}[cluster]\nshard = \"0/4\"\n"), &[]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("line 6: key `cluster.shard`: `0/4`: the index must be from 1 to 4"), "{p:?}");
+    let p = problems(&format!("{SHARDED}[cluster]\nshard = \"two of four\"\n"), &[]);
+    assert!(p[0].starts_with("line 6: key `cluster.shard`: `two of four` is not a shard; write it as"), "{p:?}");
+    let p = problems(&format!("{SHARDED}[cluster]\nshard = \"1/2\"\nreplicas = 3\n"), &[]);
+    assert_eq!(p, ["line 7: key `cluster.replicas`: (3) is more than the shard count (2); each channel can be logged by at most every shard"]);
+    let p = problems(&format!("{SHARDED}[cluster]\nreplicas = 0\nshards = 0\n"), &[("HOSTNAME", "l-0")]);
+    assert_eq!(
+        p,
+        [
+            "line 6: key `cluster.replicas`: must be between 1 and 1000 (and at most the shard count)",
+            "line 7: key `cluster.shards`: must be between 1 and 1000"
+        ]
+    );
+    let p = problems(&format!("{SHARDED}[cluster]\nshard = \"1/2\"\nshards = 2\n"), &[]);
+    assert!(p[0].starts_with("line 7: key `cluster.shards`: is set together with shard; keep one"), "{p:?}");
+    let p = problems(&format!("{SHARDED}shard = \"1/2\"\n"), &[]);
+    assert!(p[0].contains("belongs under [cluster]"), "{p:?}");
+    let p = problems(&format!("{SHARDED}[cluster]\nshard = 2\n"), &[]);
+    assert!(p[0].contains("key `cluster.shard`: must be a quoted string"), "{p:?}");
+}
+
+#[test]
+fn an_unsharded_config_logs_everything_and_check_shows_no_cluster_table() {
+    let (cfg, _d) = load_text(SHARDED, &[]);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.live.cluster, ClusterConfig::default());
+    assert_eq!(cfg.live.all_channels().len(), 10);
+    assert!(!render::render(&cfg).contains("[cluster]"));
+}
+
+#[test]
+fn env_only_mode_shards_by_shard_alone() {
+    let env = env_of(&[
+        ("TWITCH_USERNAME", "bot"),
+        ("TWITCH_OAUTH_TOKEN", "tok"),
+        ("TWITCH_CHANNELS", "c0,c1,c2,c3,c4,c5,c6,c7,c8,c9"),
+        ("DATABASE_URL", "postgres://h/db"),
+        ("SHARD", "2/2"),
+    ]);
+    let cfg = load(None, &env).unwrap();
+    assert_eq!(cfg.live.cluster.shard, Shard { index: 2, count: 2 });
+    let mine = cfg.channels_for("default");
+    let other = cfg.live.configured_channels().len() - mine.len();
+    assert!(!mine.is_empty() && other > 0, "both shards get some of ten channels: {mine:?}");
+}

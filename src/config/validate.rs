@@ -14,8 +14,8 @@ use validator::{Validate, ValidationErrors};
 
 use super::duration::{format_duration, parse_duration, parse_rate, Rate};
 use super::file::{
-    self, line_col, AccountFile, BatchFile, DatabaseFile, FileConfig, FiltersFile, GroupFile, HttpFile, Int, LogFile,
-    ReloadFile, TwitchFile,
+    self, line_col, AccountFile, BatchFile, ClusterFile, DatabaseFile, FileConfig, FiltersFile, GroupFile, HttpFile,
+    Int, LogFile, ReloadFile, TwitchFile,
 };
 use super::login::{normalize_login, parse_user_entry, UserEntry};
 use super::*;
@@ -39,6 +39,7 @@ pub fn validate(
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
     let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
     let filters = filters(&mut cx, &file.filters);
+    let cluster = cluster(&mut cx, &file.cluster);
     if !cx.problems.is_empty() {
         return None;
     }
@@ -47,7 +48,7 @@ pub fn validate(
     Some(Config {
         origin,
         startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir },
-        live: LiveConfig { accounts, groups, batch, filters },
+        live: LiveConfig { accounts, groups, batch, filters, cluster },
         env_overrides: overrides,
     })
 }
@@ -243,6 +244,31 @@ fn batch(cx: &mut Ctx<'_>, b: &BatchFile) -> BatchConfig {
         );
     }
     batch
+}
+
+fn cluster(cx: &mut Ctx<'_>, c: &ClusterFile) -> ClusterConfig {
+    cx.report_invalid("cluster", c.validate());
+    if let (Some(_), Some(n)) = (&c.shard, &c.shards) {
+        cx.problem(
+            "cluster.shards",
+            Some(n.span()),
+            "is set together with shard; keep one: shard = \"INDEX/COUNT\" names this instance's shard, shards = COUNT takes it from the StatefulSet pod name",
+        );
+    }
+    let default = ClusterConfig::default();
+    let shard = cx.parse_or("cluster.shard", c.shard.as_ref(), default.shard, Shard::parse);
+    let replicas = c.replicas.as_ref().map_or(1, |r| *r.get_ref());
+    if (1..=1000).contains(&replicas) && replicas > i64::from(shard.count) {
+        cx.problem(
+            "cluster.replicas",
+            c.replicas.as_ref().map(|r| r.span()),
+            format!(
+                "({replicas}) is more than the shard count ({}); each channel can be logged by at most every shard",
+                shard.count
+            ),
+        );
+    }
+    ClusterConfig { shard, replicas: replicas.clamp(1, i64::from(shard.count)) as u32 }
 }
 
 fn reload(cx: &mut Ctx<'_>, r: &ReloadFile) -> ReloadConfig {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{BatchConfig, Config, LiveConfig, Rate, UserList};
+use crate::config::{BatchConfig, ClusterConfig, Config, LiveConfig, Rate, UserList};
 
 /// Most names listed per kind in a reload's summary line.
 const LIST_MAX: usize = 20;
@@ -23,6 +23,8 @@ pub struct Plan {
     pub join_rate: BTreeMap<String, Rate>,
     /// New live batch settings (`max_rows`, `flush_interval`).
     pub batch: Option<BatchConfig>,
+    /// The new `[cluster]` settings; the JOINs and PARTs they cause are in `channels`.
+    pub cluster: Option<ClusterConfig>,
     /// Keys that changed but only take effect after a restart.
     pub needs_restart: Vec<&'static str>,
     /// User filter lists that changed, in key order. Counts only: the summary never names
@@ -92,6 +94,9 @@ impl Plan {
                 .collect();
             parts_out.push(format!("user filters applied [{}]", list(&mut changes.iter())));
         }
+        if let Some(c) = &self.cluster {
+            parts_out.push(format!("now shard {} with {} replica(s)", c.shard, c.replicas));
+        }
         if parts_out.is_empty() {
             parts_out.push("nothing to apply live".into());
         }
@@ -131,6 +136,9 @@ fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
         p.batch = Some(new.batch.clone());
     }
     p.filters = diff_filters(old, new);
+    if new.cluster != old.cluster {
+        p.cluster = Some(new.cluster);
+    }
     p
 }
 
@@ -201,6 +209,7 @@ mod tests {
         let live = LiveConfig {
             batch: BatchConfig::default(),
             filters: Default::default(),
+            cluster: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()
@@ -323,6 +332,32 @@ mod tests {
         wider.live.groups.get_mut("g").unwrap().channels.insert("z".into());
         let line = plan(&new, &wider).summary();
         assert!(line.contains("user filters applied [groups.g.ignore_users +0/-0 (now in 2 channels)]"), "{line}");
+    }
+
+    #[test]
+    fn a_new_shard_joins_the_channels_it_now_owns_and_parts_the_others() {
+        use crate::config::{ClusterConfig, Shard};
+        let many: Vec<String> = (0..60).map(|i| format!("ch_{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut old = config(&[("a", None), ("b", None)], &[("g", &["a"], &many), ("h", &["b"], &many[..10])]);
+        old.live.cluster = ClusterConfig { shard: Shard { index: 1, count: 3 }, replicas: 1 };
+        let mut new = old.clone();
+        new.live.cluster = ClusterConfig { shard: Shard { index: 2, count: 3 }, replicas: 1 };
+        let p = plan(&old, &new);
+        let (join, part) = &p.channels["a"];
+        assert_eq!(*join, new.live.channels_for("a"));
+        assert_eq!(*part, old.live.channels_for("a"));
+        assert!(!join.is_empty() && !part.is_empty() && join.is_disjoint(part));
+        assert_eq!(p.channels["b"].0, new.live.channels_for("b"), "every account of the shard follows");
+        assert!(p.restart.is_empty() && p.start.is_empty() && p.stop.is_empty(), "nobody reconnects");
+        assert!(p.summary().ends_with("now shard 2/3 with 1 replica(s)"), "{}", p.summary());
+
+        // A second replica only adds channels.
+        let mut two = old.clone();
+        two.live.cluster.replicas = 2;
+        let p = plan(&old, &two);
+        assert!(p.channels["a"].1.is_empty() && !p.channels["a"].0.is_empty());
+        assert!(old.live.all_channels().is_subset(&two.live.all_channels()));
     }
 
     #[test]

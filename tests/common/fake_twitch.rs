@@ -143,6 +143,19 @@ impl FakeTwitch {
         self.conns().into_iter().filter(|c| c.open && c.nick.as_deref() == Some(nick)).flat_map(|c| c.joined).collect()
     }
 
+    /// The nicks of the open connections joined to `channel` right now, one entry per
+    /// connection (a nick twice means two of its connections sit in the channel).
+    pub fn readers(&self, channel: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .conns()
+            .into_iter()
+            .filter(|c| c.open && c.joined.contains(channel))
+            .map(|c| c.nick.unwrap_or_default())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every `JOIN` line received from `nick`'s connections, with when.
     pub fn join_lines(&self, nick: &str) -> Vec<(Instant, String)> {
         let mut v: Vec<_> = self
