@@ -151,6 +151,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     }
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
+    connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
