@@ -1,5 +1,8 @@
 //! Chat events (USERNOTICE, CLEARCHAT, CLEARMSG, ROOMSTATE) in `chat_events`: deduplicated,
-//! merged (room state), viewed, indexed. Real PostgreSQL; the Twitch lines are real samples.
+//! merged (room state), viewed, indexed; through the socket, the writer and its spool. Real
+//! PostgreSQL, the fake Twitch server, the real binary; the Twitch lines are real samples.
+// Rows read back as tuples.
+#![allow(clippy::type_complexity)]
 
 mod common;
 
@@ -266,4 +269,361 @@ async fn a_users_history_and_a_channels_moderation_last_week_are_index_scans() {
             assert!(!p.contains("Sort"), "{what}: newest first straight from the index: {p}");
         }
     }
+}
+
+const SEC: std::time::Duration = std::time::Duration::from_secs(1);
+const ANON: &str = "justinfan12345";
+const CHANNELS: [&str; 6] = ["pajlada", "xqcow", "randers", "retoon", "forsen", "seventoes"];
+
+/// Two accounts (one anonymous, one logged in) in every sample channel, with `storage`.
+fn two_accounts(fake: &FakeTwitch, spool: &std::path::Path, storage: &str) -> String {
+    let ch: Vec<String> = CHANNELS.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "[twitch]\nserver = \"{}\"\n[batch]\nspool_dir = \"{}\"\nflush_interval = \"50ms\"\n[storage]\n{storage}\n[accounts.main]\n[accounts.backup]\nusername = \"backupbot\"\noauth_token = \"b\"\n[groups.g]\naccounts = [\"main\", \"backup\"]\nchannels = [{}]\n",
+        fake.url(),
+        spool.display(),
+        ch.join(", ")
+    )
+}
+
+async fn both_joined(fake: &FakeTwitch) {
+    fake.wait_for("both accounts joined every channel", 15 * SEC, |f| {
+        CHANNELS.iter().all(|c| f.joined_by(ANON).contains(*c) && f.joined_by("backupbot").contains(*c))
+    })
+    .await;
+}
+
+/// The channel a sample line is for (`#name` after the command).
+fn channel_of(line: &str) -> String {
+    let at = line.find(" #").expect("a channel");
+    line[at + 2..].split(' ').next().unwrap().to_string()
+}
+
+async fn message_row(db: &TestDb, id: &str) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object('returning_chatter', returning_chatter, 'vip', vip,
+                'source_room_id', source_room_id, 'source_id', source_id, 'channel', channel, 'raw', raw)
+         FROM chat_messages WHERE message_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_sample_kind_sent_to_two_accounts_is_stored_once_with_every_column_and_its_exact_line() {
+    let (db, fake, spool) = (TestDb::new().await, FakeTwitch::start().await, tempfile::tempdir().unwrap());
+    let (_dir, path) = config_dir(&two_accounts(&fake, spool.path(), "raw_lines = true"));
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
+    both_joined(&fake).await;
+    // The full state after each JOIN, seen by both accounts: once per room.
+    db.wait_count("SELECT count(*) FROM chat_events WHERE kind = 'roomstate'", 6, 15 * SEC).await;
+
+    let all = samples();
+    let skip = ["JOIN", "RECONNECT", "NOTICE pre-login auth failure", "ROOMSTATE"];
+    let mut sent = 0;
+    for (kind, line) in all.iter().filter(|(k, _)| !skip.iter().any(|s| k.starts_with(s))) {
+        assert_eq!(fake.to_channel(&channel_of(line), line), 2, "{kind}: both accounts get it");
+        sent += 1;
+    }
+    // Room modes one after the other, as Twitch sends them: the full state, then one change.
+    assert_eq!(fake.to_channel("randers", &sample("ROOMSTATE")), 2);
+    db.wait_count("SELECT count(*) FROM chat_events WHERE kind = 'roomstate'", 7, 10 * SEC).await;
+    assert_eq!(
+        fake.to_channel("randers", &sample("ROOMSTATE partial (constructed: what Twitch sends when one mode changes)")),
+        2
+    );
+    db.wait_count("SELECT count(*) FROM chat_events WHERE kind = 'roomstate'", 8, 10 * SEC).await;
+    fake.to_nick(
+        ANON,
+        &sample("NOTICE pre-login auth failure").replace("Improperly formatted auth", "a server-wide notice"),
+    );
+
+    // 13 USERNOTICEs (one of a msg-id twitch-irc does not know), 3 CLEARCHATs, 1 CLEARMSG.
+    db.wait_count("SELECT count(*) FROM chat_events WHERE kind <> 'roomstate'", 17, 15 * SEC).await;
+    db.wait_count("SELECT count(*) FROM chat_messages", 7, 10 * SEC).await;
+    // A NOTICE is about the account that got it (e.g. "you are banned"): one per account.
+    db.wait_count("SELECT count(*) FROM channel_notices", 3, 10 * SEC).await;
+    assert_eq!(sent, 7 + 13 + 3 + 1 + 1, "every kind was sent");
+    tokio::time::sleep(SEC / 2).await;
+    assert_eq!(db.count("SELECT count(*) FROM chat_events").await, 25, "nothing stored twice");
+
+    let raw = |kind: &str| Value::String(sample(kind));
+    let t = Utc::now();
+    let key = |kind: &str| event(&sample(kind), t).event_key;
+    let sub_plan_name = json!("Channel Subscription (xqcow)");
+
+    // USERNOTICE sub
+    assert_eq!(
+        event_row(&db, "2a9bea11-a80a-49a0-a498-1642d457f775").await,
+        json!({
+            "event_key": "2a9bea11-a80a-49a0-a498-1642d457f775", "kind": "usernotice", "msg_id": "sub",
+            "channel": "xqcow", "room_id": "71092938", "user_id": "224005980", "login": "fallenseraphhh",
+            "display_name": "fallenseraphhh", "badges": {"subscriber": 0, "premium": 1},
+            "badge_info": {"subscriber": 0}, "color": null, "emotes": null, "text": null,
+            "system_msg": "fallenseraphhh subscribed with Twitch Prime.",
+            "params": {"msg-param-cumulative-months": 1, "msg-param-months": 0, "msg-param-should-share-streak": 0,
+                       "msg-param-sub-plan-name": sub_plan_name, "msg-param-sub-plan": "Prime"},
+            "cumulative_months": 1, "streak_months": null, "sub_plan": "Prime", "recipient_id": null,
+            "recipient_login": null, "viewer_count": null, "ban_duration": null, "target_user_id": null,
+            "target_login": null, "target_msg_id": null, "room_state": null, "sent_ms": 1582685713242_i64,
+            "raw": raw("USERNOTICE sub"),
+        })
+    );
+    // USERNOTICE resub with message
+    assert_eq!(
+        event_row(&db, "e0975c76-054c-4954-8cb0-91b8867ec1ca").await,
+        json!({
+            "event_key": "e0975c76-054c-4954-8cb0-91b8867ec1ca", "kind": "usernotice", "msg_id": "resub",
+            "channel": "xqcow", "room_id": "71092938", "user_id": "21156217", "login": "gutrin",
+            "display_name": "Gutrin", "badges": {"subscriber": 0, "battlerite_1": 1},
+            "badge_info": {"subscriber": 2}, "color": "#0000FF", "emotes": "1035663:0-3", "text": "xqcL",
+            "system_msg": "Gutrin subscribed at Tier 1. They've subscribed for 2 months, currently on a 2 month streak!",
+            "params": {"msg-param-cumulative-months": 2, "msg-param-months": 0, "msg-param-should-share-streak": 1,
+                       "msg-param-streak-months": 2, "msg-param-sub-plan-name": sub_plan_name,
+                       "msg-param-sub-plan": 1000},
+            "cumulative_months": 2, "streak_months": 2, "sub_plan": "1000", "recipient_id": null,
+            "recipient_login": null, "viewer_count": null, "ban_duration": null, "target_user_id": null,
+            "target_login": null, "target_msg_id": null, "room_state": null, "sent_ms": 1581713640019_i64,
+            "raw": raw("USERNOTICE resub with message"),
+        })
+    );
+    // USERNOTICE raid
+    assert_eq!(
+        event_row(&db, "bb99dda7-3736-4583-9114-52aa11b23d17").await,
+        json!({
+            "event_key": "bb99dda7-3736-4583-9114-52aa11b23d17", "kind": "usernotice", "msg_id": "raid",
+            "channel": "xqcow", "room_id": "71092938", "user_id": "155874595", "login": "iamelisabete",
+            "display_name": "iamelisabete", "badges": {"glhf-pledge": 1}, "badge_info": null,
+            "color": "#FF69B4", "emotes": null, "text": null,
+            "system_msg": "430 raiders from iamelisabete have joined!",
+            "params": {"msg-param-displayName": "iamelisabete", "msg-param-login": "iamelisabete",
+                       "msg-param-profileImageURL": "https://static-cdn.jtvnw.net/jtv_user_pictures/cae3ca63-510d-4715-b4ce-059dcf938978-profile_image-70x70.png",
+                       "msg-param-viewerCount": 430},
+            "cumulative_months": null, "streak_months": null, "sub_plan": null, "recipient_id": null,
+            "recipient_login": null, "viewer_count": 430, "ban_duration": null, "target_user_id": null,
+            "target_login": null, "target_msg_id": null, "room_state": null, "sent_ms": 1594517796120_i64,
+            "raw": raw("USERNOTICE raid"),
+        })
+    );
+    // USERNOTICE subgift
+    assert_eq!(
+        event_row(&db, "e21409b1-d25d-4a1a-b5cf-ef27d8b7030e").await,
+        json!({
+            "event_key": "e21409b1-d25d-4a1a-b5cf-ef27d8b7030e", "kind": "usernotice", "msg_id": "subgift",
+            "channel": "xqcow", "room_id": "71092938", "user_id": "211711554", "login": "adamatreflectstudios",
+            "display_name": "AdamAtReflectStudios", "badges": {"sub-gifter": 50}, "badge_info": null,
+            "color": null, "emotes": null, "text": null,
+            "system_msg": "AdamAtReflectStudios gifted a Tier 1 sub to qatarking24xd!",
+            "params": {"msg-param-gift-months": 1, "msg-param-months": 2,
+                       "msg-param-origin-id": "da 39 a3 ee 5e 6b 4b 0d 32 55 bf ef 95 60 18 90 af d8 07 09",
+                       "msg-param-recipient-display-name": "qatarking24xd", "msg-param-recipient-id": 236653628,
+                       "msg-param-recipient-user-name": "qatarking24xd", "msg-param-sender-count": 0,
+                       "msg-param-sub-plan-name": sub_plan_name, "msg-param-sub-plan": 1000},
+            "cumulative_months": 2, "streak_months": null, "sub_plan": "1000", "recipient_id": "236653628",
+            "recipient_login": "qatarking24xd", "viewer_count": null, "ban_duration": null,
+            "target_user_id": null, "target_login": null, "target_msg_id": null, "room_state": null,
+            "sent_ms": 1594583782376_i64, "raw": raw("USERNOTICE subgift"),
+        })
+    );
+    // USERNOTICE submysterygift
+    assert_eq!(
+        event_row(&db, "049e6371-7023-4fca-8605-7dec60e72e12").await,
+        json!({
+            "event_key": "049e6371-7023-4fca-8605-7dec60e72e12", "kind": "usernotice", "msg_id": "submysterygift",
+            "channel": "xqcow", "room_id": "71092938", "user_id": "211711554", "login": "adamatreflectstudios",
+            "display_name": "AdamAtReflectStudios", "badges": {"sub-gifter": 50}, "badge_info": null,
+            "color": null, "emotes": null, "text": null,
+            "system_msg": "AdamAtReflectStudios is gifting 20 Tier 1 Subs to xQcOW's community! They've gifted a total of 100 in the channel!",
+            "params": {"msg-param-mass-gift-count": 20,
+                       "msg-param-origin-id": "1f be bb 4a 81 9a 65 d1 4b 77 f5 23 16 4a d3 13 09 e7 be 55",
+                       "msg-param-sender-count": 100, "msg-param-sub-plan": 1000},
+            "cumulative_months": null, "streak_months": null, "sub_plan": "1000", "recipient_id": null,
+            "recipient_login": null, "viewer_count": null, "ban_duration": null, "target_user_id": null,
+            "target_login": null, "target_msg_id": null, "room_state": null, "sent_ms": 1594583777669_i64,
+            "raw": raw("USERNOTICE submysterygift"),
+        })
+    );
+    // USERNOTICE announcement
+    assert_eq!(
+        event_row(&db, "9045a344-75b9-44fa-af49-c413bcb39559").await,
+        json!({
+            "event_key": "9045a344-75b9-44fa-af49-c413bcb39559", "kind": "usernotice", "msg_id": "announcement",
+            "channel": "pajlada", "room_id": "11148817", "user_id": "40286300", "login": "randers",
+            "display_name": "randers", "badges": {"moderator": 1, "subscriber": 72},
+            "badge_info": {"subscriber": 88}, "color": "#19E6E6", "emotes": "185989:11-15/25:17-21/1902:23-27",
+            "text": "hello pajs pajaH Kappa Keepo", "system_msg": null,
+            "params": {"msg-param-color": "PRIMARY"},
+            "cumulative_months": null, "streak_months": null, "sub_plan": null, "recipient_id": null,
+            "recipient_login": null, "viewer_count": null, "ban_duration": null, "target_user_id": null,
+            "target_login": null, "target_msg_id": null, "room_state": null, "sent_ms": 1780872797175_i64,
+            "raw": raw("USERNOTICE announcement"),
+        })
+    );
+    // A msg-id twitch-irc does not know: stored like any other.
+    let milestone = event_row(&db, "5f0c2a1e-8d3b-4c7a-9e21-0b6f4d3c2a19").await;
+    assert_eq!(milestone["msg_id"], "viewermilestone");
+    assert_eq!(
+        milestone["params"],
+        json!({"msg-param-category": "watch-streak", "msg-param-copoReward": 450,
+               "msg-param-id": "7c3e1d2b-5a4f-4e6d-8b9a-1c2d3e4f5a6b", "msg-param-value": 3})
+    );
+    assert_eq!((milestone["text"].clone(), milestone["login"].clone()), (json!("third time"), json!("streaky")));
+    for (id, msg_id) in [
+        ("7006f242-a45c-4e07-83b3-11f9c6d1ee28", "giftpaidupgrade"),
+        ("144ee636-0c1d-404e-8b29-35449a045a7e", "anongiftpaidupgrade"),
+        ("37feed0f-b9c7-4c3a-b475-21c6c6d21c3d", "ritual"),
+        ("d2b32a02-3071-4c52-b2ce-bc3716acdc44", "bitsbadgetier"),
+        ("7f1336e4-f84a-4510-809d-e57bf50af0cc", "rewardgift"),
+        ("0a7c5e3d-2b1f-4e8a-9c6d-5f4e3d2c1b0a", "unraid"),
+    ] {
+        assert_eq!(event_row(&db, id).await["msg_id"], msg_id);
+    }
+    assert_eq!(
+        event_row(&db, "d2b32a02-3071-4c52-b2ce-bc3716acdc44").await["params"],
+        json!({"msg-param-threshold": 1000})
+    );
+
+    let no_sender = |mut v: Value| {
+        for k in [
+            "msg_id",
+            "display_name",
+            "badges",
+            "badge_info",
+            "color",
+            "emotes",
+            "system_msg",
+            "cumulative_months",
+            "streak_months",
+            "sub_plan",
+            "recipient_id",
+            "recipient_login",
+            "viewer_count",
+            "room_state",
+        ] {
+            v[k] = Value::Null;
+        }
+        v
+    };
+    // CLEARCHAT timeout, ban, clear
+    let k = key("CLEARCHAT timeout");
+    assert_eq!(
+        event_row(&db, &k).await,
+        no_sender(json!({
+            "event_key": k, "kind": "clearchat", "channel": "pajlada", "room_id": "11148817",
+            "user_id": "148973258", "login": "fabzeef", "text": null, "params": {"ban-duration": 1},
+            "ban_duration": 1, "target_user_id": "148973258", "target_login": "fabzeef", "target_msg_id": null,
+            "sent_ms": 1594553828245_i64, "raw": raw("CLEARCHAT timeout"),
+        }))
+    );
+    let k = key("CLEARCHAT ban");
+    assert_eq!(
+        event_row(&db, &k).await,
+        no_sender(json!({
+            "event_key": k, "kind": "clearchat", "channel": "pajlada", "room_id": "11148817",
+            "user_id": "70948394", "login": "weeb123", "text": null, "params": {}, "ban_duration": null,
+            "target_user_id": "70948394", "target_login": "weeb123", "target_msg_id": null,
+            "sent_ms": 1594561360331_i64, "raw": raw("CLEARCHAT ban"),
+        }))
+    );
+    let k = key("CLEARCHAT clear chat");
+    assert_eq!(
+        event_row(&db, &k).await,
+        no_sender(json!({
+            "event_key": k, "kind": "clearchat", "channel": "randers", "room_id": "40286300",
+            "user_id": null, "login": null, "text": null, "params": {}, "ban_duration": null,
+            "target_user_id": null, "target_login": null, "target_msg_id": null,
+            "sent_ms": 1594561392337_i64, "raw": raw("CLEARCHAT clear chat"),
+        }))
+    );
+    // CLEARMSG
+    let k = key("CLEARMSG");
+    assert_eq!(
+        event_row(&db, &k).await,
+        no_sender(json!({
+            "event_key": k, "kind": "clearmsg", "channel": "pajlada", "room_id": null,
+            "user_id": null, "login": "alazymeme", "text": "this message was deleted", "params": {},
+            "ban_duration": null, "target_user_id": null, "target_login": "alazymeme",
+            "target_msg_id": "3c92014f-340a-4dc3-a9c9-e5cf182f4a84",
+            "sent_ms": 1594561955611_i64, "raw": raw("CLEARMSG"),
+        }))
+    );
+    // ROOMSTATE: the sample's full state (it adds `rituals` to what the JOIN said), then slow mode.
+    let rooms: Vec<(Value, Value, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT params, room_state, room_id, raw FROM chat_events WHERE kind = 'roomstate' AND channel = 'randers' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let join_state = json!({"emote-only": false, "followers-only": -1, "r9k": false, "slow": 0, "subs-only": false});
+    let sample_state =
+        json!({"emote-only": false, "followers-only": -1, "r9k": false, "rituals": 0, "slow": 0, "subs-only": false});
+    let slow_state =
+        json!({"emote-only": false, "followers-only": -1, "r9k": false, "rituals": 0, "slow": 10, "subs-only": false});
+    assert_eq!(
+        rooms,
+        vec![
+            (join_state.clone(), join_state, Some("1".into()), Some("@emote-only=0;followers-only=-1;r9k=0;room-id=1;slow=0;subs-only=0 :tmi.twitch.tv ROOMSTATE #randers".into())),
+            (sample_state.clone(), sample_state, Some("40286300".into()), Some(sample("ROOMSTATE"))),
+            (json!({"slow": 10}), slow_state, Some("40286300".into()), Some(sample("ROOMSTATE partial (constructed: what Twitch sends when one mode changes)"))),
+        ]
+    );
+    // NOTICEs keep their line too.
+    let notices: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT channel, raw FROM channel_notices ORDER BY channel").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(
+        notices,
+        vec![
+            ("*".into(), Some(":tmi.twitch.tv NOTICE * :a server-wide notice".into())),
+            ("forsen".into(), Some(sample("NOTICE msg_banned"))),
+            ("forsen".into(), Some(sample("NOTICE msg_banned"))),
+        ]
+    );
+    // PRIVMSG: the new columns and the line.
+    for (kind, id, returning, vip) in [
+        ("PRIVMSG plain", "e9d998c3-36f1-430f-89ec-6b887c28af36", Value::Null, false),
+        (
+            "PRIVMSG reply-parent tags + first-msg/returning-chatter",
+            "5b4f63a9-776f-4fce-bf3c-d9707f52e32d",
+            json!(false),
+            false,
+        ),
+    ] {
+        let row = message_row(&db, id).await;
+        assert_eq!(row["returning_chatter"], returning, "{kind}");
+        assert_eq!(row["vip"], json!(vip), "{kind}");
+        assert_eq!((row["source_room_id"].clone(), row["source_id"].clone()), (Value::Null, Value::Null), "{kind}");
+        assert_eq!(row["raw"], raw(kind), "{kind}");
+    }
+    // Shared chat: one row per channel it appeared in, each with the room it came from.
+    let shared: Vec<(String, String, Option<String>, Option<String>, Option<bool>, Option<bool>)> = sqlx::query_as(
+        "SELECT channel, message_id, source_room_id, source_id, vip, returning_chatter FROM chat_messages
+         WHERE source_id IS NOT NULL ORDER BY channel",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let src = Some("4e13fd2a-8f1c-4de3-9b2e-e7a5bd0bb8b6".to_string());
+    assert_eq!(
+        shared,
+        vec![
+            (
+                "pajlada".into(),
+                "01cd601f-bc3f-49d5-ab4b-136fa9d6ec22".into(),
+                Some("71092938".into()),
+                src.clone(),
+                Some(false),
+                Some(true)
+            ),
+            (
+                "xqcow".into(),
+                "4e13fd2a-8f1c-4de3-9b2e-e7a5bd0bb8b6".into(),
+                Some("71092938".into()),
+                src,
+                Some(true),
+                Some(true)
+            ),
+        ]
+    );
 }
