@@ -295,8 +295,8 @@ async fn both_joined(fake: &FakeTwitch) {
 
 /// The channel a sample line is for (`#name` after the command).
 fn channel_of(line: &str) -> String {
-    let at = line.find(" #").expect("a channel");
-    line[at + 2..].split(' ').next().unwrap().to_string()
+    let (_, rest) = line.split_once(" #").expect("a channel");
+    rest.split(' ').next().unwrap().to_string()
 }
 
 async fn message_row(db: &TestDb, id: &str) -> Value {
