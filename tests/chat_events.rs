@@ -627,3 +627,152 @@ async fn every_sample_kind_sent_to_two_accounts_is_stored_once_with_every_column
         ]
     );
 }
+
+fn one_account(fake: &FakeTwitch, spool: &std::path::Path, channels: &[&str]) -> String {
+    let ch: Vec<String> = channels.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "[twitch]\nserver = \"{}\"\n[batch]\nspool_dir = \"{}\"\nflush_interval = \"50ms\"\n[accounts.default]\n[groups.default]\naccounts = [\"default\"]\nchannels = [{}]\n",
+        fake.url(),
+        spool.display(),
+        ch.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn events_read_while_the_database_is_down_are_spooled_and_all_stored_when_it_is_back() {
+    let (cluster, fake) = (cluster::Cluster::start_new(), FakeTwitch::start().await);
+    let (_dir, path) = config_dir(&one_account(&fake, &cluster.spool_dir(), &["xqcow", "pajlada", "randers"]));
+    let _logger = Logger::spawn(file_mode(&path, &cluster.url()));
+    fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).len() == 3).await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&cluster.url()).await.unwrap();
+    wait_count_in(&pool, "SELECT count(*) FROM chat_events", 3, 15 * SEC).await;
+    pool.close().await;
+
+    cluster.stop();
+    let lines = [
+        ("xqcow", sample("USERNOTICE sub")),
+        ("pajlada", sample("PRIVMSG plain")),
+        ("xqcow", sample("USERNOTICE resub with message")),
+        ("pajlada", sample("CLEARCHAT timeout")),
+        ("pajlada", sample("CLEARMSG")),
+        ("randers", sample("CLEARCHAT clear chat")),
+        ("randers", sample("ROOMSTATE partial (constructed: what Twitch sends when one mode changes)")),
+    ];
+    for (ch, line) in &lines {
+        assert_eq!(fake.to_channel(ch, line), 1);
+    }
+    // After SPILL_AFTER of failing writes, memory goes to disk.
+    for _ in 0..200 {
+        if spool_rows_all(&cluster.spool_dir()) == lines.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(spool_rows_all(&cluster.spool_dir()), lines.len(), "every row is on disk while the database is down");
+
+    cluster.start();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&cluster.url()).await.unwrap();
+    wait_count_in(&pool, "SELECT count(*) FROM chat_events", 3 + 6, 30 * SEC).await;
+    wait_count_in(&pool, "SELECT count(*) FROM chat_messages", 1, 10 * SEC).await;
+    let kinds: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT kind, msg_id FROM chat_events WHERE id > 3 ORDER BY id").fetch_all(&pool).await.unwrap();
+    let s = |k: &str, m: Option<&str>| (k.to_string(), m.map(String::from));
+    assert_eq!(
+        kinds,
+        vec![
+            s("usernotice", Some("sub")),
+            s("usernotice", Some("resub")),
+            s("clearchat", None),
+            s("clearmsg", None),
+            s("clearchat", None),
+            s("roomstate", None),
+        ],
+        "nothing lost, in the order read"
+    );
+    for _ in 0..100 {
+        if spool_rows_all(&cluster.spool_dir()) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(spool_rows_all(&cluster.spool_dir()), 0, "the spool is written out");
+}
+
+#[tokio::test]
+async fn hostile_event_lines_cost_only_themselves() {
+    let (db, fake, spool) = (TestDb::new().await, FakeTwitch::start().await, tempfile::tempdir().unwrap());
+    let (_dir, path) = config_dir(&one_account(&fake, spool.path(), &["chan"]));
+    let _logger = Logger::spawn(file_mode(&path, &db.url));
+    fake.wait_for("joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan")).await;
+    db.wait_count("SELECT count(*) FROM chat_events", 1, 15 * SEC).await;
+
+    let base = "badge-info=;badges=;color=;display-name=Evil;emotes=;flags=;login=evil;mod=0;room-id=1;subscriber=0;tmi-sent-ts=1594545155039;user-id=666;user-type=";
+    let notice = |id: &str, extra: &str| format!("@{base};id={id};{extra} :tmi.twitch.tv USERNOTICE #chan :text");
+    // Non-ASCII everywhere, in names and values.
+    fake.to_channel(
+        "chan",
+        &notice(
+            "00000000-0000-4000-8000-0000000000a1",
+            "msg-id=ünïcødé;msg-param-ñame=テスト\\s✓;system-msg=💥\\sboom",
+        ),
+    );
+    // A 40 KB value.
+    let huge = "x".repeat(40_000);
+    fake.to_channel(
+        "chan",
+        &notice(
+            "00000000-0000-4000-8000-0000000000a2",
+            &format!("msg-id=announcement;msg-param-color={huge};system-msg="),
+        ),
+    );
+    // Numbers that are not quite numbers, or too big for a column.
+    fake.to_channel("chan", &notice(
+        "00000000-0000-4000-8000-0000000000a3",
+        "msg-id=weird;msg-param-cumulative-months=1e3;msg-param-streak-months=99999999999999999999;msg-param-viewerCount=-0;msg-param-months=007;msg-param-sub-plan=3000000000;msg-param-recipient-id=;msg-param-flag=true;system-msg=x",
+    ));
+    // An id no index can hold: dead-lettered, the rest goes on.
+    fake.to_channel("chan", &notice(&"i".repeat(3000), "msg-id=sub-but-evil;system-msg=x"));
+    // A time far in the future, and a CLEARCHAT twitch-irc cannot read (counted, not stored).
+    fake.to_channel(
+        "chan",
+        "@room-id=1;target-user-id=7;tmi-sent-ts=9999999999999 :tmi.twitch.tv CLEARCHAT #chan :victim",
+    );
+    fake.to_channel(
+        "chan",
+        "@ban-duration=soon;room-id=1;target-user-id=8;tmi-sent-ts=1594553828245 :tmi.twitch.tv CLEARCHAT #chan :other",
+    );
+    fake.to_channel("chan", &privmsg("chan", "after-hostile", "Bo", "still here"));
+
+    db.wait_count("SELECT count(*) FROM chat_messages", 1, 10 * SEC).await;
+    db.wait_count("SELECT count(*) FROM chat_events", 1 + 4, 10 * SEC).await;
+    db.wait_count("SELECT count(*) FROM dead_letters WHERE kind = 'chat_event'", 1, 10 * SEC).await;
+
+    let a1 = event_row(&db, "00000000-0000-4000-8000-0000000000a1").await;
+    assert_eq!((a1["msg_id"].clone(), a1["system_msg"].clone()), (json!("ünïcødé"), json!("💥 boom")));
+    assert_eq!(a1["params"], json!({"msg-param-ñame": "テスト ✓"}));
+    let a2 = event_row(&db, "00000000-0000-4000-8000-0000000000a2").await;
+    assert_eq!(a2["params"]["msg-param-color"].as_str().map(str::len), Some(40_000));
+    let a3 = event_row(&db, "00000000-0000-4000-8000-0000000000a3").await;
+    assert_eq!(
+        a3["params"],
+        json!({"msg-param-cumulative-months": "1e3", "msg-param-streak-months": "99999999999999999999",
+               "msg-param-viewerCount": "-0", "msg-param-months": "007", "msg-param-sub-plan": 3000000000_i64,
+               "msg-param-recipient-id": "", "msg-param-flag": true}),
+        "only canonical integers become numbers; nothing is lost"
+    );
+    for col in ["cumulative_months", "streak_months", "viewer_count", "recipient_id"] {
+        assert_eq!(a3[col], Value::Null, "{col}: no column value from a malformed number");
+    }
+    assert_eq!(a3["sub_plan"], json!("3000000000"), "the plan column keeps the text");
+    let (future, received): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT sent_at, received_at FROM chat_events WHERE kind = 'clearchat'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(future, received, "an impossible time is replaced by the receive time");
+    let dead: String = sqlx::query_scalar("SELECT error FROM dead_letters WHERE kind = 'chat_event'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(dead.contains("event key"), "{dead}");
+}
