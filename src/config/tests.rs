@@ -476,3 +476,19 @@ fn auth_url_and_token_dir_need_a_restart_and_a_changed_secret_changes_only_that_
     let (new, _d) = load_text(&base.replace("R1", "R2"), &[]);
     assert_ne!(old.live.accounts["a"], new.unwrap().live.accounts["a"], "a new refresh token too");
 }
+
+#[test]
+fn storage_raw_lines_is_off_unless_set_true_needs_a_restart_and_refuses_a_string() {
+    let (cfg, _d) = load_text(FULL, &[]);
+    assert!(!cfg.unwrap().startup.storage.raw_lines, "off by default");
+    let on = format!("{FULL}\n[storage]\nraw_lines = true\n");
+    let (cfg, _d) = load_text(&on, &[]);
+    let new = cfg.unwrap();
+    assert!(new.startup.storage.raw_lines);
+    let (old, _d) = load_text(FULL, &[]);
+    assert_eq!(old.unwrap().startup.changed_keys(&new.startup), ["storage.raw_lines"]);
+    let p = problems(&format!("{FULL}\n[storage]\nraw_lines = \"yes\"\n"), &[]);
+    assert!(p.iter().any(|p| p.contains("storage.raw_lines") && p.contains("true or false")), "{p:?}");
+    let p = problems(&format!("{FULL}\n[storage]\nraw_line = true\n"), &[]);
+    assert!(p.iter().any(|p| p.contains("did you mean `raw_lines`")), "{p:?}");
+}
