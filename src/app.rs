@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, LiveConfig, Origin, UserList};
+use crate::config::{BatchConfig, Config, LiveConfig, Origin, UserList};
 use crate::http;
 use crate::metrics::{AccountView, Observed};
 use crate::record::{UserFilter, UserSet};
@@ -165,6 +165,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     }
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
+    connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
@@ -212,6 +213,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("stopping: no more reading; writing out everything received");
+    if fatal.is_some() {
+        // The database will not take rows this run: spool what was read at once, no waiting.
+        rt.writer.update(BatchConfig { shutdown_timeout: Duration::ZERO, ..rt.cfg.live.batch.clone() });
+    }
     let lost = stop(rt.accounts, rt.writer, &connections).await;
     match fatal {
         Some(e) => Err(e),

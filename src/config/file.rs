@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
@@ -162,6 +164,13 @@ pub struct LogFile {
     pub format: Option<Spanned<String>>,
 }
 
+/// `[storage]`: what is kept of each line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub raw_lines: Option<Spanned<bool>>,
+}
+
 /// `[accounts.NAME]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +204,7 @@ enum Ty {
     Str,
     Secret,
     Int,
+    Bool,
     StrList,
     /// A table with these keys.
     Table(&'static [(&'static str, Ty)]),
@@ -224,6 +234,7 @@ const BATCH: &[(&str, Ty)] = &[
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
+const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
     ("oauth_token", Ty::Secret),
@@ -246,6 +257,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("reload", Ty::Table(RELOAD)),
     ("http", Ty::Table(HTTP)),
     ("log", Ty::Table(LOG)),
+    ("storage", Ty::Table(STORAGE)),
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
     ("filters", Ty::Table(FILTERS)),
@@ -419,6 +431,11 @@ fn check_table<'i>(
         };
         match (ty, v.get_mut()) {
             (Ty::Str | Ty::Secret, DeValue::String(_)) | (Ty::Int, DeValue::Integer(_)) => {}
+            (Ty::Bool, DeValue::Boolean(_)) => {}
+            (Ty::Bool, got) => {
+                problems.push(wrong("true or false (no quotes)", got));
+                drop.push(k.clone());
+            }
             (Ty::Str, got) => {
                 problems.push(wrong("a quoted string", got));
                 drop.push(k.clone());
@@ -672,6 +689,7 @@ channels = [\"x\"]
             for (k, ty) in keys {
                 let v = match ty {
                     Ty::Int => "1",
+                    Ty::Bool => "true",
                     Ty::StrList => "[\"x\"]",
                     _ => "\"x\"",
                 };
