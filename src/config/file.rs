@@ -125,6 +125,7 @@ pub struct ReloadFile {
 #[serde(deny_unknown_fields)]
 pub struct HttpFile {
     pub listen: Option<Spanned<String>>,
+    pub api: Option<Spanned<bool>>,
 }
 
 /// `[log]`
@@ -167,6 +168,7 @@ enum Ty {
     Secret,
     Int,
     StrList,
+    Bool,
     /// A table with these keys.
     Table(&'static [(&'static str, Ty)]),
     /// A table of named tables (`[accounts.NAME]`), each with these keys.
@@ -193,7 +195,7 @@ const BATCH: &[(&str, Ty)] = &[
     ("durable_within", Ty::Str),
 ];
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
-const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
+const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str), ("api", Ty::Bool)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
@@ -386,6 +388,11 @@ fn check_table<'i>(
         };
         match (ty, v.get_mut()) {
             (Ty::Str | Ty::Secret, DeValue::String(_)) | (Ty::Int, DeValue::Integer(_)) => {}
+            (Ty::Bool, DeValue::Boolean(_)) => {}
+            (Ty::Bool, got) => {
+                problems.push(wrong("true or false (no quotes)", got));
+                drop.push(k.clone());
+            }
             (Ty::Str, got) => {
                 problems.push(wrong("a quoted string", got));
                 drop.push(k.clone());
@@ -640,6 +647,7 @@ channels = [\"x\"]
                 let v = match ty {
                     Ty::Int => "1",
                     Ty::StrList => "[\"x\"]",
+                    Ty::Bool => "true",
                     _ => "\"x\"",
                 };
                 text.push_str(&format!("{k} = {v}\n"));

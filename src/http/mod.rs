@@ -1,5 +1,8 @@
 //! The HTTP listener: `/healthz` (the process answers), `/readyz` (schema migrated, database
-//! reachable, and every account connected or deliberately stopped), `/metrics` (Prometheus text format).
+//! reachable, and every account connected or deliberately stopped), `/metrics` (Prometheus text format),
+//! and, with `[http] api = true`, the read-only log API and its web page ([`api`]).
+
+pub mod api;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,11 +19,18 @@ use crate::store::postgres::PgStore;
 struct AppState {
     observed: Observed,
     store: PgStore,
+    api: Option<std::sync::Arc<api::Api>>,
 }
 
 /// Binds `addr` and serves until the process ends. Binding errors are returned (a port in
-/// use is a start-up error, not a silent absence of health checks).
-pub async fn serve(addr: SocketAddr, observed: Observed, store: PgStore) -> anyhow::Result<SocketAddr> {
+/// use is a start-up error, not a silent absence of health checks). Every other path goes to
+/// the log API when `api` is given, else answers 404.
+pub async fn serve(
+    addr: SocketAddr,
+    observed: Observed,
+    store: PgStore,
+    api: Option<api::Api>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ({e}); set [http] listen / HTTP_LISTEN to a free address, or \"off\"")
     })?;
@@ -29,7 +39,8 @@ pub async fn serve(addr: SocketAddr, observed: Observed, store: PgStore) -> anyh
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { observed, store });
+        .fallback(api::handle)
+        .with_state(AppState { observed, store, api: api.map(std::sync::Arc::new) });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the HTTP listener stopped: {e}");
