@@ -140,7 +140,9 @@ fn decode_segment(s: &str) -> Result<String, Reject> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let v = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| Reject::bad("bad %-escape in the path"))?;
+            let v = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Reject::bad("bad %-escape in the path"))?;
             out.push(v);
             i += 3;
         } else {
@@ -285,7 +287,7 @@ async fn route(api: &Api, uri: &Uri, headers: &HeaderMap) -> Result<Response, Re
     if path.chars().count() > MAX_URI_CHARS || uri.query().is_some_and(|q| q.chars().count() > MAX_URI_CHARS) {
         return Err(Reject::bad("the request is too long"));
     }
-    let raw_segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let raw_segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     if raw_segments.len() > 7 {
         return Err(Reject::not_found("no such route"));
     }
@@ -309,10 +311,6 @@ async fn route(api: &Api, uri: &Uri, headers: &HeaderMap) -> Result<Response, Re
                     }
                 },
                 ["random"] => random(api, &name, None, &q).await,
-                [y, m, d] => {
-                    let (from, to) = range(&q)?.map_or_else(|| day_range(y, m, d), Ok)?;
-                    channel_log(api, &name, from, to, &q).await
-                }
                 [uk @ ("user" | "userid"), u, rest @ ..] => {
                     let w = who(uk, u)?;
                     if api.opted_out(&w, None) {
@@ -323,7 +321,8 @@ async fn route(api: &Api, uri: &Uri, headers: &HeaderMap) -> Result<Response, Re
                             Some((from, to)) => user_log(api, &name, &w, from, to, &q).await,
                             None => {
                                 let months = api.reader.user_months(&name, &w, 1).await?;
-                                let (y, m) = months.first().ok_or_else(|| Reject::not_found("no logs for this user"))?;
+                                let (y, m) =
+                                    months.first().ok_or_else(|| Reject::not_found("no logs for this user"))?;
                                 Ok(redirect(&format!("/{ck}/{c}/{uk}/{u}/{y}/{m}"), uri))
                             }
                         },
@@ -334,6 +333,10 @@ async fn route(api: &Api, uri: &Uri, headers: &HeaderMap) -> Result<Response, Re
                         }
                         _ => Err(Reject::not_found("no such route")),
                     }
+                }
+                [y, m, d] => {
+                    let (from, to) = range(&q)?.map_or_else(|| day_range(y, m, d), Ok)?;
+                    channel_log(api, &name, from, to, &q).await
                 }
                 _ => Err(Reject::not_found("no such route")),
             }
@@ -532,7 +535,9 @@ fn badge_tag(json: Option<&str>) -> String {
 
 /// The line's IRC tags: stored ones where kept, else rebuilt from the columns.
 pub fn tags(l: &LogLine) -> BTreeMap<String, String> {
-    if let Some(map) = l.tags.as_deref().and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).ok()) {
+    if let Some(map) =
+        l.tags.as_deref().and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).ok())
+    {
         let mut out: BTreeMap<String, String> = map
             .into_iter()
             .map(|(k, v)| {

@@ -63,6 +63,73 @@ fn who_column(who: &Who) -> (&'static str, &str) {
     }
 }
 
+/// The statements, public so that a test can EXPLAIN each one on a large table.
+#[doc(hidden)]
+pub mod sql {
+    use super::{order_sql, Order, COLUMNS};
+
+    /// A skip scan: the newest row, then the newest row before that row's month, …
+    pub fn user_months(col: &str) -> String {
+        format!(
+            "WITH RECURSIVE m(t) AS (
+                (SELECT date_trunc('month', sent_at AT TIME ZONE 'UTC') FROM chat_messages
+                  WHERE channel = $1 AND {col} = $2 ORDER BY sent_at DESC LIMIT 1)
+                UNION ALL
+                SELECT (SELECT date_trunc('month', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
+                         WHERE c.channel = $1 AND c.{col} = $2 AND c.sent_at < (m.t AT TIME ZONE 'UTC')
+                         ORDER BY c.sent_at DESC LIMIT 1)
+                FROM m WHERE m.t IS NOT NULL
+            )
+            SELECT t FROM m WHERE t IS NOT NULL LIMIT $3"
+        )
+    }
+
+    /// The same skip scan by day over (channel, sent_at).
+    pub fn channel_days() -> String {
+        "WITH RECURSIVE d(t) AS (
+            (SELECT date_trunc('day', sent_at AT TIME ZONE 'UTC') FROM chat_messages
+              WHERE channel = $1 ORDER BY sent_at DESC LIMIT 1)
+            UNION ALL
+            SELECT (SELECT date_trunc('day', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
+                     WHERE c.channel = $1 AND c.sent_at < (d.t AT TIME ZONE 'UTC')
+                     ORDER BY c.sent_at DESC LIMIT 1)
+            FROM d WHERE d.t IS NOT NULL
+        )
+        SELECT t FROM d WHERE t IS NOT NULL LIMIT $2"
+            .to_string()
+    }
+
+    pub fn user_lines(col: &str, order: Order) -> String {
+        format!(
+            "SELECT {COLUMNS} FROM chat_messages
+             WHERE channel = $1 AND {col} = $2 AND sent_at >= $3 AND sent_at < $4 {} LIMIT $5",
+            order_sql(order)
+        )
+    }
+
+    pub fn channel_lines(order: Order) -> String {
+        format!(
+            "SELECT {COLUMNS} FROM chat_messages
+             WHERE channel = $1 AND sent_at >= $2 AND sent_at < $3 {} LIMIT $4",
+            order_sql(order)
+        )
+    }
+
+    /// A random instant between the first and the last line, then the first line from there:
+    /// three index probes, whatever the history's size (lines after long gaps come up more).
+    pub fn random_line(col: Option<&str>) -> String {
+        let filter = col.map(|c| format!("AND {c} = $2")).unwrap_or_default();
+        format!(
+            "SELECT {COLUMNS} FROM chat_messages
+             WHERE channel = $1 {filter} AND sent_at >= (
+                SELECT lo + (hi - lo) * random() FROM (SELECT
+                    (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at ASC LIMIT 1) AS lo,
+                    (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at DESC LIMIT 1) AS hi) b)
+             ORDER BY sent_at ASC LIMIT 1"
+        )
+    }
+}
+
 fn order_sql(order: Order) -> &'static str {
     match order {
         Order::OldestFirst => "ORDER BY sent_at ASC, id ASC",
@@ -144,19 +211,7 @@ impl LogReader for PgReader {
 
     async fn user_months(&self, channel: &str, who: &Who, limit: usize) -> Result<Vec<(i32, u32)>, ReadError> {
         let (col, value) = who_column(who);
-        // A skip scan: the newest row, then the newest row before that row's month, …
-        let sql = format!(
-            "WITH RECURSIVE m(t) AS (
-                (SELECT date_trunc('month', sent_at AT TIME ZONE 'UTC') FROM chat_messages
-                  WHERE channel = $1 AND {col} = $2 ORDER BY sent_at DESC LIMIT 1)
-                UNION ALL
-                SELECT (SELECT date_trunc('month', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
-                         WHERE c.channel = $1 AND c.{col} = $2 AND c.sent_at < (m.t AT TIME ZONE 'UTC')
-                         ORDER BY c.sent_at DESC LIMIT 1)
-                FROM m WHERE m.t IS NOT NULL
-            )
-            SELECT t FROM m WHERE t IS NOT NULL LIMIT $3"
-        );
+        let sql = sql::user_months(col);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
             .bind(value)
@@ -174,23 +229,12 @@ impl LogReader for PgReader {
     }
 
     async fn channel_days(&self, channel: &str, limit: usize) -> Result<Vec<NaiveDate>, ReadError> {
-        let rows = sqlx::query(
-            "WITH RECURSIVE d(t) AS (
-                (SELECT date_trunc('day', sent_at AT TIME ZONE 'UTC') FROM chat_messages
-                  WHERE channel = $1 ORDER BY sent_at DESC LIMIT 1)
-                UNION ALL
-                SELECT (SELECT date_trunc('day', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
-                         WHERE c.channel = $1 AND c.sent_at < (d.t AT TIME ZONE 'UTC')
-                         ORDER BY c.sent_at DESC LIMIT 1)
-                FROM d WHERE d.t IS NOT NULL
-            )
-            SELECT t FROM d WHERE t IS NOT NULL LIMIT $2",
-        )
-        .bind(channel)
-        .bind(limit_i64(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql::channel_days()))
+            .bind(channel)
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
         rows.iter()
             .map(|r| Ok(r.try_get::<NaiveDateTime, _>(0)?.date()))
             .collect::<Result<_, sqlx::Error>>()
@@ -207,11 +251,7 @@ impl LogReader for PgReader {
         limit: usize,
     ) -> Result<Vec<LogLine>, ReadError> {
         let (col, value) = who_column(who);
-        let sql = format!(
-            "SELECT {COLUMNS} FROM chat_messages
-             WHERE channel = $1 AND {col} = $2 AND sent_at >= $3 AND sent_at < $4 {} LIMIT $5",
-            order_sql(order)
-        );
+        let sql = sql::user_lines(col, order);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
             .bind(value)
@@ -232,11 +272,7 @@ impl LogReader for PgReader {
         order: Order,
         limit: usize,
     ) -> Result<Vec<LogLine>, ReadError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM chat_messages
-             WHERE channel = $1 AND sent_at >= $2 AND sent_at < $3 {} LIMIT $4",
-            order_sql(order)
-        );
+        let sql = sql::channel_lines(order);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
             .bind(from)
@@ -251,21 +287,14 @@ impl LogReader for PgReader {
     async fn random_line(&self, channel: &str, who: Option<&Who>) -> Result<Option<LogLine>, ReadError> {
         // A random instant between the first and the last line, then the first line from there:
         // three index probes, whatever the history's size (lines after long gaps come up more).
-        let (filter, value) = match who {
+        let (col, value) = match who {
             Some(w) => {
                 let (col, v) = who_column(w);
-                (format!("AND {col} = $2"), Some(v))
+                (Some(col), Some(v))
             }
-            None => (String::new(), None),
+            None => (None, None),
         };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM chat_messages
-             WHERE channel = $1 {filter} AND sent_at >= (
-                SELECT lo + (hi - lo) * random() FROM (SELECT
-                    (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at ASC LIMIT 1) AS lo,
-                    (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at DESC LIMIT 1) AS hi) b)
-             ORDER BY sent_at ASC LIMIT 1"
-        );
+        let sql = sql::random_line(col);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(channel);
         if let Some(v) = value {
             q = q.bind(v);
