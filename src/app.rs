@@ -7,9 +7,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Origin};
+use crate::config::{Config, LiveConfig, Origin, UserList};
 use crate::http;
 use crate::metrics::{AccountView, Observed};
+use crate::record::{UserFilter, UserSet};
 use crate::reload::{self, watch::Reloader, Plan};
 use crate::store::postgres::{DbError, PgStore};
 use crate::store::writer::{self, Writer};
@@ -37,6 +38,8 @@ struct Runtime {
     events: mpsc::UnboundedSender<ClientEvent>,
     /// The live config as the log API sees it.
     live_tx: tokio::sync::watch::Sender<crate::config::LiveConfig>,
+    /// The user filter the writer applies (rebuilt on a reload, sent when it differs).
+    filter: UserFilter,
 }
 
 impl Runtime {
@@ -84,6 +87,12 @@ impl Runtime {
         }
         if let Some(b) = &p.batch {
             self.writer.update(b.clone());
+        }
+        // Also when only a group's channels changed: its ignore list follows its channels.
+        let filter = user_filter(&self.cfg.live);
+        if filter != self.filter {
+            self.writer.set_filter(filter.clone());
+            self.filter = filter;
         }
         for key in &p.needs_restart {
             tracing::warn!(
@@ -161,7 +170,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     transport::install(connections.clone());
-    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx };
+    // Before the first account starts, so no row of a filtered user is ever written.
+    let filter = user_filter(&cfg.live);
+    writer.set_filter(filter.clone());
+    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }
@@ -209,6 +221,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         Some(e) => Err(e),
         None => Ok(if lost > 0 && outcome == Outcome::Stopped { Outcome::RowsLost(lost) } else { outcome }),
     }
+}
+
+/// The config's `ignore_users` and `opt_out_users` as the writer's filter: each group's
+/// ignore list applies to that group's channels (a channel in several groups: the union).
+pub fn user_filter(live: &LiveConfig) -> UserFilter {
+    let set =
+        |l: &UserList| UserSet { logins: l.logins.iter().cloned().collect(), ids: l.ids.iter().cloned().collect() };
+    let mut ignore_in: std::collections::HashMap<String, UserSet> = Default::default();
+    for g in live.groups.values().filter(|g| !g.ignore_users.is_empty()) {
+        for c in &g.channels {
+            let s = ignore_in.entry(c.clone()).or_default();
+            s.logins.extend(g.ignore_users.logins.iter().cloned());
+            s.ids.extend(g.ignore_users.ids.iter().cloned());
+        }
+    }
+    UserFilter { ignore: set(&live.filters.ignore_users), ignore_in, opt_out: set(&live.filters.opt_out_users) }
 }
 
 /// Stops every client (each hands over what it read), then lets the writer finish the queue.
@@ -299,4 +327,35 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ChatMessage, Filtered, Record};
+
+    fn from(channel: &str, login: &str, id: &str) -> Record {
+        Record::Message(ChatMessage {
+            channel: channel.into(),
+            username: login.into(),
+            user_id: Some(id.into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_group_ignore_list_covers_its_channels_only_and_global_lists_cover_all() {
+        let text = "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"one\", \"shared\"]\nignore_users = [\"g_bot\"]\n[groups.h]\naccounts = [\"a\"]\nchannels = [\"two\", \"shared\"]\nignore_users = [\"555\"]\n[filters]\nignore_users = [\"NightBot\"]\nopt_out_users = [\"42\"]\n";
+        let env = |k: &str| (k == "DATABASE_URL").then(|| "postgres://h/db".to_string());
+        let cfg = crate::config::load_text(Some((std::path::Path::new("c.toml"), text)), &env).unwrap();
+        let f = user_filter(&cfg.live);
+        assert_eq!(f.verdict(&from("one", "g_bot", "1")), Some(Filtered::Ignored));
+        assert_eq!(f.verdict(&from("two", "g_bot", "1")), None, "group g does not log `two`");
+        assert_eq!(f.verdict(&from("shared", "g_bot", "1")), Some(Filtered::Ignored));
+        assert_eq!(f.verdict(&from("shared", "h_bot", "555")), Some(Filtered::Ignored), "both groups' lists");
+        assert_eq!(f.verdict(&from("one", "h_bot", "555")), None);
+        assert_eq!(f.verdict(&from("two", "nightbot", "1")), Some(Filtered::Ignored));
+        assert_eq!(f.verdict(&from("one", "anyone", "42")), Some(Filtered::OptedOut));
+        assert_eq!(f.verdict(&from("one", "anyone", "43")), None);
+    }
 }

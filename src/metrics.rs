@@ -125,6 +125,13 @@ impl prometheus_client::collector::Collector for Observed {
             "kind",
             &[("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))],
         )?;
+        counter_family(
+            e,
+            "filtered_rows",
+            "Rows not stored because of the config's user filters, by reason (ignore_users, opt_out_users)",
+            "reason",
+            &[("ignored", s.filtered_ignored.load(Relaxed)), ("opted_out", s.filtered_opted_out.load(Relaxed))],
+        )?;
         // The writer's plain counters: (name, help, value).
         let writer_counters = [
             ("duplicates_skipped", "Messages already stored (same message_id), skipped", &s.duplicates),

@@ -409,3 +409,39 @@ async fn every_api_query_is_an_index_scan_on_a_large_table() {
         assert!(plan.contains(index), "statement {i} does not use the index on {index}:\n{plan}");
     }
 }
+
+/// Lines stored before a user opted out are never served once the config names them: a reload
+/// takes effect at once, by login or by user id, on every route (user logs 403, channel logs
+/// and random without their lines).
+#[tokio::test]
+async fn a_user_who_opts_out_by_reload_is_refused_with_403_and_left_out_of_channel_logs() {
+    let l = logged("").await;
+    assert_eq!(req(&l.addr, "/channel/chan/user/bob/2024/6").await.code, 200);
+    std::fs::write(&l.path, config(&l.fake_url, "[filters]\nopt_out_users = [\"Bob\", \"777\"]\n")).unwrap();
+    l.logger.wait_log("config reloaded", 10 * SEC).await;
+    for path in [
+        "/channel/chan/user/bob/2024/6",
+        "/channel/chan/user/BOB/2024/6?json",
+        "/channel/chan/user/bob",
+        "/channel/chan/user/bob/random",
+        "/list?channel=chan&user=bob",
+        "/channel/chan/userid/777/2024/6",
+        "/channelid/12345/userid/777/2024/5?raw",
+        "/list?channel=chan&userid=777",
+    ] {
+        let r = req(&l.addr, path).await;
+        assert_eq!((r.code, r.body.as_str()), (403, "this user has opted out of being logged\n"), "{path}");
+        assert_eq!(r.header("cache-control"), "no-store", "{path}");
+    }
+    // By login, the old name of user 777 is refused too: the lines carry the id.
+    assert_eq!(req(&l.addr, "/channel/chan/user/ivy/2024/6").await.code, 403);
+    // The channel's day keeps everyone else; a day of only opted-out lines is not there.
+    let day = req(&l.addr, "/channel/chan/2024/6/2").await;
+    assert_eq!(day.code, 404, "{}", day.body);
+    for _ in 0..5 {
+        let r = req(&l.addr, "/channel/other/random").await;
+        assert_eq!(r.code, 404, "other's only line is user 777's: {}", r.body);
+    }
+    let carl = req(&l.addr, "/channel/chan/random").await;
+    assert!(carl.body.contains("carl: right now"), "{}", carl.body);
+}

@@ -124,6 +124,9 @@ const STRS: &[&str] = &[
     "\n\n",
     "= \"",
     "#",
+    "\n[filters]\n",
+    "ignore_users = [\"",
+    "opt_out_users = [\"",
 ];
 
 fn pos() -> impl Strategy<Value = Pos> {
@@ -342,6 +345,62 @@ fn secrets_in_the_original_variables_never_show_whatever_surrounds_them() {
                 for w in chars.windows(WINDOW) {
                     let piece: String = w.iter().collect();
                     prop_assert!(!shown.contains(&piece), "`{piece}` shown for {env:?}:\n{shown}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A filter entry as a hostile or careless editor writes it.
+fn user_entry() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[a-zA-Z0-9_]{1,30}",
+        "[0-9]{1,25}",
+        prop::collection::vec(prop::sample::select(CHARS), 0..6).prop_map(|c| c.into_iter().collect()),
+        Just(String::new()),
+    ];
+    prop::collection::vec(piece, 1..4).prop_map(|p| p.concat())
+}
+
+#[test]
+fn filter_entries_of_any_shape_load_normalised_or_are_reported_at_their_key_never_a_panic() {
+    let mut runner =
+        TestRunner::new(RunnerConfig { cases: 2000, failure_persistence: None, ..RunnerConfig::default() });
+    let strategy = (prop::collection::vec(user_entry(), 1..5), prop::bool::ANY);
+    runner
+        .run(&strategy, |(entries, global)| {
+            // Escaped as TOML basic strings, so the entry reaches validation as written.
+            let list: Vec<String> = entries.iter().map(|e| toml::Value::String(e.clone()).to_string()).collect();
+            let (key, text) = if global {
+                ("filters.opt_out_users", format!("[filters]\nopt_out_users = [{}]\n", list.join(", ")))
+            } else {
+                (
+                    "groups.g.ignore_users",
+                    format!("[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nignore_users = [{}]\n", list.join(", ")),
+                )
+            };
+            let env = |k: &str| (k == "DATABASE_URL").then(|| "postgres://h/db".to_string());
+            match config::load_text(Some((Path::new("f.toml"), &text)), &env) {
+                Ok(cfg) => {
+                    let l = if global { &cfg.live.filters.opt_out_users } else { &cfg.live.groups["g"].ignore_users };
+                    for e in l.logins.iter() {
+                        prop_assert!(config::login::normalize_login(e).as_deref() == Ok(e.as_str()), "{e:?}");
+                    }
+                    for e in l.ids.iter() {
+                        prop_assert!(!e.is_empty() && e.len() <= 20 && e.bytes().all(|b| b.is_ascii_digit()), "{e:?}");
+                    }
+                    prop_assert!(l.logins.len() + l.ids.len() <= entries.len());
+                }
+                Err(err) => {
+                    prop_assert!(!err.to_string().contains("internal error"), "{text:?}: {err}");
+                    for p in &err.problems {
+                        prop_assert_eq!(&p.key, key, "{}", p);
+                        let one_line = p.to_string();
+                        prop_assert!(!one_line.contains('\n') && !one_line.contains('\r'), "{:?}", one_line);
+                        let on_line = matches!(p.location, config::Location::File { line: Some(_), .. });
+                        prop_assert!(on_line, "{}", p);
+                    }
                 }
             }
             Ok(())

@@ -132,10 +132,11 @@ pub fn apply(
         }
     }
     if let Some(list) = channels {
-        let group = file
-            .groups
-            .entry(DEFAULT_NAME.into())
-            .or_insert_with(|| GroupFile { accounts: vec![spanned(DEFAULT_NAME.to_string())], channels: Vec::new() });
+        let group = file.groups.entry(DEFAULT_NAME.into()).or_insert_with(|| GroupFile {
+            accounts: vec![spanned(DEFAULT_NAME.to_string())],
+            channels: Vec::new(),
+            ignore_users: Vec::new(),
+        });
         note("TWITCH_CHANNELS", "groups.default.channels".into(), !group.channels.is_empty());
         group.channels = list.split(',').filter(|c| !c.trim().is_empty()).map(|c| spanned(c.to_string())).collect();
         if group.channels.is_empty() {

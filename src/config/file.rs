@@ -31,6 +31,18 @@ pub struct FileConfig {
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
+    #[serde(default)]
+    pub filters: FiltersFile,
+}
+
+/// `[filters]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FiltersFile {
+    #[serde(default)]
+    pub ignore_users: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub opt_out_users: Vec<Spanned<String>>,
 }
 
 /// `[twitch]`
@@ -159,6 +171,8 @@ pub struct GroupFile {
     pub accounts: Vec<Spanned<String>>,
     #[serde(default)]
     pub channels: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ignore_users: Vec<Spanned<String>>,
 }
 
 /// What a key's value must be. `Secret` strings are never quoted in any message.
@@ -208,7 +222,8 @@ const ACCOUNT: &[(&str, Ty)] = &[
     ("refresh_token", Ty::Secret),
     ("refresh_token_file", Ty::Str),
 ];
-const GROUP: &[(&str, Ty)] = &[("accounts", Ty::StrList), ("channels", Ty::StrList)];
+const GROUP: &[(&str, Ty)] = &[("accounts", Ty::StrList), ("channels", Ty::StrList), ("ignore_users", Ty::StrList)];
+const FILTERS: &[(&str, Ty)] = &[("ignore_users", Ty::StrList), ("opt_out_users", Ty::StrList)];
 /// The whole file: the one schema that the checks below and the "did you mean" hints use.
 const ROOT: &[(&str, Ty)] = &[
     ("twitch", Ty::Table(TWITCH)),
@@ -219,6 +234,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("log", Ty::Table(LOG)),
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
+    ("filters", Ty::Table(FILTERS)),
 ];
 
 /// Keys whose values may be quoted in a message: every known key that is not a secret.

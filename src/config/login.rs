@@ -52,6 +52,35 @@ pub fn normalize_login(raw: &str) -> Result<String, LoginError> {
     Ok(name)
 }
 
+/// Longest user id accepted in a filter list (Twitch's are about 10 digits today).
+pub const MAX_USER_ID_DIGITS: usize = 20;
+
+/// One entry of `ignore_users` / `opt_out_users`, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserEntry {
+    /// A Twitch login, lowercase.
+    Login(String),
+    /// A numeric Twitch user id.
+    Id(String),
+}
+
+/// Reads a filter entry: digits only is a user id, anything else must be a login by Twitch's
+/// rules ([`normalize_login`]). The error quotes the entry (a user name, never a secret).
+pub fn parse_user_entry(raw: &str) -> Result<UserEntry, String> {
+    let t = raw.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        if t.len() > MAX_USER_ID_DIGITS {
+            return Err(format!(
+                "`{raw}` is too long for a user id ({MAX_USER_ID_DIGITS} digits at most); write the login or the id Twitch shows"
+            ));
+        }
+        return Ok(UserEntry::Id(t.to_string()));
+    }
+    normalize_login(raw).map(UserEntry::Login).map_err(|e| {
+        format!("{e} (an entry is a Twitch login, e.g. \"nightbot\", or a numeric user id, e.g. \"19264788\")")
+    })
+}
+
 /// Where the IRC connection goes: `ircs://host:port` (TLS) or `irc://host:port` (plain TCP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddr {
@@ -124,6 +153,18 @@ mod tests {
         assert!(normalize_login("#").is_err());
         assert!(normalize_login(&"a".repeat(26)).unwrap_err().to_string().contains("25"));
         assert!(normalize_login("ünicode").is_err());
+    }
+
+    #[test]
+    fn filter_entries_are_logins_or_digit_ids_and_nothing_else() {
+        assert_eq!(parse_user_entry(" NightBot ").unwrap(), UserEntry::Login("nightbot".into()));
+        assert_eq!(parse_user_entry(" 19264788 ").unwrap(), UserEntry::Id("19264788".into()));
+        assert_eq!(parse_user_entry("bot_123").unwrap(), UserEntry::Login("bot_123".into()));
+        for bad in ["", " ", "-12", "12 34", "ünicode", "a b", "bad-name"] {
+            let e = parse_user_entry(bad).unwrap_err();
+            assert!(e.contains("login") || e.contains("empty"), "{bad:?}: {e}");
+        }
+        assert!(parse_user_entry(&"9".repeat(21)).unwrap_err().contains("20 digits"));
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct LiveConfig {
     /// `[groups.NAME]`, by name.
     pub groups: BTreeMap<String, GroupConfig>,
     pub batch: BatchConfig,
+    /// `[filters]`: users whose rows are not stored, in every channel.
+    pub filters: FiltersConfig,
 }
 
 impl LiveConfig {
@@ -106,6 +108,49 @@ impl LiveConfig {
     /// Every channel some account logs.
     pub fn all_channels(&self) -> BTreeSet<String> {
         self.groups.values().flat_map(|g| g.channels.iter().cloned()).collect()
+    }
+
+    /// Whether this user asked not to be logged (`filters.opt_out_users`), by login (any case)
+    /// or user id; for the HTTP API, which refuses to serve their rows.
+    pub fn is_opted_out(&self, login: &str, user_id: Option<&str>) -> bool {
+        self.filters.opt_out_users.contains(Some(&login.trim().to_ascii_lowercase()), user_id)
+    }
+}
+
+/// `[filters]`: lists that apply to every channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FiltersConfig {
+    /// `ignore_users`: users whose messages and events are not stored (other bots).
+    pub ignore_users: UserList,
+    /// `opt_out_users`: users who asked not to be logged; nothing of theirs, nor any event
+    /// naming them, is stored.
+    pub opt_out_users: UserList,
+}
+
+/// Users named in the config, split by how they are named. An entry of digits only is a user
+/// id (which also covers a login made of digits: its rows carry that id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserList {
+    /// Normalised logins (lowercase, no `#`).
+    pub logins: BTreeSet<String>,
+    /// Twitch user ids.
+    pub ids: BTreeSet<String>,
+}
+
+impl UserList {
+    /// Neither a login nor an id.
+    pub fn is_empty(&self) -> bool {
+        self.logins.is_empty() && self.ids.is_empty()
+    }
+
+    /// Whether the user with this (normalised) login or this id is listed.
+    pub fn contains(&self, login: Option<&str>, user_id: Option<&str>) -> bool {
+        login.is_some_and(|l| self.logins.contains(l)) || user_id.is_some_and(|i| self.ids.contains(i))
+    }
+
+    /// Entries as written back by `check`: logins, then ids.
+    pub fn entries(&self) -> impl Iterator<Item = &String> {
+        self.logins.iter().chain(&self.ids)
     }
 }
 
@@ -401,6 +446,8 @@ pub struct GroupConfig {
     pub accounts: Vec<String>,
     /// Normalised channel logins.
     pub channels: BTreeSet<String>,
+    /// `ignore_users`: users whose rows are not stored in this group's channels.
+    pub ignore_users: UserList,
 }
 
 /// A key set by an environment variable.

@@ -91,6 +91,19 @@ pub fn render(cfg: &Config) -> String {
         let _ = writeln!(out, "accounts = [{}]", quoted(&mut g.accounts.iter()));
         let _ =
             writeln!(out, "channels = [{}]{}", quoted(&mut g.channels.iter()), src(&format!("groups.{name}.channels")));
+        if !g.ignore_users.is_empty() {
+            let _ = writeln!(out, "ignore_users = [{}]", quoted(&mut g.ignore_users.entries()));
+        }
+    }
+    let f = &cfg.live.filters;
+    if !f.ignore_users.is_empty() || !f.opt_out_users.is_empty() {
+        let quoted = |l: &super::UserList| l.entries().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "\n[filters]\nignore_users = [{}]\nopt_out_users = [{}]",
+            quoted(&f.ignore_users),
+            quoted(&f.opt_out_users)
+        );
     }
     out
 }

@@ -487,3 +487,80 @@ fn the_log_api_is_on_unless_http_api_is_false_and_a_quoted_value_is_refused_by_l
     let p = problems(&format!("{base}[http]\napi = \"no\"\n"), &[]);
     assert_eq!(p, vec!["line 4, column 7: key `http.api`: must be true or false (no quotes), not a string"]);
 }
+
+const FILTERS: &str = r##"
+[accounts.a]
+
+[groups.g]
+accounts = ["a"]
+channels = ["one"]
+ignore_users = ["StreamElements", "#nightbot", "100135110"]
+
+[groups.h]
+accounts = ["a"]
+channels = ["two"]
+
+[filters]
+ignore_users = [" Moobot ", "moobot", "1564983"]
+opt_out_users = ["Private_Person", "44322889"]
+"##;
+
+#[test]
+fn filter_lists_load_normalised_global_and_per_group_and_check_prints_them() {
+    let (cfg, _d) = load_text(FILTERS, &[("DATABASE_URL", "postgres://h/db")]);
+    let cfg = cfg.unwrap();
+    let f = &cfg.live.filters;
+    assert_eq!(f.ignore_users.logins.iter().collect::<Vec<_>>(), ["moobot"], "trimmed, lowercased, merged");
+    assert_eq!(f.ignore_users.ids.iter().collect::<Vec<_>>(), ["1564983"]);
+    assert_eq!(f.opt_out_users.logins.iter().collect::<Vec<_>>(), ["private_person"]);
+    assert_eq!(f.opt_out_users.ids.iter().collect::<Vec<_>>(), ["44322889"]);
+    let g = &cfg.live.groups["g"].ignore_users;
+    assert_eq!(g.logins.iter().collect::<Vec<_>>(), ["nightbot", "streamelements"]);
+    assert_eq!(g.ids.iter().collect::<Vec<_>>(), ["100135110"]);
+    assert!(cfg.live.groups["h"].ignore_users.is_empty());
+    let out = render::render(&cfg);
+    assert!(out.contains("ignore_users = [\"nightbot\", \"streamelements\", \"100135110\"]\n"), "{out}");
+    assert!(
+        out.ends_with("\n[filters]\nignore_users = [\"moobot\", \"1564983\"]\nopt_out_users = [\"private_person\", \"44322889\"]\n"),
+        "{out}"
+    );
+    // `check`'s output is a config that loads to the same lists.
+    let (again, _d) = load_text(&out.replace("url = \"[redacted]\"", "url = \"postgres://h/db\""), &[]);
+    assert_eq!(again.unwrap().live.filters, *f);
+}
+
+#[test]
+fn opted_out_users_are_found_by_login_in_any_case_or_by_id_and_nobody_else_is() {
+    let (cfg, _d) = load_text(FILTERS, &[("DATABASE_URL", "postgres://h/db")]);
+    let live = cfg.unwrap().live;
+    assert!(live.is_opted_out("Private_Person", None));
+    assert!(live.is_opted_out(" private_person ", Some("1")));
+    assert!(live.is_opted_out("renamed_since", Some("44322889")), "by id, whatever the login is now");
+    assert!(!live.is_opted_out("moobot", Some("1564983")), "ignored is not opted out");
+    assert!(!live.is_opted_out("someone", None));
+    assert!(!live.is_opted_out("", Some("")));
+}
+
+#[test]
+fn bad_filter_entries_are_reported_with_key_and_line_and_the_rest_is_still_checked() {
+    let text = "[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"one\"]\nignore_users = [\"ok\", \"bad-bot\"]\n[filters]\nignore_users = [\"x y\", 12]\nopt_out_users = [\"\", \"123456789012345678901\", \"fine\"]\n";
+    let p = problems(text, &[("DATABASE_URL", "postgres://h/db")]);
+    let expected = [
+        "line 5: key `groups.g.ignore_users`: `bad-bot` contains `-`; Twitch logins use only letters, digits and `_` (an entry is a Twitch login, e.g. \"nightbot\", or a numeric user id, e.g. \"19264788\")",
+        "line 7, column 24: key `filters.ignore_users`: lists quoted strings, not a whole number",
+        "line 7: key `filters.ignore_users`: `x y` contains ` `; Twitch logins use only letters, digits and `_` (an entry is a Twitch login, e.g. \"nightbot\", or a numeric user id, e.g. \"19264788\")",
+        "line 8: key `filters.opt_out_users`: `` is empty (an entry is a Twitch login, e.g. \"nightbot\", or a numeric user id, e.g. \"19264788\")",
+        "line 8: key `filters.opt_out_users`: `123456789012345678901` is too long for a user id (20 digits at most); write the login or the id Twitch shows",
+    ];
+    assert_eq!(p, expected);
+}
+
+#[test]
+fn a_misplaced_or_misspelt_filter_key_is_named_with_its_home() {
+    let p = problems("[filters]\nignore_user = [\"x\"]\n", &[("DATABASE_URL", "postgres://h/db")]);
+    assert!(p[0].contains("did you mean `ignore_users`"), "{p:?}");
+    let p = problems("opt_out_users = [\"x\"]\n", &[("DATABASE_URL", "postgres://h/db")]);
+    assert!(p[0].contains("belongs under [filters]"), "{p:?}");
+    let p = problems("[accounts.a]\nopt_out_users = [\"x\"]\n", &[("DATABASE_URL", "postgres://h/db")]);
+    assert!(p[0].contains("key `accounts.a.opt_out_users`"), "{p:?}");
+}

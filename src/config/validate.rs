@@ -14,10 +14,10 @@ use validator::{Validate, ValidationErrors};
 
 use super::duration::{format_duration, parse_duration, parse_rate, Rate};
 use super::file::{
-    self, line_col, AccountFile, BatchFile, DatabaseFile, FileConfig, GroupFile, HttpFile, Int, LogFile, ReloadFile,
-    TwitchFile,
+    self, line_col, AccountFile, BatchFile, DatabaseFile, FileConfig, FiltersFile, GroupFile, HttpFile, Int, LogFile,
+    ReloadFile, TwitchFile,
 };
-use super::login::normalize_login;
+use super::login::{normalize_login, parse_user_entry, UserEntry};
 use super::*;
 
 /// Validates `file` into a [`Config`]; problems go to `problems` (and then the config is `None`).
@@ -38,6 +38,7 @@ pub fn validate(
     let accounts: BTreeMap<_, _> =
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
     let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
+    let filters = filters(&mut cx, &file.filters);
     if !cx.problems.is_empty() {
         return None;
     }
@@ -46,7 +47,7 @@ pub fn validate(
     Some(Config {
         origin,
         startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir },
-        live: LiveConfig { accounts, groups, batch },
+        live: LiveConfig { accounts, groups, batch, filters },
         env_overrides: overrides,
     })
 }
@@ -572,7 +573,33 @@ fn group(cx: &mut Ctx<'_>, name: &str, g: &GroupFile, accounts: &BTreeMap<String
             }
         }
     }
-    GroupConfig { accounts: names, channels }
+    let ignore_users = user_list(cx, &key("ignore_users"), &g.ignore_users);
+    GroupConfig { accounts: names, channels, ignore_users }
+}
+
+fn filters(cx: &mut Ctx<'_>, f: &FiltersFile) -> FiltersConfig {
+    FiltersConfig {
+        ignore_users: user_list(cx, "filters.ignore_users", &f.ignore_users),
+        opt_out_users: user_list(cx, "filters.opt_out_users", &f.opt_out_users),
+    }
+}
+
+/// `ignore_users` / `opt_out_users`: each entry a login or a user id, normalised; repeats
+/// are merged; every bad entry is reported at its line.
+fn user_list(cx: &mut Ctx<'_>, key: &str, entries: &[Spanned<String>]) -> UserList {
+    let mut list = UserList::default();
+    for e in entries {
+        match parse_user_entry(e.get_ref()) {
+            Ok(UserEntry::Login(l)) => {
+                list.logins.insert(l);
+            }
+            Ok(UserEntry::Id(i)) => {
+                list.ids.insert(i);
+            }
+            Err(message) => cx.problem(key, Some(e.span()), message),
+        }
+    }
+    list
 }
 
 /// "did you mean" for a close name, else the list of accounts.

@@ -73,10 +73,19 @@ impl Api {
         Ok(cache.0.clone())
     }
 
-    /// Whether `who` asked not to be logged; such a user's lines are never served.
-    fn opted_out(&self, who: &Who, line_user: Option<(&str, Option<&str>)>) -> bool {
-        let _ = (who, line_user);
-        false
+    /// Whether the user a route names asked not to be logged (`filters.opt_out_users`, read
+    /// live: a reload that adds a user takes effect on the next request).
+    fn opted_out(&self, who: &Who) -> bool {
+        let live = self.live.borrow();
+        match who {
+            Who::Login(l) => live.is_opted_out(l, None),
+            Who::Id(id) => live.is_opted_out("", Some(id)),
+        }
+    }
+
+    /// Whether a line's sender is opted out, by login or user id (a renamed user's old login).
+    fn line_opted_out(&self, l: &LogLine) -> bool {
+        self.live.borrow().is_opted_out(&l.username, l.user_id.as_deref())
     }
 }
 
@@ -313,7 +322,7 @@ async fn route(api: &Api, uri: &Uri, headers: &HeaderMap) -> Result<Response, Re
                 ["random"] => random(api, &name, None, &q).await,
                 [uk @ ("user" | "userid"), u, rest @ ..] => {
                     let w = who(uk, u)?;
-                    if api.opted_out(&w, None) {
+                    if api.opted_out(&w) {
                         return Err(Reject(StatusCode::FORBIDDEN, "this user has opted out of being logged".into()));
                     }
                     match rest {
@@ -391,7 +400,7 @@ async fn list(api: &Api, q: &Query) -> Result<Response, Reject> {
     };
     let logs: Vec<serde_json::Value> = match &w {
         Some(w) => {
-            if api.opted_out(w, None) {
+            if api.opted_out(w) {
                 return Err(Reject(StatusCode::FORBIDDEN, "this user has opted out of being logged".into()));
             }
             let months = api.reader.user_months(&name, w, MAX_MONTHS).await?;
@@ -429,7 +438,7 @@ async fn user_log(
     q: &Query,
 ) -> Result<Response, Reject> {
     let lines = api.reader.user_lines(channel, w, from, to, order(q), MAX_LINES + 1).await?;
-    if lines.iter().any(|l| api.opted_out(w, Some((&l.username, l.user_id.as_deref())))) {
+    if lines.iter().any(|l| api.line_opted_out(l)) {
         return Err(Reject(StatusCode::FORBIDDEN, "this user has opted out of being logged".into()));
     }
     if lines.is_empty() {
@@ -446,7 +455,7 @@ async fn channel_log(
     q: &Query,
 ) -> Result<Response, Reject> {
     let mut lines = api.reader.channel_lines(channel, from, to, order(q), MAX_LINES + 1).await?;
-    lines.retain(|l| !api.opted_out(&Who::Login(l.username.clone()), Some((&l.username, l.user_id.as_deref()))));
+    lines.retain(|l| !api.line_opted_out(l));
     if lines.is_empty() {
         return Err(Reject::not_found("no logs for this channel in this period"));
     }
@@ -459,8 +468,7 @@ async fn random(api: &Api, channel: &str, w: Option<&Who>, q: &Query) -> Result<
         let Some(l) = api.reader.random_line(channel, w).await? else {
             return Err(Reject::not_found("no logs"));
         };
-        let who = w.cloned().unwrap_or_else(|| Who::Login(l.username.clone()));
-        if !api.opted_out(&who, Some((&l.username, l.user_id.as_deref()))) {
+        if !api.line_opted_out(&l) {
             return Ok(log_response(vec![l], q, "no-store"));
         }
     }

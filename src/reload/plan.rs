@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{BatchConfig, Config, LiveConfig, Rate};
+use crate::config::{BatchConfig, Config, LiveConfig, Rate, UserList};
 
 /// Most names listed per kind in a reload's summary line.
 const LIST_MAX: usize = 20;
@@ -25,6 +25,20 @@ pub struct Plan {
     pub batch: Option<BatchConfig>,
     /// Keys that changed but only take effect after a restart.
     pub needs_restart: Vec<&'static str>,
+    /// User filter lists that changed, in key order. Counts only: the summary never names
+    /// a user (an opted-out user's login does not belong in the logs).
+    pub filters: Vec<FilterChange>,
+}
+
+/// One changed `ignore_users` / `opt_out_users` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterChange {
+    /// The list's key, e.g. `filters.opt_out_users` or `groups.esports.ignore_users`.
+    pub key: String,
+    /// Entries (logins and ids) now listed that were not.
+    pub added: usize,
+    /// Entries no longer listed.
+    pub removed: usize,
 }
 
 impl Plan {
@@ -65,6 +79,11 @@ impl Plan {
         if self.batch.is_some() {
             parts_out.push("batch settings applied".into());
         }
+        if !self.filters.is_empty() {
+            let changes: Vec<String> =
+                self.filters.iter().map(|c| format!("{} +{}/-{}", c.key, c.added, c.removed)).collect();
+            parts_out.push(format!("user filters applied [{}]", list(&mut changes.iter())));
+        }
         if parts_out.is_empty() {
             parts_out.push("nothing to apply live".into());
         }
@@ -103,7 +122,31 @@ fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
     if new.batch != old.batch {
         p.batch = Some(new.batch.clone());
     }
+    p.filters = diff_filters(old, new);
     p
+}
+
+fn diff_filters(old: &LiveConfig, new: &LiveConfig) -> Vec<FilterChange> {
+    let none = UserList::default();
+    let mut lists: Vec<(String, &UserList, &UserList)> = vec![
+        ("filters.ignore_users".into(), &old.filters.ignore_users, &new.filters.ignore_users),
+        ("filters.opt_out_users".into(), &old.filters.opt_out_users, &new.filters.opt_out_users),
+    ];
+    let groups: BTreeSet<&String> = old.groups.keys().chain(new.groups.keys()).collect();
+    for g in groups {
+        let was = old.groups.get(g).map_or(&none, |g| &g.ignore_users);
+        let now = new.groups.get(g).map_or(&none, |g| &g.ignore_users);
+        lists.push((format!("groups.{g}.ignore_users"), was, now));
+    }
+    lists
+        .into_iter()
+        .filter(|(_, was, now)| was != now)
+        .map(|(key, was, now)| {
+            let count =
+                |a: &UserList, b: &UserList| a.logins.difference(&b.logins).count() + a.ids.difference(&b.ids).count();
+            FilterChange { key, added: count(now, was), removed: count(was, now) }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -145,6 +188,7 @@ mod tests {
         };
         let live = LiveConfig {
             batch: BatchConfig::default(),
+            filters: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()
@@ -154,6 +198,7 @@ mod tests {
                         GroupConfig {
                             accounts: a.iter().map(|s| s.to_string()).collect(),
                             channels: c.iter().map(|s| s.to_string()).collect(),
+                            ignore_users: Default::default(),
                         },
                     )
                 })
@@ -234,6 +279,33 @@ mod tests {
         let line = plan(&old, &new).summary();
         assert!(line.len() < 1000, "{} bytes", line.len());
         assert!(line.starts_with("joined [ch_0000, ch_0001") && line.contains("… and 4980 more]"), "{line}");
+    }
+
+    fn users(logins: &[&str], ids: &[&str]) -> UserList {
+        UserList { logins: set(logins), ids: set(ids) }
+    }
+
+    #[test]
+    fn filter_edits_are_applied_and_summarised_by_list_with_counts_but_no_user_names() {
+        let old = config(&[("a", None)], &[("g", &["a"], &["x"]), ("gone", &["a"], &["y"])]);
+        let mut new = old.clone();
+        new.live.filters.opt_out_users = users(&["shy_person"], &["44322889"]);
+        new.live.groups.get_mut("g").unwrap().ignore_users = users(&["esl_bot"], &[]);
+        let mut old = old;
+        old.live.groups.get_mut("gone").unwrap().ignore_users = users(&["old_bot"], &[]);
+        new.live.groups.remove("gone");
+        let p = plan(&old, &new);
+        let keys: Vec<(&str, usize, usize)> = p.filters.iter().map(|c| (c.key.as_str(), c.added, c.removed)).collect();
+        assert_eq!(
+            keys,
+            [("filters.opt_out_users", 2, 0), ("groups.g.ignore_users", 1, 0), ("groups.gone.ignore_users", 0, 1)]
+        );
+        let line = p.summary();
+        assert!(line.contains("user filters applied [filters.opt_out_users +2/-0, groups.g.ignore_users +1/-0, groups.gone.ignore_users +0/-1]"), "{line}");
+        for name in ["shy_person", "44322889", "esl_bot", "old_bot"] {
+            assert!(!line.contains(name), "{line}");
+        }
+        assert!(plan(&new, &new.clone()).filters.is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use super::spool::{is_disk_full, Spool};
 use super::{invalid_reason, Batch, Record, Store, StoreError};
 use crate::config::BatchConfig;
-use crate::record::RecordTx;
+use crate::record::{Filtered, RecordTx, UserFilter};
 
 /// How long a batch may keep failing before it and the memory backlog go to disk.
 pub const SPILL_AFTER: Duration = Duration::from_secs(2);
@@ -80,6 +80,10 @@ pub struct WriterStats {
     pub flush_buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
     /// Unix time (ms) of the last commit that stored a new message.
     pub last_stored_ms: AtomicU64,
+    /// Rows not stored because their sender is in `ignore_users`.
+    pub filtered_ignored: AtomicU64,
+    /// Rows not stored because they are from or about a user in `opt_out_users`.
+    pub filtered_opted_out: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the commit-time histogram buckets.
@@ -176,6 +180,8 @@ struct Shared {
     /// Shutdown deadline: past it, what is not written goes to the spool.
     deadline: watch::Sender<Option<Instant>>,
     stats: Arc<WriterStats>,
+    /// Which rows are never stored; replaced whole by a reload.
+    filter: std::sync::RwLock<Arc<UserFilter>>,
 }
 
 /// Why rows were lost, for the one log line per 10,000.
@@ -188,6 +194,11 @@ enum Loss {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("writer state lock")
+    }
+
+    /// The user filter in force.
+    fn filter(&self) -> Arc<UserFilter> {
+        self.filter.read().expect("writer filter lock").clone()
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -372,6 +383,12 @@ impl Writer {
         self.shared.wake.notify_one();
     }
 
+    /// Applies new user filters: from the next batch on, rows they match are dropped before
+    /// any write, wherever they wait (memory or spool).
+    pub fn set_filter(&self, filter: UserFilter) {
+        *self.shared.filter.write().expect("writer filter lock") = Arc::new(filter);
+    }
+
     /// Shutdown: takes what the clients already handed over and writes it to the database;
     /// when `shutdown_timeout` expires, a write still waiting is abandoned and what is not
     /// committed goes to the spool (a late commit is deduplicated at replay). Returns what
@@ -424,6 +441,7 @@ pub fn spawn(store: Arc<dyn Store>, spool_dir: &std::path::Path, cfg: BatchConfi
         room: Notify::new(),
         deadline: watch::channel(None).0,
         stats: stats.clone(),
+        filter: Default::default(),
     });
     let (tx, rx) = crate::record::channel(HANDOFF);
     let (settings, settings_rx) = watch::channel(cfg);
@@ -473,11 +491,16 @@ impl Job {
     }
 }
 
-/// Rows that can never be valid go straight to the dead letters; the rest is one write.
-fn jobs_for(batch: Batch) -> VecDeque<Job> {
+/// The one place every row passes on its way to the database, from memory or the spool:
+/// rows the user filter matches are dropped (counted, never logged one by one); rows that can
+/// never be valid go straight to the dead letters; the rest is one write.
+fn jobs_for(batch: Batch, filter: &UserFilter, stats: &WriterStats) -> VecDeque<Job> {
     let mut good = Batch::default();
     let mut jobs = VecDeque::new();
     for r in batch.into_records() {
+        if !passes(filter, &r, stats) {
+            continue;
+        }
         match invalid_reason(&r) {
             None => good.push(r),
             Some(why) => jobs.push_back(Job::DeadLetter(Box::new(r), why)),
@@ -489,10 +512,42 @@ fn jobs_for(batch: Batch) -> VecDeque<Job> {
     jobs
 }
 
+/// Whether `filter` lets the row through; a row it drops is counted by reason.
+fn passes(filter: &UserFilter, r: &Record, stats: &WriterStats) -> bool {
+    match filter.verdict(r) {
+        None => true,
+        Some(Filtered::Ignored) => {
+            stats.filtered_ignored.fetch_add(1, Relaxed);
+            false
+        }
+        Some(Filtered::OptedOut) => {
+            stats.filtered_opted_out.fetch_add(1, Relaxed);
+            false
+        }
+    }
+}
+
+/// Drops what a filter applied since `jobs` were made matches: a batch retried through an
+/// outage is written under the filter in force when the database is back.
+fn drop_filtered(jobs: &mut VecDeque<Job>, filter: &UserFilter, stats: &WriterStats) {
+    if filter.is_empty() {
+        return;
+    }
+    for job in jobs.iter_mut() {
+        if let Job::Write(b) = job {
+            *b = Batch::from_records(std::mem::take(b).into_records().filter(|r| passes(filter, r, stats)));
+        }
+    }
+    jobs.retain(|j| match j {
+        Job::Write(b) => !b.is_empty(),
+        Job::DeadLetter(r, _) => passes(filter, r, stats),
+    });
+}
+
 async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: watch::Receiver<BatchConfig>) {
     let mut replay: Option<(u64, VecDeque<Record>)> = None;
     while let Some((batch, source)) = next_batch(&shared, &mut settings, &mut replay).await {
-        let mut jobs = jobs_for(batch);
+        let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
         let mut refused = Refused::default();
         let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused).await;
         refused.log();
@@ -653,7 +708,14 @@ async fn write_out(
     // The jobs are also in the spool: whatever the database does next, they are kept.
     let mut spilled = false;
     let mut deadline_rx = shared.deadline.subscribe();
-    while let Some(job) = jobs.front() {
+    let mut filter = shared.filter();
+    loop {
+        let now = shared.filter();
+        if !Arc::ptr_eq(&now, &filter) {
+            drop_filtered(jobs, &now, &shared.stats);
+            filter = now;
+        }
+        let Some(job) = jobs.front() else { break };
         let started = Instant::now();
         let result = {
             let write = async {
@@ -976,6 +1038,96 @@ mod tests {
 
     fn ids(r: std::ops::Range<u128>) -> Vec<String> {
         r.map(id).collect()
+    }
+
+    /// Message `i` from `login` with user id `uid`.
+    fn msg_from(i: u128, login: &str, uid: &str) -> Record {
+        let Record::Message(mut m) = msg(i) else { unreachable!() };
+        m.username = login.into();
+        m.user_id = Some(uid.into());
+        Record::Message(m)
+    }
+
+    fn users(logins: &[&str], ids: &[&str]) -> crate::record::UserSet {
+        crate::record::UserSet {
+            logins: logins.iter().map(|s| s.to_string()).collect(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Ignores `bot`; `shy` (id 42) opted out.
+    fn bot_and_shy() -> UserFilter {
+        UserFilter { ignore: users(&["bot"], &[]), opt_out: users(&[], &["42"]), ..Default::default() }
+    }
+
+    /// Rows 0..30: every third from `bot`, every third from `shy` under a new login, the rest
+    /// from `nia`; returns the ids of nia's.
+    async fn send_mixed(w: &Writer, from: u128) -> Vec<String> {
+        let mut kept = Vec::new();
+        for i in from..from + 30 {
+            let r = match i % 3 {
+                0 => msg_from(i, "bot", "7"),
+                1 => msg_from(i, "shy_renamed", "42"),
+                _ => {
+                    kept.push(id(i));
+                    msg_from(i, "nia", "9")
+                }
+            };
+            w.sender.send(r).await.unwrap();
+        }
+        kept
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_of_ignored_and_opted_out_users_never_reach_the_store_and_are_counted_by_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        w.set_filter(bot_and_shy());
+        let kept = send_mixed(&w, 0).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored(), kept);
+        assert_eq!(fake.seen.lock().unwrap().len(), 10, "filtered rows are not even sent to the store");
+        assert_eq!((w.stats.filtered_ignored.load(Relaxed), w.stats.filtered_opted_out.load(Relaxed)), (10, 10));
+        assert_eq!(w.finish().await, Finished { stored: 10, spooled: 0, lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_filter_applied_while_rows_wait_in_memory_drops_them_before_their_write_and_lifting_it_stores_later_rows()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        let kept = send_mixed(&w, 0).await;
+        // Read, not yet written (flush_interval is 100 ms): the reload applies now.
+        w.set_filter(bot_and_shy());
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored(), kept);
+        w.set_filter(UserFilter::default());
+        send(&w, 100..103).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored().len(), 13, "an emptied filter stores everyone again");
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_spooled_before_an_opt_out_are_dropped_when_replayed_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        let kept = send_mixed(&w, 0).await;
+        run_for(Duration::from_secs(6)).await;
+        assert_eq!(w.observer().backlog().spool_rows, 30, "the outage put every row on disk");
+        w.set_filter(bot_and_shy());
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(10)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, kept);
+        assert_eq!(w.stats.replayed.load(Relaxed), 10);
+        assert_eq!((w.stats.filtered_ignored.load(Relaxed), w.stats.filtered_opted_out.load(Relaxed)), (10, 10));
+        assert_eq!(w.observer().backlog().spool_rows, 0, "the segment is removed once written");
+        assert_eq!(w.finish().await.lost, 0);
     }
 
     #[tokio::test(start_paused = true)]
