@@ -445,3 +445,223 @@ async fn a_user_who_opts_out_by_reload_is_refused_with_403_and_left_out_of_chann
     let carl = req(&l.addr, "/channel/chan/random").await;
     assert!(carl.body.contains("carl: right now"), "{}", carl.body);
 }
+
+/// Minimal WebDriver client: JSON over HTTP/1.1 to chromedriver on 127.0.0.1.
+mod webdriver {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub async fn call(port: u16, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // chromedriver keeps the connection open: read the head, then Content-Length bytes.
+        let read = async {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok());
+                    let done = match len {
+                        Some(len) => rest.len() >= len,
+                        None => n == 0 || rest.ends_with("0\r\n\r\n"),
+                    };
+                    if done || n == 0 {
+                        return (head.to_string(), rest.to_string());
+                    }
+                } else if n == 0 {
+                    panic!("chromedriver closed without an answer");
+                }
+            }
+        };
+        let (head, rest) = tokio::time::timeout(Duration::from_secs(60), read).await.expect("chromedriver answers");
+        let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&rest) } else { rest };
+        serde_json::from_str(&rest).unwrap_or_else(|e| panic!("chromedriver said {head} {rest}: {e}"))
+    }
+
+    fn dechunk(mut s: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = s.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(rest.get(..n).unwrap_or(rest));
+            s = rest.get(n + 2..).unwrap_or("");
+        }
+        out
+    }
+
+    pub fn base64(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let clean: Vec<u8> = s.bytes().filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/').collect();
+        let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+        for chunk in clean.chunks(4) {
+            let v: Vec<u32> = chunk.iter().map(|c| u32::from(val(*c))).collect();
+            let n = v.iter().enumerate().fold(0u32, |acc, (i, x)| acc | (x << (18 - 6 * i)));
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..chunk.len() - 1]);
+        }
+        out
+    }
+}
+
+/// The web page in a real headless Chromium (Debian's `chromium` and `chromium-driver`): pick
+/// a channel and a user, see that user's lines; pick a day, newest first; a chatter's HTML is
+/// shown as text. Saves a screenshot to target/test-artifacts/api-page.png.
+#[tokio::test]
+async fn the_web_page_shows_a_users_lines_and_a_day_newest_first_in_a_real_browser() {
+    let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromedriver not found: install Debian's browser with `apt-get install -y chromium chromium-driver` (scripts/test.sh does this itself when run as root)");
+    let l = logged("").await;
+    l.fake.to_channel(
+        "chan",
+        &chat(
+            "chan",
+            "12345",
+            "eve-html",
+            "eve",
+            "Eve",
+            "55",
+            "<b>bold</b><img src=x onerror=alert(1)>",
+            JUNE_FIRST + 13 * 3600,
+        ),
+    );
+    l.db.wait_count("SELECT count(*) FROM chat_messages", 8, 15 * SEC).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so that the browser it starts goes with it whatever happens.
+    let chromedriver = std::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let _group = KillGroup(chromedriver);
+    let end = std::time::Instant::now() + 20 * SEC;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(std::time::Instant::now() < end, "chromedriver did not listen within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"]
+    }}}});
+    let session = webdriver::call(port, "POST", "/session", Some(caps)).await;
+    let id = session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_string();
+    let s = |p: &str| format!("/session/{id}{p}");
+    let script = |js: &str| serde_json::json!({"script": js, "args": []});
+    let wait_js = |js: &'static str| {
+        let s = s("/execute/sync");
+        async move {
+            let end = std::time::Instant::now() + 15 * SEC;
+            loop {
+                let v = webdriver::call(port, "POST", &s, Some(serde_json::json!({"script": js, "args": []}))).await;
+                if v["value"].as_bool() == Some(true) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < end, "timed out waiting in the browser for: {js}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let lines_js = "return Array.from(document.querySelectorAll('#log .line')).map(e => e.textContent)";
+
+    webdriver::call(port, "POST", &s("/url"), Some(serde_json::json!({"url": format!("http://{}/", l.addr)}))).await;
+    wait_js("return document.querySelectorAll('#channel option').length === 2").await;
+    // Pick a channel and type a user, as a person would.
+    let find = |css: &str| serde_json::json!({"using": "css selector", "value": css});
+    let el =
+        |v: serde_json::Value| v["value"].as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string();
+    let option = el(webdriver::call(port, "POST", &s("/element"), Some(find("#channel option[value=chan]"))).await);
+    webdriver::call(port, "POST", &s(&format!("/element/{option}/click")), Some(serde_json::json!({}))).await;
+    let user = el(webdriver::call(port, "POST", &s("/element"), Some(find("#user"))).await);
+    webdriver::call(port, "POST", &s(&format!("/element/{user}/value")), Some(serde_json::json!({"text": "Ivy"})))
+        .await;
+    let show = el(webdriver::call(port, "POST", &s("/element"), Some(find("#show"))).await);
+    webdriver::call(port, "POST", &s(&format!("/element/{show}/click")), Some(serde_json::json!({}))).await;
+    wait_js("return document.querySelectorAll('#log .line').length > 0").await;
+    let shown = webdriver::call(port, "POST", &s("/execute/sync"), Some(script(lines_js))).await;
+    assert_eq!(shown["value"], serde_json::json!(["[2024-06-01 00:00:00] Ivy: first of june"]));
+    let links = webdriver::call(
+        port,
+        "POST",
+        &s("/execute/sync"),
+        Some(script("return Array.from(document.querySelectorAll('#links a')).map(a => a.getAttribute('href'))")),
+    )
+    .await;
+    assert_eq!(
+        links["value"],
+        serde_json::json!([
+            "/channel/chan/user/Ivy/2024/6?json",
+            "/channel/chan/user/Ivy/2024/6?raw",
+            "/channel/chan/user/Ivy/2024/6"
+        ])
+    );
+
+    // A day, newest first: everyone's lines, the chatter's HTML as plain text.
+    webdriver::call(port, "POST", &s("/execute/sync"), Some(script("document.getElementById('user').value = ''; document.getElementById('day').value = '2024-06-01'; document.getElementById('reverse').checked = true; document.getElementById('show').click(); return true"))).await;
+    wait_js("return document.querySelectorAll('#log .line').length === 3").await;
+    let shown = webdriver::call(port, "POST", &s("/execute/sync"), Some(script(lines_js))).await;
+    assert_eq!(
+        shown["value"],
+        serde_json::json!([
+            "[2024-06-01 13:00:00] Eve: <b>bold</b><img src=x onerror=alert(1)>",
+            "[2024-06-01 12:00:00] Bob: hi ivy",
+            "[2024-06-01 00:00:00] Ivy: first of june",
+        ])
+    );
+    let injected = webdriver::call(
+        port,
+        "POST",
+        &s("/execute/sync"),
+        Some(script("return document.querySelectorAll('#log img, #log b').length")),
+    )
+    .await;
+    assert_eq!(injected["value"], 0, "a chatter's HTML became elements");
+
+    let shot = webdriver::call(port, "GET", &s("/screenshot"), None).await;
+    let png = webdriver::base64(shot["value"].as_str().expect("a screenshot"));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api-page.png");
+    std::fs::write(&file, &png).unwrap();
+    let written = std::fs::read(&file).unwrap();
+    assert!(written.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(written.len() > 10_000, "a {}-byte screenshot is blank", written.len());
+    eprintln!("screenshot: {} ({} bytes)", file.display(), written.len());
+
+    webdriver::call(port, "DELETE", &s(""), None).await;
+}
+
+/// Ends the process group of the child it holds (chromedriver and its browser) when dropped,
+/// pass or fail.
+struct KillGroup(std::process::Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-KILL").arg("--").arg(format!("-{}", self.0.id())).status();
+        let _ = self.0.wait();
+    }
+}
