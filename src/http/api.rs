@@ -698,6 +698,18 @@ mod tests {
         assert!(raw.contains("badges=premium/1,subscriber/12;"), "{raw}");
     }
 
+    #[test]
+    fn an_answer_past_the_line_limit_is_cut_there_and_says_so() {
+        let q = Query::default();
+        let r = log_response(vec![sample(); MAX_LINES + 1], &q, "no-cache");
+        assert!(r.headers().get("x-truncated").is_some());
+        let r = log_response(vec![sample(); MAX_LINES], &q, "no-cache");
+        assert!(r.headers().get("x-truncated").is_none());
+        let text = log_response(vec![sample(); MAX_LINES + 1], &q, "no-cache").into_body();
+        let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(text, usize::MAX)).unwrap().unwrap();
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), MAX_LINES);
+    }
+
     proptest! {
         /// Whatever the path, the parser answers with a status: it never panics, and what it
         /// accepts as a login is always in the grammar.
