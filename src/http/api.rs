@@ -31,6 +31,9 @@ pub const MAX_DAYS: usize = 3660;
 /// How long a browser or proxy may keep a log of a period that has ended. Short enough that a
 /// user who opts out disappears from caches within a week.
 pub const PAST_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+/// Longest a request may take before it is answered 503 (waiting for a connection, the
+/// query, reading its rows).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest path or query string accepted.
 const MAX_URI_CHARS: usize = 512;
 /// How often a request for an unknown channel id may refresh the room-id cache.
@@ -126,7 +129,10 @@ pub(super) async fn handle(State(s): State<AppState>, method: Method, uri: Uri, 
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, OPTIONS"));
         r
     } else {
-        match route(&api, &uri, &headers).await {
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, route(&api, &uri, &headers)).await;
+        match answer.unwrap_or_else(|_| {
+            Err(Reject(StatusCode::SERVICE_UNAVAILABLE, "the log query took too long; try a shorter range".into()))
+        }) {
             Ok(r) => r,
             Err(Reject(code, why)) => {
                 let mut r = (code, format!("{why}\n")).into_response();
@@ -376,7 +382,10 @@ fn json_response(v: &serde_json::Value, cache: &'static str) -> Response {
 }
 
 async fn channels(api: &Api) -> Result<Response, Reject> {
-    let ids = api.room_ids(false).await?;
+    // A channel added by a reload has no id cached yet: look again (at most every 10 s).
+    let cached = api.room_ids(false).await?;
+    let missing = api.channels().iter().any(|c| !cached.contains_key(c));
+    let ids = if missing { api.room_ids(true).await? } else { cached };
     let list: Vec<_> = api
         .channels()
         .into_iter()
@@ -444,7 +453,7 @@ async fn user_log(
     if lines.is_empty() {
         return Err(Reject::not_found("no logs for this user in this period"));
     }
-    Ok(log_response(lines, q, cache_for(to)))
+    Ok(render(lines, q, cache_for(to)).await)
 }
 
 async fn channel_log(
@@ -459,7 +468,7 @@ async fn channel_log(
     if lines.is_empty() {
         return Err(Reject::not_found("no logs for this channel in this period"));
     }
-    Ok(log_response(lines, q, cache_for(to)))
+    Ok(render(lines, q, cache_for(to)).await)
 }
 
 async fn random(api: &Api, channel: &str, w: Option<&Who>, q: &Query) -> Result<Response, Reject> {
@@ -486,12 +495,29 @@ fn cache_for(to: DateTime<Utc>) -> &'static str {
     }
 }
 
+/// Formats on a blocking thread: 50,000 lines take a while, and the async workers also run
+/// the writer and the Twitch clients.
+async fn render(lines: Vec<LogLine>, q: &Query, cache: &'static str) -> Response {
+    let flags = Query { json: q.json, raw: q.raw, ..Query::default() };
+    match tokio::task::spawn_blocking(move || log_response(lines, &flags, cache)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "formatting the log failed\n").into_response(),
+    }
+}
+
 fn log_response(mut lines: Vec<LogLine>, q: &Query, cache: &'static str) -> Response {
     let truncated = lines.len() > MAX_LINES;
     lines.truncate(MAX_LINES);
     let mut r = if q.json {
-        let messages: Vec<_> = lines.iter().map(json_line).collect();
-        json_response(&serde_json::json!({ "messages": messages }), cache)
+        #[derive(serde::Serialize)]
+        struct Messages<'a> {
+            messages: Vec<JsonMessage<'a>>,
+        }
+        let body = Messages { messages: lines.iter().map(json_line).collect() };
+        let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        r
     } else {
         let mut out = String::with_capacity(lines.len() * 80);
         for l in &lines {
@@ -614,11 +640,23 @@ fn escape_tag(v: &str) -> String {
 
 /// The IRC line: as received where stored, else rebuilt from the stored columns.
 pub fn raw_line(l: &LogLine) -> String {
+    raw_line_with(l, &tags(l))
+}
+
+fn raw_line_with(l: &LogLine, tags: &BTreeMap<String, String>) -> String {
     if let Some(r) = &l.raw {
         return r.clone();
     }
-    let tags: Vec<String> = tags(l).iter().map(|(k, v)| format!("{k}={}", escape_tag(v))).collect();
-    let tags = tags.join(";");
+    let mut t = String::with_capacity(256);
+    for (i, (k, v)) in tags.iter().enumerate() {
+        if i > 0 {
+            t.push(';');
+        }
+        t.push_str(k);
+        t.push('=');
+        t.push_str(&escape_tag(v));
+    }
+    let tags = t;
     // Control characters cannot be in a line Twitch sent; never let one break the line apart.
     let clean = |s: &str| s.replace(['\r', '\n'], " ");
     match l.kind {
@@ -634,20 +672,39 @@ pub fn raw_line(l: &LogLine) -> String {
     }
 }
 
-/// One message of the JSON form.
-pub fn json_line(l: &LogLine) -> serde_json::Value {
-    serde_json::json!({
-        "text": l.text,
-        "systemText": l.system_text,
-        "username": l.username,
-        "displayName": l.display_name.clone().unwrap_or_else(|| l.username.clone()),
-        "channel": l.channel,
-        "timestamp": l.sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "id": l.id,
-        "type": l.kind as u8,
-        "raw": raw_line(l),
-        "tags": tags(l),
-    })
+/// One message of the JSON form (justlog's field names).
+#[derive(serde::Serialize)]
+pub struct JsonMessage<'a> {
+    text: &'a str,
+    #[serde(rename = "systemText")]
+    system_text: &'a str,
+    username: &'a str,
+    #[serde(rename = "displayName")]
+    display_name: &'a str,
+    channel: &'a str,
+    timestamp: String,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: u8,
+    raw: String,
+    tags: BTreeMap<String, String>,
+}
+
+/// A line in the JSON form: tags built once, for `tags` and for `raw`.
+pub fn json_line(l: &LogLine) -> JsonMessage<'_> {
+    let tags = tags(l);
+    JsonMessage {
+        text: &l.text,
+        system_text: &l.system_text,
+        username: &l.username,
+        display_name: l.display_name.as_deref().unwrap_or(&l.username),
+        channel: &l.channel,
+        timestamp: l.sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        id: &l.id,
+        kind: l.kind as u8,
+        raw: raw_line_with(l, &tags),
+        tags,
+    }
 }
 
 #[cfg(test)]
