@@ -1,4 +1,5 @@
--- The log API (issue #17) reads one user's lines in one channel by login or by user id, in
--- time order: an index range scan each, never a scan of the channel.
+-- The log API (issue #17) reads one user's lines in one channel by login, in time order: an
+-- index range scan, never a scan of the channel. By user id it uses the (channel, user_id,
+-- sent_at) indexes of 20261130000300.
 CREATE INDEX IF NOT EXISTS idx_chat_messages_channel_username_time ON chat_messages (channel, username, sent_at);
-CREATE INDEX IF NOT EXISTS idx_chat_messages_channel_user_id_time ON chat_messages (channel, user_id, sent_at);
+CREATE INDEX IF NOT EXISTS idx_chat_events_channel_login_time ON chat_events (channel, login, sent_at) WHERE login IS NOT NULL;

@@ -321,11 +321,12 @@ impl Record {
             },
             // A notice is Twitch's, about the channel: it names no chatter.
             Record::Notice(n) => Involved { channel: &n.channel, sender: None, target: None },
-            // INTEGRATOR (events, issue #14): a `Record::Event(e)` arm goes here, e.g.
-            // `Involved { channel: &e.channel, sender: Some(UserRef { login: e.login.as_deref(),
-            // id: e.user_id.as_deref() }), target: Some(UserRef { login: e.target_login.as_deref(),
-            // id: e.target_user_id.as_deref() }) }` (a CLEARMSG's target is the deleted message's
-            // author; a gift's, its recipient). The filter needs nothing else.
+            // A CLEARMSG's target is the deleted message's author; a gift's, its recipient.
+            Record::Event(e) => Involved {
+                channel: &e.channel,
+                sender: Some(UserRef { login: e.login.as_deref(), id: e.user_id.as_deref() }),
+                target: Some(UserRef { login: e.target_login.as_deref(), id: e.target_user_id.as_deref() }),
+            },
         }
     }
 }

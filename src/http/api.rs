@@ -567,49 +567,56 @@ fn badge_tag(json: Option<&str>) -> String {
         .join(",")
 }
 
-/// The line's IRC tags: stored ones where kept, else rebuilt from the columns.
+/// The line's IRC tags, rebuilt from the stored columns (Twitch's names and formats).
 pub fn tags(l: &LogLine) -> BTreeMap<String, String> {
-    if let Some(map) =
-        l.tags.as_deref().and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).ok())
-    {
-        let mut out: BTreeMap<String, String> = map
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, v)
-            })
-            .collect();
-        for k in ["color", "emotes"] {
-            out.entry(k.to_string()).or_default();
-        }
-        if let Some(r) = &l.room_id {
-            out.entry("room-id".to_string()).or_insert_with(|| r.clone());
-        }
-        return out;
-    }
     let flag = |b: bool| if b { "1" } else { "0" }.to_string();
     let mut t = BTreeMap::new();
+    t.insert("room-id".into(), l.room_id.clone().unwrap_or_default());
+    t.insert("tmi-sent-ts".into(), l.sent_at.timestamp_millis().to_string());
+    if l.kind == LineKind::ClearChat {
+        if let Some(d) = l.ban_duration {
+            t.insert("ban-duration".into(), d.to_string());
+        }
+        if let Some(u) = &l.target_user_id {
+            t.insert("target-user-id".into(), u.clone());
+        }
+        return t;
+    }
     t.insert("badge-info".into(), badge_tag(l.badge_info.as_deref()));
     t.insert("badges".into(), badge_tag(l.badges.as_deref()));
     t.insert("color".into(), l.color.clone().unwrap_or_default());
     t.insert("display-name".into(), l.display_name.clone().unwrap_or_else(|| l.username.clone()));
     t.insert("emotes".into(), l.emotes.clone().unwrap_or_default());
-    if let Some(f) = l.first_msg {
-        t.insert("first-msg".into(), flag(f));
-    }
     if !l.id.is_empty() {
         t.insert("id".into(), l.id.clone());
     }
-    t.insert("mod".into(), flag(l.is_mod));
-    t.insert("room-id".into(), l.room_id.clone().unwrap_or_default());
-    t.insert("subscriber".into(), flag(l.is_subscriber));
-    t.insert("tmi-sent-ts".into(), l.sent_at.timestamp_millis().to_string());
     if let Some(u) = &l.user_id {
         t.insert("user-id".into(), u.clone());
     }
+    if l.kind == LineKind::UserNotice {
+        t.insert("login".into(), l.username.clone());
+        if let Some(m) = &l.msg_id {
+            t.insert("msg-id".into(), m.clone());
+        }
+        t.insert("system-msg".into(), l.system_text.clone());
+        let params = l
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(p).ok());
+        for (k, v) in params.into_iter().flatten() {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            t.insert(k, v);
+        }
+        return t;
+    }
+    if let Some(f) = l.first_msg {
+        t.insert("first-msg".into(), flag(f));
+    }
+    t.insert("mod".into(), flag(l.is_mod));
+    t.insert("subscriber".into(), flag(l.is_subscriber));
     if l.bits > 0 {
         t.insert("bits".into(), l.bits.to_string());
     }
@@ -692,7 +699,12 @@ pub struct JsonMessage<'a> {
 
 /// A line in the JSON form: tags built once, for `tags` and for `raw`.
 pub fn json_line(l: &LogLine) -> JsonMessage<'_> {
-    let tags = tags(l);
+    let mut tags = tags(l);
+    let raw = raw_line_with(l, &tags);
+    // The common web frontend reads these on every message.
+    for k in ["color", "emotes"] {
+        tags.entry(k.to_string()).or_default();
+    }
     JsonMessage {
         text: &l.text,
         system_text: &l.system_text,
@@ -702,7 +714,7 @@ pub fn json_line(l: &LogLine) -> JsonMessage<'_> {
         timestamp: l.sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         id: &l.id,
         kind: l.kind as u8,
-        raw: raw_line_with(l, &tags),
+        raw,
         tags,
     }
 }
@@ -736,7 +748,10 @@ mod tests {
             reply_parent_user_login: None,
             sent_at: Utc.with_ymd_and_hms(2024, 5, 7, 4, 3, 9).unwrap(),
             raw: None,
-            tags: None,
+            msg_id: None,
+            params: None,
+            ban_duration: None,
+            target_user_id: None,
         }
     }
 

@@ -51,89 +51,128 @@ impl PgReader {
     }
 }
 
-const COLUMNS: &str = "message_id, channel, room_id, user_id, username, display_name, text, badges::text AS badges, \
-     badge_info::text AS badge_info, color, is_mod, is_subscriber, bits, is_action, emotes, first_msg, \
-     reply_parent_msg_id, reply_parent_user_login, sent_at";
+/// A chat message as a log line.
+const MESSAGE_COLUMNS: &str =
+    "1 AS kind, message_id AS line_id, channel, room_id, user_id, username, display_name, text, \
+     '' AS system_text, badges::text AS badges, badge_info::text AS badge_info, color, is_mod, is_subscriber, bits, \
+     is_action, emotes, first_msg, reply_parent_msg_id, reply_parent_user_login, sent_at, raw, \
+     NULL::text AS msg_id, NULL::text AS params, NULL::integer AS ban_duration, NULL::text AS target_user_id, id";
 
-/// The column a [`Who`] is matched on: one of two fixed names, never input.
-fn who_column(who: &Who) -> (&'static str, &str) {
+/// A USERNOTICE (4) or CLEARCHAT (2) as a log line; a CLEARCHAT's system text is justlog's.
+const EVENT_COLUMNS: &str = "CASE WHEN kind = 'clearchat' THEN 2 ELSE 4 END AS kind, \
+     CASE WHEN kind = 'clearchat' THEN '' ELSE event_key END AS line_id, channel, room_id, user_id, \
+     COALESCE(login, '') AS username, display_name, COALESCE(text, '') AS text, \
+     CASE WHEN kind <> 'clearchat' THEN COALESCE(system_msg, '') \
+          WHEN target_login IS NULL THEN 'chat has been cleared' \
+          WHEN ban_duration IS NULL THEN target_login || ' has been banned' \
+          ELSE target_login || ' has been timed out for ' || ban_duration || ' seconds' END AS system_text, \
+     badges::text AS badges, badge_info::text AS badge_info, color, false AS is_mod, false AS is_subscriber, \
+     0 AS bits, false AS is_action, emotes, NULL::boolean AS first_msg, NULL::text AS reply_parent_msg_id, \
+     NULL::text AS reply_parent_user_login, sent_at, raw, msg_id, params::text AS params, ban_duration, \
+     target_user_id, id";
+
+/// The event kinds a log shows, as justlog does.
+const EVENT_KINDS: &str = "kind IN ('usernotice', 'clearchat')";
+
+/// The columns a [`Who`] is matched on (messages, events): fixed names, never input.
+fn who_column(who: &Who) -> (&'static str, &'static str, &str) {
     match who {
-        Who::Login(l) => ("username", l.as_str()),
-        Who::Id(id) => ("user_id", id.as_str()),
+        Who::Login(l) => ("username", "login", l.as_str()),
+        Who::Id(id) => ("user_id", "user_id", id.as_str()),
     }
 }
 
-/// The statements, public so that a test can EXPLAIN each one on a large table.
+/// The statements, public so that a test can EXPLAIN each one on a large table. Each reads
+/// chat_messages and chat_events by index range and merges the two.
 #[doc(hidden)]
 pub mod sql {
-    use super::{order_sql, Order, COLUMNS};
+    use super::{Order, EVENT_COLUMNS, EVENT_KINDS, MESSAGE_COLUMNS};
 
-    /// A skip scan: the newest row, then the newest row before that row's month, …
-    pub fn user_months(col: &str) -> String {
+    fn dir(order: Order) -> &'static str {
+        match order {
+            Order::OldestFirst => "ASC",
+            Order::NewestFirst => "DESC",
+        }
+    }
+
+    /// A skip scan over one table: its newest row, then the newest row before that row's
+    /// period, … (one index probe per period found).
+    fn skip_scan(table: &str, unit: &str, filter: &str) -> String {
         format!(
-            "WITH RECURSIVE m(t) AS (
-                (SELECT date_trunc('month', sent_at AT TIME ZONE 'UTC') FROM chat_messages
-                  WHERE channel = $1 AND {col} = $2 ORDER BY sent_at DESC LIMIT 1)
+            "WITH RECURSIVE p(t) AS (
+                (SELECT date_trunc('{unit}', sent_at AT TIME ZONE 'UTC') FROM {table}
+                  WHERE {filter} ORDER BY sent_at DESC LIMIT 1)
                 UNION ALL
-                SELECT (SELECT date_trunc('month', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
-                         WHERE c.channel = $1 AND c.{col} = $2 AND c.sent_at < (m.t AT TIME ZONE 'UTC')
-                         ORDER BY c.sent_at DESC LIMIT 1)
-                FROM m WHERE m.t IS NOT NULL
+                SELECT (SELECT date_trunc('{unit}', sent_at AT TIME ZONE 'UTC') FROM {table}
+                         WHERE {filter} AND sent_at < (p.t AT TIME ZONE 'UTC')
+                         ORDER BY sent_at DESC LIMIT 1)
+                FROM p WHERE p.t IS NOT NULL
             )
-            SELECT t FROM m WHERE t IS NOT NULL LIMIT $3"
+            SELECT t FROM p WHERE t IS NOT NULL"
         )
     }
 
-    /// The same skip scan by day over (channel, sent_at).
+    /// The months in which a user has lines in a channel, newest first ($1 channel, $2 user, $3 limit).
+    pub fn user_months(msg_col: &str, event_col: &str) -> String {
+        format!(
+            "SELECT t FROM ({}) m UNION SELECT t FROM ({}) e ORDER BY t DESC LIMIT $3",
+            skip_scan("chat_messages", "month", &format!("channel = $1 AND {msg_col} = $2")),
+            skip_scan("chat_events", "month", &format!("channel = $1 AND {event_col} = $2 AND {EVENT_KINDS}")),
+        )
+    }
+
+    /// The days on which a channel has lines, newest first ($1 channel, $2 limit).
     pub fn channel_days() -> String {
-        "WITH RECURSIVE d(t) AS (
-            (SELECT date_trunc('day', sent_at AT TIME ZONE 'UTC') FROM chat_messages
-              WHERE channel = $1 ORDER BY sent_at DESC LIMIT 1)
-            UNION ALL
-            SELECT (SELECT date_trunc('day', c.sent_at AT TIME ZONE 'UTC') FROM chat_messages c
-                     WHERE c.channel = $1 AND c.sent_at < (d.t AT TIME ZONE 'UTC')
-                     ORDER BY c.sent_at DESC LIMIT 1)
-            FROM d WHERE d.t IS NOT NULL
-        )
-        SELECT t FROM d WHERE t IS NOT NULL LIMIT $2"
-            .to_string()
-    }
-
-    pub fn user_lines(col: &str, order: Order) -> String {
         format!(
-            "SELECT {COLUMNS} FROM chat_messages
-             WHERE channel = $1 AND {col} = $2 AND sent_at >= $3 AND sent_at < $4 {} LIMIT $5",
-            order_sql(order)
+            "SELECT t FROM ({}) m UNION SELECT t FROM ({}) e ORDER BY t DESC LIMIT $2",
+            skip_scan("chat_messages", "day", "channel = $1"),
+            skip_scan("chat_events", "day", &format!("channel = $1 AND {EVENT_KINDS}")),
         )
     }
 
+    /// A user's lines in a channel in [$3, $4), at most $5.
+    pub fn user_lines(msg_col: &str, event_col: &str, order: Order) -> String {
+        let d = dir(order);
+        format!(
+            "(SELECT {MESSAGE_COLUMNS} FROM chat_messages
+               WHERE channel = $1 AND {msg_col} = $2 AND sent_at >= $3 AND sent_at < $4
+               ORDER BY sent_at {d}, id {d} LIMIT $5)
+             UNION ALL
+             (SELECT {EVENT_COLUMNS} FROM chat_events
+               WHERE channel = $1 AND {event_col} = $2 AND {EVENT_KINDS} AND sent_at >= $3 AND sent_at < $4
+               ORDER BY sent_at {d}, id {d} LIMIT $5)
+             ORDER BY sent_at {d}, kind {d}, id {d} LIMIT $5"
+        )
+    }
+
+    /// A channel's lines in [$2, $3), at most $4.
     pub fn channel_lines(order: Order) -> String {
+        let d = dir(order);
         format!(
-            "SELECT {COLUMNS} FROM chat_messages
-             WHERE channel = $1 AND sent_at >= $2 AND sent_at < $3 {} LIMIT $4",
-            order_sql(order)
+            "(SELECT {MESSAGE_COLUMNS} FROM chat_messages
+               WHERE channel = $1 AND sent_at >= $2 AND sent_at < $3
+               ORDER BY sent_at {d}, id {d} LIMIT $4)
+             UNION ALL
+             (SELECT {EVENT_COLUMNS} FROM chat_events
+               WHERE channel = $1 AND {EVENT_KINDS} AND sent_at >= $2 AND sent_at < $3
+               ORDER BY sent_at {d}, id {d} LIMIT $4)
+             ORDER BY sent_at {d}, kind {d}, id {d} LIMIT $4"
         )
     }
 
-    /// A random instant between the first and the last line, then the first line from there:
-    /// three index probes, whatever the history's size (lines after long gaps come up more).
+    /// A random instant between the first and the last message, then the first message from
+    /// there: three index probes, whatever the history's size (lines after long gaps come up
+    /// more often). Chat messages only, as justlog's random.
     pub fn random_line(col: Option<&str>) -> String {
         let filter = col.map(|c| format!("AND {c} = $2")).unwrap_or_default();
         format!(
-            "SELECT {COLUMNS} FROM chat_messages
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages
              WHERE channel = $1 {filter} AND sent_at >= (
                 SELECT lo + (hi - lo) * random() FROM (SELECT
                     (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at ASC LIMIT 1) AS lo,
                     (SELECT sent_at FROM chat_messages WHERE channel = $1 {filter} ORDER BY sent_at DESC LIMIT 1) AS hi) b)
              ORDER BY sent_at ASC LIMIT 1"
         )
-    }
-}
-
-fn order_sql(order: Order) -> &'static str {
-    match order {
-        Order::OldestFirst => "ORDER BY sent_at ASC, id ASC",
-        Order::NewestFirst => "ORDER BY sent_at DESC, id DESC",
     }
 }
 
@@ -156,16 +195,21 @@ fn classify(e: sqlx::Error) -> ReadError {
 }
 
 fn line(r: &PgRow) -> Result<LogLine, sqlx::Error> {
+    let kind = match r.try_get::<i32, _>("kind")? {
+        2 => LineKind::ClearChat,
+        4 => LineKind::UserNotice,
+        _ => LineKind::Chat,
+    };
     Ok(LogLine {
-        kind: LineKind::Chat,
-        id: r.try_get("message_id")?,
+        kind,
+        id: r.try_get("line_id")?,
         channel: r.try_get("channel")?,
         room_id: r.try_get("room_id")?,
         user_id: r.try_get("user_id")?,
         username: r.try_get("username")?,
         display_name: r.try_get("display_name")?,
         text: r.try_get("text")?,
-        system_text: String::new(),
+        system_text: r.try_get("system_text")?,
         color: r.try_get("color")?,
         emotes: r.try_get("emotes")?,
         badges: r.try_get("badges")?,
@@ -178,8 +222,11 @@ fn line(r: &PgRow) -> Result<LogLine, sqlx::Error> {
         reply_parent_msg_id: r.try_get("reply_parent_msg_id")?,
         reply_parent_user_login: r.try_get("reply_parent_user_login")?,
         sent_at: r.try_get("sent_at")?,
-        raw: None,
-        tags: None,
+        raw: r.try_get("raw")?,
+        msg_id: r.try_get("msg_id")?,
+        params: r.try_get("params")?,
+        ban_duration: r.try_get("ban_duration")?,
+        target_user_id: r.try_get("target_user_id")?,
     })
 }
 
@@ -210,8 +257,8 @@ impl LogReader for PgReader {
     }
 
     async fn user_months(&self, channel: &str, who: &Who, limit: usize) -> Result<Vec<(i32, u32)>, ReadError> {
-        let (col, value) = who_column(who);
-        let sql = sql::user_months(col);
+        let (msg_col, event_col, value) = who_column(who);
+        let sql = sql::user_months(msg_col, event_col);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
             .bind(value)
@@ -250,8 +297,8 @@ impl LogReader for PgReader {
         order: Order,
         limit: usize,
     ) -> Result<Vec<LogLine>, ReadError> {
-        let (col, value) = who_column(who);
-        let sql = sql::user_lines(col, order);
+        let (msg_col, event_col, value) = who_column(who);
+        let sql = sql::user_lines(msg_col, event_col, order);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
             .bind(value)
@@ -285,11 +332,9 @@ impl LogReader for PgReader {
     }
 
     async fn random_line(&self, channel: &str, who: Option<&Who>) -> Result<Option<LogLine>, ReadError> {
-        // A random instant between the first and the last line, then the first line from there:
-        // three index probes, whatever the history's size (lines after long gaps come up more).
         let (col, value) = match who {
             Some(w) => {
-                let (col, v) = who_column(w);
+                let (col, _, v) = who_column(w);
                 (Some(col), Some(v))
             }
             None => (None, None),

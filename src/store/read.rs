@@ -58,10 +58,16 @@ pub struct LogLine {
     pub reply_parent_msg_id: Option<String>,
     pub reply_parent_user_login: Option<String>,
     pub sent_at: DateTime<Utc>,
-    /// The IRC line exactly as received, where the store kept it.
+    /// The IRC line exactly as received, where the store kept it (`[storage] raw_lines`).
     pub raw: Option<String>,
-    /// The line's IRC tags as JSON object text, where the store kept them (events).
-    pub tags: Option<String>,
+    /// An event's `msg-id` (`resub`, `raid` …).
+    pub msg_id: Option<String>,
+    /// An event's `msg-param-*` tags as JSON object text.
+    pub params: Option<String>,
+    /// A timeout's length in seconds (none for a ban or a clear).
+    pub ban_duration: Option<i32>,
+    /// A CLEARCHAT's target user id.
+    pub target_user_id: Option<String>,
 }
 
 /// Which end of a range a limited read keeps.
