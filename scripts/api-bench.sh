@@ -117,9 +117,11 @@ channels = [$channels]
 EOF
 (cd "$work" && DATABASE_URL=$db_url TWITCH_AUTH_URL=http://127.0.0.1:1 RUST_LOG=warn "$BIN" --config config.toml) &
 pids+=($!)
-for _ in $(seq 100); do
+# Start-up migrations build indexes on the filled table: wait for them (up to 30 min).
+for i in $(seq 1800); do
   curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
+  [ "$i" = 1800 ] && { echo "the logger did not get ready" >&2; exit 1; }
+  sleep 1
 done
 sleep 3
 

@@ -849,3 +849,19 @@ async fn subs_timeouts_and_bans_are_served_with_their_system_text_in_channel_and
     );
     assert!(raw.ends_with(" :tmi.twitch.tv USERNOTICE #chan :still here"), "{raw}");
 }
+
+/// A database that fails every read: each request gets a 503 with a reason (never a 500), and
+/// a client retrying in a loop costs one log line per 10 s, not one per request.
+#[tokio::test]
+async fn a_failing_database_answers_503_and_logs_once_however_many_requests() {
+    let l = logged("").await;
+    sqlx::query("ALTER TABLE chat_events RENAME TO chat_events_away").execute(&l.db.pool).await.unwrap();
+    for _ in 0..50 {
+        let r = req(&l.addr, "/channel/chan/2024/6/1").await;
+        assert_eq!((r.code, r.body.as_str()), (503, "the log database is not answering; try again shortly\n"));
+    }
+    let logged_lines = l.logger.log_text().lines().filter(|x| x.contains("log API:")).count();
+    assert_eq!(logged_lines, 1, "{}", l.logger.log_text());
+    sqlx::query("ALTER TABLE chat_events_away RENAME TO chat_events").execute(&l.db.pool).await.unwrap();
+    assert_eq!(req(&l.addr, "/channel/chan/2024/6/1").await.code, 200);
+}

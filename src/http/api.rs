@@ -105,9 +105,30 @@ impl Reject {
     }
 }
 
+/// At most one log line per this long about failing reads: a client retrying in a loop must
+/// not flood the log.
+const READ_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl From<ReadError> for Reject {
     fn from(e: ReadError) -> Self {
-        tracing::warn!("log API: {}", crate::store::StoreError::Unavailable(Box::new(e)).one_line());
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+        static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+        let due = {
+            let mut last = LAST.lock().expect("read error log lock");
+            let due = last.is_none_or(|t| t.elapsed() >= READ_ERROR_LOG_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let source = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+            let more = SUPPRESSED.swap(0, Ordering::Relaxed);
+            tracing::warn!(suppressed = more, "log API: {e}: {source} (answered 503)");
+        } else {
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        }
         Reject(StatusCode::SERVICE_UNAVAILABLE, "the log database is not answering; try again shortly".into())
     }
 }
