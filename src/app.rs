@@ -169,6 +169,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     }
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
+    connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
     // Before the first account starts, so no row of a filtered user is ever written.
     let filter = user_filter(&cfg.live);

@@ -145,8 +145,8 @@ pub struct ChatEvent {
     /// USERNOTICE `system-msg`, unescaped.
     pub system_msg: Option<String>,
     /// JSON object text: every `msg-param-*` tag of a USERNOTICE, named as Twitch sends it;
-    /// the mode tags of a ROOMSTATE (as sent: the store merges them onto the room's last
-    /// state); the unmapped tags of the other kinds. Integers are JSON numbers (0/1 flags too),
+    /// the mode tags of a ROOMSTATE as sent (the store merges them onto the room's last state
+    /// into the `room_state` column); the tags of CLEARCHAT/CLEARMSG that have no column. Integers are JSON numbers (0/1 flags too),
     /// `true`/`false` booleans, everything else strings.
     pub params: String,
     /// `msg-param-cumulative-months` (sub, resub) or `msg-param-months` (subgift).

@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
@@ -148,6 +150,13 @@ pub struct LogFile {
     pub format: Option<Spanned<String>>,
 }
 
+/// `[storage]`: what is kept of each line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub raw_lines: Option<Spanned<bool>>,
+}
+
 /// `[accounts.NAME]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,8 +190,8 @@ enum Ty {
     Str,
     Secret,
     Int,
-    StrList,
     Bool,
+    StrList,
     /// A table with these keys.
     Table(&'static [(&'static str, Ty)]),
     /// A table of named tables (`[accounts.NAME]`), each with these keys.
@@ -211,6 +220,7 @@ const BATCH: &[(&str, Ty)] = &[
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str), ("api", Ty::Bool)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
+const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
     ("oauth_token", Ty::Secret),
@@ -232,6 +242,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("reload", Ty::Table(RELOAD)),
     ("http", Ty::Table(HTTP)),
     ("log", Ty::Table(LOG)),
+    ("storage", Ty::Table(STORAGE)),
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
     ("filters", Ty::Table(FILTERS)),
@@ -662,8 +673,8 @@ channels = [\"x\"]
             for (k, ty) in keys {
                 let v = match ty {
                     Ty::Int => "1",
-                    Ty::StrList => "[\"x\"]",
                     Ty::Bool => "true",
+                    Ty::StrList => "[\"x\"]",
                     _ => "\"x\"",
                 };
                 text.push_str(&format!("{k} = {v}\n"));

@@ -61,6 +61,8 @@ pub struct StartupConfig {
     pub log: LogConfig,
     /// `batch.spool_dir`: the running writer's files stay where they are.
     pub spool_dir: PathBuf,
+    /// `[storage]`
+    pub storage: StorageConfig,
 }
 
 impl StartupConfig {
@@ -76,6 +78,7 @@ impl StartupConfig {
             ("reload", self.reload != new.reload),
             ("http", self.http != new.http),
             ("log", self.log != new.log),
+            ("storage.raw_lines", self.storage.raw_lines != new.storage.raw_lines),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -274,6 +277,14 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))), api: true }
     }
+}
+
+/// `[storage]`: what is kept of each line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `raw_lines`: keep the exact line as received next to each stored row (a `raw` column).
+    /// Start-up only: every row of one run has its line or none has.
+    pub raw_lines: bool,
 }
 
 /// `[log]`

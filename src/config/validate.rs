@@ -34,6 +34,7 @@ pub fn validate(
     let reload = reload(&mut cx, &file.reload);
     let http = http(&mut cx, &file.http);
     let log = log(&mut cx, &file.log);
+    let storage = StorageConfig { raw_lines: file.storage.raw_lines.as_ref().is_some_and(|r| *r.get_ref()) };
     let database = database(&mut cx, &file.database);
     let accounts: BTreeMap<_, _> =
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
@@ -46,7 +47,7 @@ pub fn validate(
         file.batch.spool_dir.as_ref().map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), |p| p.get_ref().clone());
     Some(Config {
         origin,
-        startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir },
+        startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir, storage },
         live: LiveConfig { accounts, groups, batch, filters },
         env_overrides: overrides,
     })
@@ -731,7 +732,7 @@ accounts = []
     fn check_renders_modes_and_formats_by_their_names() {
         let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         let out = render(&load(text, &[]).unwrap());
-        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\napi = true\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\napi = true\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[storage]\nraw_lines = false\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         assert_eq!(out, expected);
         let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
         let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());

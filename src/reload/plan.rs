@@ -185,6 +185,7 @@ mod tests {
             http: Default::default(),
             log: Default::default(),
             spool_dir: "data/spool".into(),
+            storage: Default::default(),
         };
         let live = LiveConfig {
             batch: BatchConfig::default(),
