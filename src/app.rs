@@ -148,7 +148,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     };
 
     let spool_dir = &cfg.startup.spool_dir;
-    let writer = writer::spawn(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone())
+    // In force before the first row, a previous run's spool included.
+    let filter = user_filter(&cfg.live);
+    let writer = writer::spawn_filtered(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone(), filter.clone())
         .with_context(|| format!("cannot open the spool directory {} (batch.spool_dir)", spool_dir.display()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let views = Arc::new(RwLock::new(BTreeMap::new()));
@@ -171,9 +173,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
-    // Before the first account starts, so no row of a filtered user is ever written.
-    let filter = user_filter(&cfg.live);
-    writer.set_filter(filter.clone());
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
@@ -229,12 +228,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 pub fn user_filter(live: &LiveConfig) -> UserFilter {
     let set =
         |l: &UserList| UserSet { logins: l.logins.iter().cloned().collect(), ids: l.ids.iter().cloned().collect() };
-    let mut ignore_in: std::collections::HashMap<String, UserSet> = Default::default();
+    let mut ignore_in: std::collections::HashMap<String, Arc<UserSet>> = Default::default();
     for g in live.groups.values().filter(|g| !g.ignore_users.is_empty()) {
+        let list = Arc::new(set(&g.ignore_users));
         for c in &g.channels {
-            let s = ignore_in.entry(c.clone()).or_default();
-            s.logins.extend(g.ignore_users.logins.iter().cloned());
-            s.ids.extend(g.ignore_users.ids.iter().cloned());
+            match ignore_in.get_mut(c) {
+                None => {
+                    ignore_in.insert(c.clone(), list.clone());
+                }
+                // In two groups: this channel gets its own union.
+                Some(s) => {
+                    let s = Arc::make_mut(s);
+                    s.logins.extend(list.logins.iter().cloned());
+                    s.ids.extend(list.ids.iter().cloned());
+                }
+            }
         }
     }
     UserFilter { ignore: set(&live.filters.ignore_users), ignore_in, opt_out: set(&live.filters.opt_out_users) }
@@ -358,5 +366,7 @@ mod tests {
         assert_eq!(f.verdict(&from("two", "nightbot", "1")), Some(Filtered::Ignored));
         assert_eq!(f.verdict(&from("one", "anyone", "42")), Some(Filtered::OptedOut));
         assert_eq!(f.verdict(&from("one", "anyone", "43")), None);
+        // `shared` got its own union; `one` still holds g's list alone.
+        assert!(f.ignore_in["one"].ids.is_empty() && f.ignore_in["shared"].ids.contains("555"));
     }
 }

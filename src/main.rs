@@ -40,6 +40,19 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Delete one user's stored messages (and events), e.g. after they opted out: in
+    /// 5,000-row transactions, safe while the logger runs. Prints the rows removed per table.
+    PurgeUser {
+        /// The user's login, or their numeric user id (which covers every login they had).
+        #[arg(value_name = "LOGIN_OR_ID")]
+        user: String,
+        /// Only this channel's rows.
+        #[arg(long, value_name = "NAME")]
+        channel: Option<String>,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Exit 0 if the running logger's /healthz answers (for Docker's HEALTHCHECK). Reads only
     /// the address: --listen, else HTTP_LISTEN, else `[http] listen` of the config file if
     /// readable, else 127.0.0.1:8080; the rest of the config is not checked.
@@ -146,6 +159,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::PurgeUser { user, channel, dry_run } => purge_user(&cfg, &user, channel.as_deref(), dry_run).await,
         Command::Run => {
             init_logging(&cfg.startup.log);
             match app::run(cfg).await {
@@ -157,6 +171,71 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `purge-user`: checks the arguments as the config checks its lists, then deletes in chunks.
+async fn purge_user(cfg: &config::Config, user: &str, channel: Option<&str>, dry_run: bool) -> ExitCode {
+    use twitch_chat_logger::config::login::{normalize_login, parse_user_entry, UserEntry};
+    use twitch_chat_logger::store::purge::{self, PURGE_CHUNK, USER_TABLES};
+    let who = match parse_user_entry(user) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("LOGIN_OR_ID: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let channel = match channel.map(normalize_login).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("--channel: {e} (a channel is its streamer's Twitch login)");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match PgStore::connect_lazy(&cfg.startup.database) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("database: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (shown, listed) = match &who {
+        UserEntry::Login(l) => (format!("login {l}"), cfg.live.is_opted_out(l, None)),
+        UserEntry::Id(i) => (format!("user id {i}"), cfg.live.filters.opt_out_users.ids.contains(i)),
+    };
+    let place = channel.as_ref().map_or("every channel".to_string(), |c| format!("#{c}"));
+    let result = purge::purge_user(
+        store.pool(),
+        USER_TABLES,
+        &who,
+        channel.as_deref(),
+        dry_run,
+        PURGE_CHUNK,
+        |table, so_far| eprintln!("{table}: {so_far} rows deleted so far"),
+    )
+    .await;
+    match result {
+        Ok(done) => {
+            let verb = if dry_run { "would be deleted (dry run: nothing was deleted)" } else { "deleted" };
+            println!("purge-user {shown} in {place} at {}:", store.target());
+            for p in done {
+                if p.missing {
+                    println!("  {}: table does not exist, skipped", p.table);
+                } else {
+                    println!("  {}: {} rows {verb}", p.table, p.rows);
+                }
+            }
+            if !listed {
+                println!(
+                    "note: {shown} is not in [filters] opt_out_users; new rows of theirs are still stored. Add it there to stop logging them."
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}: {}", e.source);
+            ExitCode::FAILURE
         }
     }
 }

@@ -281,9 +281,17 @@ impl UserSet {
         self.logins.is_empty() && self.ids.is_empty()
     }
 
-    /// Whether `user` is listed, by login or by id.
+    /// Whether `user` is listed, by login (in any case: the list is lowercase, and a line
+    /// need not be) or by id.
     pub fn has(&self, user: &UserRef<'_>) -> bool {
-        user.login.is_some_and(|l| self.logins.contains(l)) || user.id.is_some_and(|i| self.ids.contains(i))
+        let login_listed = |l: &str| {
+            if l.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.logins.contains(&l.to_ascii_lowercase())
+            } else {
+                self.logins.contains(l)
+            }
+        };
+        user.login.is_some_and(login_listed) || user.id.is_some_and(|i| self.ids.contains(i))
     }
 }
 
@@ -347,8 +355,8 @@ pub struct UserFilter {
     /// `filters.ignore_users`: senders ignored in every channel.
     pub ignore: UserSet,
     /// Each group's `ignore_users`, by the group's channels (a channel in several groups gets
-    /// the union).
-    pub ignore_in: std::collections::HashMap<String, UserSet>,
+    /// the union). Shared: a group of 5,000 channels holds its list once.
+    pub ignore_in: std::collections::HashMap<String, std::sync::Arc<UserSet>>,
     /// `filters.opt_out_users`: neither their rows nor rows about them are stored.
     pub opt_out: UserSet,
 }
@@ -356,7 +364,7 @@ pub struct UserFilter {
 impl UserFilter {
     /// Filters nothing (the common case: one cheap test per row).
     pub fn is_empty(&self) -> bool {
-        self.ignore.is_empty() && self.opt_out.is_empty() && self.ignore_in.values().all(UserSet::is_empty)
+        self.ignore.is_empty() && self.opt_out.is_empty() && self.ignore_in.values().all(|s| s.is_empty())
     }
 
     /// `None` to store the row, else why not. An opt-out wins over an ignore.
@@ -419,12 +427,13 @@ mod filter_tests {
         assert!(f.keeps(&msg("a", "viewer", Some("5"))));
         assert!(f.keeps(&msg("a", "viewer", None)));
         assert!(f.keeps(&msg("a", "100", Some("5"))), "an id entry is not a login");
+        assert_eq!(f.verdict(&msg("a", "NightBot", None)), Some(Filtered::Ignored), "a login in capitals");
     }
 
     #[test]
     fn a_group_ignore_drops_the_sender_only_in_that_groups_channels() {
         let mut ignore_in = std::collections::HashMap::new();
-        ignore_in.insert("esl_csgo".to_string(), set(&["esl_bot"], &[]));
+        ignore_in.insert("esl_csgo".to_string(), std::sync::Arc::new(set(&["esl_bot"], &[])));
         let f = UserFilter { ignore_in, ..Default::default() };
         assert_eq!(f.verdict(&msg("esl_csgo", "esl_bot", None)), Some(Filtered::Ignored));
         assert!(f.keeps(&msg("other", "esl_bot", None)));

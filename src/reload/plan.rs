@@ -39,6 +39,8 @@ pub struct FilterChange {
     pub added: usize,
     /// Entries no longer listed.
     pub removed: usize,
+    /// A group's list whose channels changed: how many it covers now.
+    pub channels: Option<usize>,
 }
 
 impl Plan {
@@ -80,8 +82,14 @@ impl Plan {
             parts_out.push("batch settings applied".into());
         }
         if !self.filters.is_empty() {
-            let changes: Vec<String> =
-                self.filters.iter().map(|c| format!("{} +{}/-{}", c.key, c.added, c.removed)).collect();
+            let changes: Vec<String> = self
+                .filters
+                .iter()
+                .map(|c| match c.channels {
+                    Some(n) => format!("{} +{}/-{} (now in {n} channels)", c.key, c.added, c.removed),
+                    None => format!("{} +{}/-{}", c.key, c.added, c.removed),
+                })
+                .collect();
             parts_out.push(format!("user filters applied [{}]", list(&mut changes.iter())));
         }
         if parts_out.is_empty() {
@@ -128,23 +136,27 @@ fn diff_live(old: &LiveConfig, new: &LiveConfig) -> Plan {
 
 fn diff_filters(old: &LiveConfig, new: &LiveConfig) -> Vec<FilterChange> {
     let none = UserList::default();
-    let mut lists: Vec<(String, &UserList, &UserList)> = vec![
-        ("filters.ignore_users".into(), &old.filters.ignore_users, &new.filters.ignore_users),
-        ("filters.opt_out_users".into(), &old.filters.opt_out_users, &new.filters.opt_out_users),
+    let no_channels = BTreeSet::new();
+    // (key, old list, new list, the new list's channel count if its channels changed)
+    let mut lists: Vec<(String, &UserList, &UserList, Option<usize>)> = vec![
+        ("filters.ignore_users".into(), &old.filters.ignore_users, &new.filters.ignore_users, None),
+        ("filters.opt_out_users".into(), &old.filters.opt_out_users, &new.filters.opt_out_users, None),
     ];
     let groups: BTreeSet<&String> = old.groups.keys().chain(new.groups.keys()).collect();
     for g in groups {
-        let was = old.groups.get(g).map_or(&none, |g| &g.ignore_users);
-        let now = new.groups.get(g).map_or(&none, |g| &g.ignore_users);
-        lists.push((format!("groups.{g}.ignore_users"), was, now));
+        let (was, was_in) = old.groups.get(g).map_or((&none, &no_channels), |g| (&g.ignore_users, &g.channels));
+        let (now, now_in) = new.groups.get(g).map_or((&none, &no_channels), |g| (&g.ignore_users, &g.channels));
+        // The same list over other channels changes what is filtered too.
+        let moved = (!now.is_empty() && was_in != now_in).then_some(now_in.len());
+        lists.push((format!("groups.{g}.ignore_users"), was, now, moved));
     }
     lists
         .into_iter()
-        .filter(|(_, was, now)| was != now)
-        .map(|(key, was, now)| {
+        .filter(|(_, was, now, moved)| was != now || moved.is_some())
+        .map(|(key, was, now, channels)| {
             let count =
                 |a: &UserList, b: &UserList| a.logins.difference(&b.logins).count() + a.ids.difference(&b.ids).count();
-            FilterChange { key, added: count(now, was), removed: count(was, now) }
+            FilterChange { key, added: count(now, was), removed: count(was, now), channels }
         })
         .collect()
 }
@@ -307,6 +319,11 @@ mod tests {
             assert!(!line.contains(name), "{line}");
         }
         assert!(plan(&new, &new.clone()).filters.is_empty());
+        // The same list over other channels is a change too: the filter follows the group.
+        let mut wider = new.clone();
+        wider.live.groups.get_mut("g").unwrap().channels.insert("z".into());
+        let line = plan(&new, &wider).summary();
+        assert!(line.contains("user filters applied [groups.g.ignore_users +0/-0 (now in 2 channels)]"), "{line}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod pg_read;
 pub mod postgres;
+pub mod purge;
 pub mod read;
 pub mod spool;
 pub mod writer;

@@ -421,6 +421,17 @@ impl Writer {
 /// Starts the writer; opens the spool in `spool_dir` (a spool left by a previous run is
 /// replayed first). The directory is fixed for the writer's life; `cfg` can change live.
 pub fn spawn(store: Arc<dyn Store>, spool_dir: &std::path::Path, cfg: BatchConfig) -> std::io::Result<Writer> {
+    spawn_filtered(store, spool_dir, cfg, UserFilter::default())
+}
+
+/// [`spawn`] with user filters in force from the first row, those replayed from a previous
+/// run's spool included.
+pub fn spawn_filtered(
+    store: Arc<dyn Store>,
+    spool_dir: &std::path::Path,
+    cfg: BatchConfig,
+    filter: UserFilter,
+) -> std::io::Result<Writer> {
     let spool = Spool::open(spool_dir, cfg.spool_max_bytes)?;
     let leftover = spool.rows();
     if leftover > 0 {
@@ -442,7 +453,7 @@ pub fn spawn(store: Arc<dyn Store>, spool_dir: &std::path::Path, cfg: BatchConfi
         room: Notify::new(),
         deadline: watch::channel(None).0,
         stats: stats.clone(),
-        filter: Default::default(),
+        filter: std::sync::RwLock::new(Arc::new(filter)),
     });
     let (tx, rx) = crate::record::channel(HANDOFF);
     let (settings, settings_rx) = watch::channel(cfg);
@@ -1130,6 +1141,23 @@ mod tests {
         assert_eq!((w.stats.filtered_ignored.load(Relaxed), w.stats.filtered_opted_out.load(Relaxed)), (10, 10));
         assert_eq!(w.observer().backlog().spool_rows, 0, "the segment is removed once written");
         assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spool_left_by_a_previous_run_is_replayed_under_the_new_runs_filter_from_its_first_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = Arc::new(Fake { fail_next: AtomicU64::new(u64::MAX), ..Default::default() });
+        let w = spawn(down.clone(), dir.path(), cfg(dir.path())).unwrap();
+        let kept = send_mixed(&w, 0).await;
+        assert_eq!(w.finish().await.spooled, 30);
+        let fake = Arc::new(Fake::default());
+        let w = spawn_filtered(fake.clone(), dir.path(), cfg(dir.path()), bot_and_shy()).unwrap();
+        run_for(Duration::from_secs(1)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, kept);
+        assert_eq!(fake.seen.lock().unwrap().len(), 10, "no filtered row was ever sent");
+        w.finish().await;
     }
 
     #[tokio::test(start_paused = true)]
