@@ -458,6 +458,7 @@ mod filter_tests {
             tags: String::new(),
             notice_at: None,
             key: String::new(),
+            raw: None,
         });
         assert!(f.keeps(&n));
     }
