@@ -280,8 +280,11 @@ fn who(kind: &str, value: &str) -> Result<Who, Reject> {
     }
 }
 
+/// `[from, to)`.
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
 /// `[from, to)` from the query, when both are given.
-fn range(q: &Query) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Reject> {
+fn range(q: &Query) -> Result<Option<Span>, Reject> {
     match (q.from, q.to) {
         (None, None) => Ok(None),
         (Some(f), Some(t)) => {
@@ -299,7 +302,7 @@ fn range(q: &Query) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Reject> {
     }
 }
 
-fn month_range(y: &str, m: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), Reject> {
+fn month_range(y: &str, m: &str) -> Result<Span, Reject> {
     let (y, m) = (number(y, 4, "the year")? as i32, number(m, 2, "the month")?);
     let start = NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(|| Reject::bad("no such month"))?;
     let end = if m == 12 { NaiveDate::from_ymd_opt(y + 1, 1, 1) } else { NaiveDate::from_ymd_opt(y, m + 1, 1) };
@@ -307,7 +310,7 @@ fn month_range(y: &str, m: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), Rejec
     Ok((midnight(start), midnight(end)))
 }
 
-fn day_range(y: &str, m: &str, d: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), Reject> {
+fn day_range(y: &str, m: &str, d: &str) -> Result<Span, Reject> {
     let (y, m, d) = (number(y, 4, "the year")? as i32, number(m, 2, "the month")?, number(d, 2, "the day")?);
     let start = NaiveDate::from_ymd_opt(y, m, d).ok_or_else(|| Reject::bad("no such day"))?;
     let end = start.succ_opt().ok_or_else(|| Reject::bad("no such day"))?;
