@@ -865,3 +865,25 @@ async fn a_failing_database_answers_503_and_logs_once_however_many_requests() {
     sqlx::query("ALTER TABLE chat_events_away RENAME TO chat_events").execute(&l.db.pool).await.unwrap();
     assert_eq!(req(&l.addr, "/channel/chan/2024/6/1").await.code, 200);
 }
+
+/// With `[storage] raw_lines = true` the raw form is each line exactly as Twitch sent it
+/// (tags the logger does not store, such as `flags` and `turbo`, included).
+#[tokio::test]
+async fn with_raw_lines_on_the_raw_form_is_the_line_as_received() {
+    let l = logged("[storage]\nraw_lines = true\n").await;
+    let line = chat("chan", "12345", "exact", "zoe", "Zoe", "31", "exact; words", JUNE_FIRST + 5);
+    let timeout = format!(
+        "@ban-duration=5;room-id=12345;target-user-id=31;tmi-sent-ts={}000 :tmi.twitch.tv CLEARCHAT #chan :zoe",
+        JUNE_FIRST + 6
+    );
+    l.fake.to_channel("chan", &line);
+    l.fake.to_channel("chan", &timeout);
+    l.db.wait_count("SELECT count(*) FROM chat_messages WHERE username = 'zoe'", 1, 15 * SEC).await;
+    l.db.wait_count("SELECT count(*) FROM chat_events WHERE login = 'zoe'", 1, 15 * SEC).await;
+    let raw = req(&l.addr, "/channel/chan/user/zoe/2024/6?raw").await;
+    assert_eq!(raw.body, format!("{line}\n{timeout}\n"));
+    assert!(raw.body.contains(";flags=;") && raw.body.contains(";turbo=0;"), "{}", raw.body);
+    let json: serde_json::Value =
+        serde_json::from_str(&req(&l.addr, "/channel/chan/user/zoe/2024/6?json").await.body).unwrap();
+    assert_eq!(json["messages"][0]["raw"], line);
+}
