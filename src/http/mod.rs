@@ -31,9 +31,10 @@ pub async fn serve(
     store: PgStore,
     api: Option<api::Api>,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ({e}); set [http] listen / HTTP_LISTEN to a free address, or \"off\"")
     })?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -41,11 +42,25 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .fallback(api::handle)
         .with_state(AppState { observed, store, api: api.map(std::sync::Arc::new) });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the HTTP listener stopped: {e}");
-        }
-    });
+    // A runtime of its own: decoding and formatting large logs keeps these threads busy, never
+    // the ones that read Twitch and run the writer.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("http")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        rt.block_on(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => axum::serve(l, app).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!("the HTTP listener stopped: {e}");
+            }
+        })
+    })?;
     Ok(bound)
 }
 
