@@ -757,9 +757,9 @@ async fn readers_hammering_a_large_day_never_delay_the_writer() {
     );
     assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
     assert!(codes.contains(&200));
-    // The writer's bound is durable_within (5 s: committed or spooled); on a loaded 2-core CI
-    // machine formatting 50,000-line answers in a debug build competes for CPU, hence 10 s.
-    assert!(lag < 10 * SEC, "the writer fell behind while readers ran: {lag:?}");
+    // The API runs on threads of its own: the writer keeps its 100 ms flush rhythm (measured:
+    // 85 ms; 2 to 7 s, and once nothing in 10 s, when the API shared the logger's threads).
+    assert!(lag < 5 * SEC, "the writer fell behind while readers ran: {lag:?}");
 }
 
 /// 2024-06-03 06:00:00 UTC.
