@@ -23,7 +23,7 @@ pg_free_port() {
 
 pg_start_throwaway() {
   PG_BIN=$(pg_bin_dir)
-  PG_TMP=$(mktemp -d /tmp/tcl-pg.XXXXXX)
+  PG_TMP=$(mktemp -d "${PG_TMP_PARENT:-/tmp}/tcl-pg.XXXXXX")
   chmod 755 "$PG_TMP"
   PG_RUN_AS=""
   if [ "$(id -u)" = 0 ]; then

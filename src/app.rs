@@ -36,6 +36,8 @@ struct Runtime {
     views: Arc<RwLock<BTreeMap<String, AccountView>>>,
     writer: Writer,
     events: mpsc::UnboundedSender<ClientEvent>,
+    /// The live config as the log API sees it.
+    live_tx: tokio::sync::watch::Sender<crate::config::LiveConfig>,
     /// The user filter the writer applies (rebuilt on a reload, sent when it differs).
     filter: UserFilter,
 }
@@ -62,6 +64,7 @@ impl Runtime {
         let p = reload::plan(&self.cfg, &new);
         self.cfg.live = new.live;
         self.cfg.env_overrides = new.env_overrides;
+        self.live_tx.send_replace(self.cfg.live.clone());
 
         let leaving: Vec<AccountHandle> =
             p.stop.iter().chain(&p.restart).filter_map(|n| self.accounts.remove(n)).collect();
@@ -154,20 +157,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot open the spool directory {} (batch.spool_dir)", spool_dir.display()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let views = Arc::new(RwLock::new(BTreeMap::new()));
+    let (live_tx, live_rx) = tokio::sync::watch::channel(cfg.live.clone());
     if let Some(addr) = cfg.startup.http.listen {
         let observed = Observed {
             writer: writer.observer(),
             accounts: views.clone(),
             reloads: reloader.as_ref().map_or_else(Default::default, |r| r.stats.clone()),
         };
-        let bound = http::serve(addr, observed, store.clone()).await?;
+        // The API reads on a pool of its own: a slow reader never holds a writer's connection.
+        let api = cfg.startup.http.api.then(|| {
+            let reader = crate::store::pg_read::PgReader::connect_lazy(store.connect_options());
+            http::api::Api::new(Arc::new(reader), live_rx)
+        });
+        let bound = http::serve(addr, observed, store.clone(), api).await?;
         tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
     }
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
-    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, filter };
+    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }

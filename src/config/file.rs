@@ -154,6 +154,7 @@ pub struct ReloadFile {
 #[serde(deny_unknown_fields)]
 pub struct HttpFile {
     pub listen: Option<Spanned<String>>,
+    pub api: Option<Spanned<bool>>,
 }
 
 /// `[log]`
@@ -232,7 +233,7 @@ const BATCH: &[(&str, Ty)] = &[
     ("durable_within", Ty::Str),
 ];
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
-const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
+const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str), ("api", Ty::Bool)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
 const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool)];
 const ACCOUNT: &[(&str, Ty)] = &[

@@ -291,11 +291,13 @@ impl Default for ReloadConfig {
 pub struct HttpConfig {
     /// Address to listen on; `None` when set to `"off"`.
     pub listen: Option<std::net::SocketAddr>,
+    /// `api`: serve the read-only log API and web page on the same listener (default on).
+    pub api: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))) }
+        HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))), api: true }
     }
 }
 

@@ -60,6 +60,7 @@ pub fn render(cfg: &Config) -> String {
     );
     let listen = cfg.startup.http.listen.map_or("off".to_string(), |a| a.to_string());
     let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
+    let _ = writeln!(out, "api = {}", cfg.startup.http.api);
     let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.startup.log.level, cfg.startup.log.format);
     let _ = writeln!(out, "\n[storage]\nraw_lines = {}", cfg.startup.storage.raw_lines);
     for (name, a) in &cfg.live.accounts {

@@ -477,6 +477,17 @@ fn auth_url_and_token_dir_need_a_restart_and_a_changed_secret_changes_only_that_
     assert_ne!(old.live.accounts["a"], new.unwrap().live.accounts["a"], "a new refresh token too");
 }
 
+#[test]
+fn the_log_api_is_on_unless_http_api_is_false_and_a_quoted_value_is_refused_by_line() {
+    let base = "[database]\nurl = \"postgres://h/db\"\n";
+    let (on, _d) = load_text(base, &[]);
+    assert!(on.unwrap().startup.http.api);
+    let (off, _d) = load_text(&format!("{base}[http]\napi = false\n"), &[]);
+    assert!(!off.unwrap().startup.http.api);
+    let p = problems(&format!("{base}[http]\napi = \"no\"\n"), &[]);
+    assert_eq!(p, vec!["line 4, column 7: key `http.api`: must be true or false (no quotes), not a string"]);
+}
+
 const FILTERS: &str = r##"
 [accounts.a]
 

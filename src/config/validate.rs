@@ -289,14 +289,15 @@ fn reload(cx: &mut Ctx<'_>, r: &ReloadFile) -> ReloadConfig {
 }
 
 fn http(cx: &mut Ctx<'_>, h: &HttpFile) -> HttpConfig {
-    cx.parse_or("http.listen", h.listen.as_ref(), HttpConfig::default(), |listen| match listen {
-        "off" => Ok(HttpConfig { listen: None }),
-        _ => listen.parse().map(|a| HttpConfig { listen: Some(a) }).map_err(|_| {
+    let listen = cx.parse_or("http.listen", h.listen.as_ref(), HttpConfig::default().listen, |listen| match listen {
+        "off" => Ok(None),
+        _ => listen.parse().map(Some).map_err(|_| {
             format!(
                 "`{listen}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\", or \"off\""
             )
         }),
-    })
+    });
+    HttpConfig { listen, api: h.api.as_ref().is_none_or(|a| *a.get_ref()) }
 }
 
 fn log(cx: &mut Ctx<'_>, l: &LogFile) -> LogConfig {
@@ -757,7 +758,7 @@ accounts = []
     fn check_renders_modes_and_formats_by_their_names() {
         let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         let out = render(&load(text, &[]).unwrap());
-        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[storage]\nraw_lines = false\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\napi = true\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[storage]\nraw_lines = false\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         assert_eq!(out, expected);
         let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
         let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());

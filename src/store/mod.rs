@@ -4,8 +4,10 @@
 //! SQL lives only in `postgres`; the writer knows batches, not tables, so that an SQLite store
 //! or time-partitioned tables can come in behind the same trait.
 
+pub mod pg_read;
 pub mod postgres;
 pub mod purge;
+pub mod read;
 pub mod spool;
 pub mod writer;
 

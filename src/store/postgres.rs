@@ -116,6 +116,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The connection options, for a second pool on the same database (the log API's).
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.opts
+    }
+
     /// `user@host:port/name`, for log lines (no password).
     pub fn target(&self) -> String {
         target(&self.opts)

@@ -1,5 +1,8 @@
 //! The HTTP listener: `/healthz` (the process answers), `/readyz` (schema migrated, database
-//! reachable, and every account connected or deliberately stopped), `/metrics` (Prometheus text format).
+//! reachable, and every account connected or deliberately stopped), `/metrics` (Prometheus text format),
+//! and, with `[http] api = true`, the read-only log API and its web page ([`api`]).
+
+pub mod api;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,25 +19,48 @@ use crate::store::postgres::PgStore;
 struct AppState {
     observed: Observed,
     store: PgStore,
+    api: Option<std::sync::Arc<api::Api>>,
 }
 
 /// Binds `addr` and serves until the process ends. Binding errors are returned (a port in
-/// use is a start-up error, not a silent absence of health checks).
-pub async fn serve(addr: SocketAddr, observed: Observed, store: PgStore) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// use is a start-up error, not a silent absence of health checks). Every other path goes to
+/// the log API when `api` is given, else answers 404.
+pub async fn serve(
+    addr: SocketAddr,
+    observed: Observed,
+    store: PgStore,
+    api: Option<api::Api>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ({e}); set [http] listen / HTTP_LISTEN to a free address, or \"off\"")
     })?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { observed, store });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the HTTP listener stopped: {e}");
-        }
-    });
+        .fallback(api::handle)
+        .with_state(AppState { observed, store, api: api.map(std::sync::Arc::new) });
+    // A runtime of its own: decoding and formatting large logs keeps these threads busy, never
+    // the ones that read Twitch and run the writer.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("http")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        rt.block_on(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => axum::serve(l, app).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!("the HTTP listener stopped: {e}");
+            }
+        })
+    })?;
     Ok(bound)
 }
 
