@@ -55,6 +55,8 @@ pub struct WriterStats {
     pub duplicates: AtomicU64,
     /// Notices newly stored (one already stored under its key is not counted).
     pub notices_stored: AtomicU64,
+    /// Rows deleted by `[storage] retention` (counted by the retention task, shown with these).
+    pub expired: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
     /// Failed write attempts (each later retried).
