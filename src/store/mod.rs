@@ -145,6 +145,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct Expired {
     /// `(table, rows deleted)`, tables with none left out.
     pub tables: Vec<(&'static str, u64)>,
+    /// Delete transactions it took (each holds the write lock for one chunk only).
+    pub transactions: u32,
 }
 
 impl Expired {

@@ -445,6 +445,7 @@ impl Store for SqliteStore {
             loop {
                 let n = self.expire_chunk(table, column, &cutoff).await?;
                 deleted += n;
+                expired.transactions += 1;
                 if n < EXPIRE_CHUNK as u64 {
                     break;
                 }
