@@ -64,6 +64,9 @@ enum Command {
         /// Rows per transaction.
         #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=50_000))]
         chunk_rows: i64,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 3, hide = true)]
+        progress_secs: u64,
     },
 }
 
@@ -129,8 +132,8 @@ async fn main() -> ExitCode {
     if let Some(Command::Healthcheck { listen }) = &cli.command {
         return healthcheck(listen.as_deref(), cli.config.as_deref()).await;
     }
-    if let Some(Command::Copy { from, to, chunk_rows }) = &cli.command {
-        return copy_command(from, to.as_deref(), *chunk_rows).await;
+    if let Some(Command::Copy { from, to, chunk_rows, progress_secs }) = &cli.command {
+        return copy_command(from, to.as_deref(), *chunk_rows, *progress_secs).await;
     }
     let cfg = match config::locate(cli.config.as_deref(), &process_env)
         .and_then(|path| config::load(path.as_deref(), &process_env))
@@ -246,7 +249,7 @@ mod tests {
 
 /// `copy`: every row of a SQLite file into PostgreSQL. Progress goes to stderr; the target's
 /// password is never printed.
-async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64) -> ExitCode {
+async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64, progress_secs: u64) -> ExitCode {
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").try_init();
     let path = match config::validate::sqlite_path(from) {
         Some(Ok(p)) => p,
@@ -270,7 +273,7 @@ async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    let opts = CopyOptions { chunk_rows, ..CopyOptions::default() };
+    let opts = CopyOptions { chunk_rows, progress_every: std::time::Duration::from_secs(progress_secs) };
     match copy(&path, to, &opts, &mut |line| eprintln!("{line}")).await {
         Ok(summary) => {
             let copied: u64 = summary.tables.iter().map(|(_, c, _)| c).sum();
