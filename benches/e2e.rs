@@ -266,6 +266,7 @@ fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
             reply_parent_user_login: None,
             sent_at: now,
             received_at: now,
+            ..Default::default()
         })
         .collect()
 }
@@ -291,7 +292,7 @@ async fn db_only(admin: &str, all: &[ChatMessage], conns: usize) -> f64 {
                     break;
                 }
                 let batch =
-                    Batch { messages: all[start..(start + LIMIT_BATCH).min(all.len())].to_vec(), notices: vec![] };
+                    Batch { messages: all[start..(start + LIMIT_BATCH).min(all.len())].to_vec(), ..Batch::default() };
                 store.write_one(&batch).await.unwrap();
             }
         }));

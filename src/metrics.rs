@@ -109,6 +109,7 @@ impl prometheus_client::collector::Collector for Observed {
         logins.dedup_by_key(|p| Arc::as_ptr(p));
         let received: u64 = logins.iter().map(|p| p.messages.load(Relaxed)).sum();
         let notices: u64 = accounts.values().map(|a| a.stats.notices.load(Relaxed)).sum();
+        let events: u64 = accounts.values().map(|a| a.stats.events.load(Relaxed)).sum();
 
         // Per kind, summed over accounts (per-account detail below).
         counter_family(
@@ -116,14 +117,18 @@ impl prometheus_client::collector::Collector for Observed {
             "messages_received",
             "Rows received from Twitch, by kind",
             "kind",
-            &[("message", received), ("notice", notices)],
+            &[("message", received), ("notice", notices), ("event", events)],
         )?;
         counter_family(
             e,
             "messages_stored",
             "Rows newly stored, by kind",
             "kind",
-            &[("message", s.messages_stored.load(Relaxed)), ("notice", s.notices_stored.load(Relaxed))],
+            &[
+                ("message", s.messages_stored.load(Relaxed)),
+                ("notice", s.notices_stored.load(Relaxed)),
+                ("event", s.events_stored.load(Relaxed)),
+            ],
         )?;
         // The writer's plain counters: (name, help, value).
         let writer_counters = [

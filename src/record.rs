@@ -62,6 +62,22 @@ pub struct ChatMessage {
     pub sent_at: DateTime<Utc>,
     /// When this process read the line.
     pub received_at: DateTime<Utc>,
+    /// `returning-chatter` tag. None in records spooled before this field existed.
+    #[serde(default)]
+    pub returning_chatter: Option<bool>,
+    /// `vip` tag, or a `vip` badge. None in records spooled before this field existed.
+    #[serde(default)]
+    pub vip: Option<bool>,
+    /// Shared chat: `source-room-id`, the room the message was sent in (none outside shared chat).
+    #[serde(default)]
+    pub source_room_id: Option<String>,
+    /// Shared chat: `source-id`, the id of the message in the room it was sent in; each channel's
+    /// copy has its own `id` (its row), all share this one.
+    #[serde(default)]
+    pub source_id: Option<String>,
+    /// The exact line as received, when `[storage] raw_lines` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 /// A NOTICE from Twitch about a channel. Rows of `channel_notices`.
@@ -87,6 +103,79 @@ pub struct ChannelNotice {
     /// this field existed (stored without a key, as before).
     #[serde(default)]
     pub key: String,
+    /// The exact line as received, when `[storage] raw_lines` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+/// A chat event other than a message: a USERNOTICE (sub, raid, announcement …), a CLEARCHAT
+/// (timeout, ban, chat clear), a CLEARMSG (one message deleted) or a ROOMSTATE (room modes).
+/// Rows of `chat_events`; the README's "What is stored" maps each field to its Twitch source.
+/// `Default` is for building rows in tests field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    /// Dedupe key: Twitch's `id` tag when the line has one (USERNOTICE), else a UUID v5 of the
+    /// room, the kind, the target and `tmi-sent-ts`, fixed when the line is read, so the same
+    /// event seen by two accounts (or retried, or replayed from the spool) is stored once.
+    pub event_key: String,
+    /// The IRC command, lower case: `usernotice`, `clearchat`, `clearmsg` or `roomstate`.
+    pub kind: String,
+    /// USERNOTICE's `msg-id` (`sub`, `raid`, … or any future one); none for other kinds.
+    pub msg_id: Option<String>,
+    /// Channel login, without `#`.
+    pub channel: String,
+    /// Channel's user id (tag `room-id`); none when empty (CLEARMSG often sends it empty).
+    pub room_id: Option<String>,
+    /// The user the event is about: the sender of a USERNOTICE, the target of a CLEARCHAT.
+    pub user_id: Option<String>,
+    /// That user's login (USERNOTICE `login`, CLEARCHAT/CLEARMSG target login).
+    pub login: Option<String>,
+    /// USERNOTICE `display-name`.
+    pub display_name: Option<String>,
+    /// USERNOTICE badges as a JSON object text, badge → version.
+    pub badges: Option<String>,
+    /// USERNOTICE `badge-info` as a JSON object text (`{"subscriber":14}`).
+    pub badge_info: Option<String>,
+    /// USERNOTICE name colour.
+    pub color: Option<String>,
+    /// USERNOTICE raw `emotes` tag.
+    pub emotes: Option<String>,
+    /// The user's own text (resub message, announcement) or the deleted message's (CLEARMSG).
+    pub text: Option<String>,
+    /// USERNOTICE `system-msg`, unescaped.
+    pub system_msg: Option<String>,
+    /// JSON object text: every `msg-param-*` tag of a USERNOTICE, named as Twitch sends it;
+    /// the mode tags of a ROOMSTATE (as sent: the store merges them onto the room's last
+    /// state); the unmapped tags of the other kinds. Integers are JSON numbers (0/1 flags too),
+    /// `true`/`false` booleans, everything else strings.
+    pub params: String,
+    /// `msg-param-cumulative-months` (sub, resub) or `msg-param-months` (subgift).
+    pub cumulative_months: Option<i32>,
+    /// `msg-param-streak-months`.
+    pub streak_months: Option<i32>,
+    /// `msg-param-sub-plan`: `Prime`, `1000`, `2000`, `3000`.
+    pub sub_plan: Option<String>,
+    /// `msg-param-recipient-id` (gifts).
+    pub recipient_id: Option<String>,
+    /// `msg-param-recipient-user-name` (gifts).
+    pub recipient_login: Option<String>,
+    /// `msg-param-viewerCount` (raid).
+    pub viewer_count: Option<i32>,
+    /// CLEARCHAT `ban-duration` in seconds (a timeout; none for a ban or a clear).
+    pub ban_duration: Option<i32>,
+    /// CLEARCHAT `target-user-id`.
+    pub target_user_id: Option<String>,
+    /// CLEARCHAT's trailing login, CLEARMSG's `login`.
+    pub target_login: Option<String>,
+    /// CLEARMSG `target-msg-id`: the deleted message's id.
+    pub target_msg_id: Option<String>,
+    /// Twitch's `tmi-sent-ts`, or the receive time when the line has none (ROOMSTATE).
+    pub sent_at: DateTime<Utc>,
+    /// When this process read the line.
+    pub received_at: DateTime<Utc>,
+    /// The exact line as received, when `[storage] raw_lines` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 /// What the clients hand to the writer.
@@ -99,10 +188,25 @@ pub enum Record {
     Message(ChatMessage),
     /// A notice.
     Notice(ChannelNotice),
+    /// Any other chat event (USERNOTICE, CLEARCHAT, CLEARMSG, ROOMSTATE).
+    Event(ChatEvent),
+}
+
+impl Record {
+    /// When this process read the line.
+    pub fn received_at(&self) -> DateTime<Utc> {
+        match self {
+            Record::Message(m) => m.received_at,
+            Record::Notice(n) => n.received_at,
+            Record::Event(e) => e.received_at,
+        }
+    }
 }
 
 /// Longest Twitch channel login.
 pub const MAX_LOGIN_CHARS: usize = 25;
+/// Longest event key: far below the btree index entry limit, far above a UUID's 36.
+pub const MAX_KEY_CHARS: usize = 100;
 
 /// Why a row can never be stored, found before it is sent: PostgreSQL would refuse it (an
 /// index entry over its size limit) or it is not something Twitch sends. `None`: plausible.
@@ -131,6 +235,22 @@ pub fn invalid_reason(record: &Record) -> Option<String> {
         }
         Record::Notice(n) => (n.channel != "*" && !channel_ok(&n.channel))
             .then(|| format!("notice channel {} is not a Twitch login or `*`", preview(&n.channel))),
+        Record::Event(e) => {
+            if !channel_ok(&e.channel) {
+                return Some(format!("event channel {} is not a Twitch login", preview(&e.channel)));
+            }
+            // The key is a unique index entry: Twitch's ids are UUIDs, ours too.
+            if e.event_key.is_empty() || e.event_key.chars().count() > MAX_KEY_CHARS {
+                return Some(format!(
+                    "event key {} is empty or over {MAX_KEY_CHARS} characters",
+                    preview(&e.event_key)
+                ));
+            }
+            if !matches!(e.kind.as_str(), "usernotice" | "clearchat" | "clearmsg" | "roomstate") {
+                return Some(format!("event kind {} is not one the logger makes", preview(&e.kind)));
+            }
+            None
+        }
     }
 }
 

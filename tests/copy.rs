@@ -44,6 +44,7 @@ async fn fill(path: &Path, messages: usize) -> SqliteStore {
             tags: r#"{"msg-id":"msg_banned"}"#.into(),
             notice_at: None,
             key: uuid_of(i),
+            raw: None,
         });
     }
     store.write(&batch).await.unwrap();
@@ -109,7 +110,7 @@ async fn a_copy_moves_every_row_unchanged_and_a_second_run_copies_nothing_again(
     // New rows in the file since: only they are copied.
     let mut m = chat_message(5000, "later");
     m.sent_at = chrono::Utc::now();
-    store.write(&Batch { messages: vec![m], notices: vec![] }).await.unwrap();
+    store.write(&Batch { messages: vec![m], ..Batch::default() }).await.unwrap();
     let third = copy_cmd(dir.path(), &file, &db.url, 500).output().unwrap();
     assert!(String::from_utf8_lossy(&third.stderr).contains("copy: chat_messages: 1 rows copied"));
     assert_same(&store, &db).await;

@@ -336,7 +336,7 @@ async fn a_role_that_only_writes_runs_on_a_database_its_owner_migrated() {
     else {
         panic!("a notice")
     };
-    let batch = twitch_chat_logger::store::Batch { messages: vec![], notices: vec![n] };
+    let batch = twitch_chat_logger::store::Batch { notices: vec![n], ..Default::default() };
     use twitch_chat_logger::store::Store;
     store.write(&batch).await.unwrap();
     store.write(&batch).await.unwrap();

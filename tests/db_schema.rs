@@ -258,6 +258,7 @@ fn notice(i: usize) -> ChannelNotice {
         tags: format!("{{\"msg-id\":\"msg_x\",\"n\":\"{i}\"}}"),
         notice_at: Some(received_at),
         key: String::new(),
+        raw: None,
     };
     n.key = twitch_chat_logger::twitch::convert::notice_key(&n);
     n
@@ -307,7 +308,7 @@ async fn a_notice_spooled_by_an_older_version_is_still_stored() {
     let line =
         r#"{"kind":"notice","channel":"chan","msg_id":"msg_old","message":"old","received_at":"2026-01-01T00:00:00Z"}"#;
     let twitch_chat_logger::store::Record::Notice(n) = serde_json::from_str(line).unwrap() else { panic!("a notice") };
-    store.write(&Batch { messages: vec![], notices: vec![n] }).await.unwrap();
+    store.write(&Batch { notices: vec![n], ..Batch::default() }).await.unwrap();
     let (tags, at): (Value, chrono::DateTime<chrono::Utc>) =
         sqlx::query_as("SELECT tags, notice_at FROM channel_notices").fetch_one(&db.pool).await.unwrap();
     assert_eq!((tags, at.to_rfc3339()), (serde_json::json!({}), "2026-01-01T00:00:00+00:00".to_string()));

@@ -212,7 +212,7 @@ async fn expiring_deletes_at_most_one_chunk_per_transaction() {
     use twitch_chat_logger::store::Store;
     let e = store.expire_before(chrono::Utc::now() - chrono::Duration::days(30)).await.unwrap();
     assert_eq!(e.tables, vec![("chat_messages", 12_000), ("channel_notices", 1), ("dead_letters", 1)]);
-    // 5,000 + 5,000 + 2,000 messages, then one each for the notice and the dead letter.
-    assert_eq!(e.transactions, 5);
+    // 5,000 + 5,000 + 2,000 messages, then one each for notices, events (none) and dead letters.
+    assert_eq!(e.transactions, 6);
     assert_eq!(count(&pool(dir.path()).await, "SELECT count(*) FROM chat_messages").await, 5);
 }

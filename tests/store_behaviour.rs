@@ -68,7 +68,8 @@ async fn real_lines_fill_every_column_the_same_way(store: TestStore) {
             "is_subscriber": true, "bits": 0, "sent_at": "2020-07-12T12:14:25.407000Z", "room_id": "11148817",
             "is_action": false, "emotes": "1902:6-10,29-33,35-39/499:45-46,48-49/490:51-52/25:0-4,12-16,18-22",
             "first_msg": null, "reply_parent_msg_id": null, "reply_parent_user_login": null,
-            "badge_info": {"subscriber": 22}
+            "badge_info": {"subscriber": 22}, "returning_chatter": null, "vip": false, "source_room_id": null,
+            "source_id": null, "raw": null
         }),
         "{}",
         store.name()
@@ -81,7 +82,8 @@ async fn real_lines_fill_every_column_the_same_way(store: TestStore) {
             "color": null, "is_mod": false, "is_subscriber": false, "bits": 0,
             "sent_at": "2023-01-17T03:26:23.585000Z", "room_id": "37940952", "is_action": false, "emotes": null,
             "first_msg": false, "reply_parent_msg_id": "6b13e51b-7ecb-43b5-ba5b-2bb5288df696",
-            "reply_parent_user_login": "retoon", "badge_info": null
+            "reply_parent_user_login": "retoon", "badge_info": null, "returning_chatter": false, "vip": false,
+            "source_room_id": null, "source_id": null, "raw": null
         }),
         "{}",
         store.name()
@@ -131,7 +133,7 @@ async fn notices_are_stored_once_with_their_tags(store: TestStore) {
     assert!(n["notice_key"].as_str().is_some_and(|k| k.len() == 36), "{n:?}");
     let mut keys: Vec<&String> = n.keys().collect();
     keys.sort();
-    assert_eq!(keys, ["channel", "message", "msg_id", "notice_at", "notice_key", "received_at", "tags"]);
+    assert_eq!(keys, ["channel", "message", "msg_id", "notice_at", "notice_key", "raw", "received_at", "tags"]);
 }
 
 async fn sigterm_with_rows_pending_writes_them_and_exits_zero(store: TestStore) {
@@ -218,7 +220,48 @@ async fn rows_written_while_the_store_is_locked_are_spooled_and_all_arrive_after
     assert!(summary(&logger, "spooled") > 0);
 }
 
+/// A line as the client turns it into a row, read at `at`.
+fn event(kind: &str, at: chrono::DateTime<chrono::Utc>) -> twitch_chat_logger::record::ChatEvent {
+    use twitch_irc::message::{IRCMessage, ServerMessage};
+    let msg = ServerMessage::try_from(IRCMessage::parse(&sample(kind)).unwrap()).unwrap();
+    match twitch_chat_logger::twitch::convert::to_record(msg, at) {
+        Some(twitch_chat_logger::record::Record::Event(e)) => e,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+async fn events_are_stored_once_and_room_state_only_when_it_changes(store: TestStore) {
+    use twitch_chat_logger::store::Batch;
+    let s = store.store().await;
+    let t0 = chrono::Utc::now();
+    let kinds = ["USERNOTICE resub with message", "CLEARCHAT timeout", "CLEARMSG", "ROOMSTATE"];
+    let batch = |at| Batch { events: kinds.iter().map(|k| event(k, at)).collect(), ..Batch::default() };
+    assert_eq!(s.write(&batch(t0)).await.unwrap().events_inserted, 4, "{}", store.name());
+    // Another account reads the same lines a little later: nothing new.
+    assert_eq!(s.write(&batch(t0 + chrono::Duration::milliseconds(7))).await.unwrap().events_inserted, 0);
+    // A partial ROOMSTATE that changes one mode is stored, merged onto the last state.
+    let mut slow = event("ROOMSTATE", t0 + chrono::Duration::seconds(5));
+    slow.params = r#"{"slow":10}"#.into();
+    slow.event_key = "00000000-0000-4000-8000-00000000510e".into();
+    let one = Batch { events: vec![slow], ..Batch::default() };
+    assert_eq!(s.write(&one).await.unwrap().events_inserted, 1);
+    store.wait_count("SELECT count(*) FROM chat_events", 5, 5 * SEC).await;
+    let rows = store.rows("chat_events").await;
+    let rooms: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "roomstate").map(|r| &r["params"]).collect();
+    assert_eq!(rooms.len(), 2);
+    assert_eq!(rooms[1]["slow"], json!(10), "{}: {rooms:?}", store.name());
+    assert_eq!(rooms[1]["emote-only"], rooms[0]["emote-only"], "the rest of the state is kept");
+    let resub = rows.iter().find(|r| r["msg_id"] == "resub").unwrap();
+    assert_eq!((&resub["cumulative_months"], &resub["sub_plan"]), (&json!(2), &json!("1000")));
+    assert_eq!(resub["params"]["msg-param-sub-plan-name"], json!("Channel Subscription (xqcow)"));
+    // The views answer on both.
+    assert_eq!(store.count("SELECT count(*) FROM v_subscriptions").await, 1);
+    assert_eq!(store.count("SELECT count(*) FROM v_moderation").await, 2);
+    assert_eq!(store.count("SELECT count(*) FROM v_deleted_messages").await, 1);
+}
+
 for_both_stores!(
+    events_are_stored_once_and_room_state_only_when_it_changes,
     real_lines_fill_every_column_the_same_way,
     a_message_two_accounts_see_is_stored_once,
     notices_are_stored_once_with_their_tags,

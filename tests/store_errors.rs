@@ -23,7 +23,7 @@ async fn a_refused_row_is_rejected_with_the_server_error_as_source_and_its_sqlst
         .execute(&db.pool)
         .await
         .unwrap();
-    let batch = Batch { messages: vec![chat_message(1, "poison")], notices: vec![] };
+    let batch = Batch { messages: vec![chat_message(1, "poison")], ..Batch::default() };
 
     let e = store.write_one(&batch).await.unwrap_err();
     assert!(matches!(e, StoreError::Rejected(_)), "{e:?}");
@@ -46,7 +46,7 @@ async fn a_database_nobody_answers_for_is_unavailable_with_the_driver_error_as_s
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
         .unwrap();
     let store = PgStore::new(pool);
-    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], notices: vec![] }).await.unwrap_err();
+    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], ..Batch::default() }).await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     let WriteFailure::Driver(driver) = failure(&e) else { panic!("{e:?}") };
     assert_eq!(e.cause().to_string(), driver.to_string(), "the driver's own words");
@@ -60,7 +60,7 @@ async fn a_write_before_the_schema_is_ready_is_unavailable_and_says_why() {
     let db = TestDb::new().await;
     let cfg = twitch_chat_logger::config::DatabaseConfig::Url(db.url.clone().into());
     let store = PgStore::connect_lazy(&cfg).unwrap();
-    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], notices: vec![] }).await.unwrap_err();
+    let e = store.write_one(&Batch { messages: vec![chat_message(1, "fine")], ..Batch::default() }).await.unwrap_err();
     assert!(matches!(failure(&e), WriteFailure::SchemaNotReady(_)), "{e:?}");
     assert_eq!(e.one_line(), "database unavailable: database schema not ready yet: not connected yet");
 }

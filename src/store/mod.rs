@@ -17,19 +17,21 @@ use std::sync::Arc;
 
 use crate::config::DatabaseConfig;
 
-pub use crate::record::{invalid_reason, ChannelNotice, ChatMessage, Record};
+pub use crate::record::{invalid_reason, ChannelNotice, ChatEvent, ChatMessage, Record};
 
 /// A set of records written together.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub messages: Vec<ChatMessage>,
     pub notices: Vec<ChannelNotice>,
+    /// Chat events, in the order read (ROOMSTATE changes depend on it).
+    pub events: Vec<ChatEvent>,
 }
 
 impl Batch {
-    /// Messages and notices together.
+    /// Messages, notices and events together.
     pub fn len(&self) -> usize {
-        self.messages.len() + self.notices.len()
+        self.messages.len() + self.notices.len() + self.events.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,6 +42,7 @@ impl Batch {
         match r {
             Record::Message(m) => self.messages.push(m),
             Record::Notice(n) => self.notices.push(n),
+            Record::Event(e) => self.events.push(e),
         }
     }
 
@@ -51,9 +54,13 @@ impl Batch {
         b
     }
 
-    /// Back into records (messages, then notices).
+    /// Back into records (messages, then notices, then events).
     pub fn into_records(self) -> impl Iterator<Item = Record> {
-        self.messages.into_iter().map(Record::Message).chain(self.notices.into_iter().map(Record::Notice))
+        self.messages
+            .into_iter()
+            .map(Record::Message)
+            .chain(self.notices.into_iter().map(Record::Notice))
+            .chain(self.events.into_iter().map(Record::Event))
     }
 
     /// Splits in two halves (for finding a bad row); a single row comes back as `Err`.
@@ -63,12 +70,30 @@ impl Batch {
         }
         let second = if self.messages.len() >= 2 {
             let half = self.messages.len().div_ceil(2);
-            Batch { messages: self.messages.split_off(half), notices: std::mem::take(&mut self.notices) }
+            Batch {
+                messages: self.messages.split_off(half),
+                notices: std::mem::take(&mut self.notices),
+                events: std::mem::take(&mut self.events),
+            }
         } else if self.messages.len() == 1 {
-            Batch { messages: vec![], notices: std::mem::take(&mut self.notices) }
-        } else {
+            Batch {
+                notices: std::mem::take(&mut self.notices),
+                events: std::mem::take(&mut self.events),
+                ..Batch::default()
+            }
+        } else if self.notices.len() >= 2 {
             let half = self.notices.len() / 2;
-            Batch { messages: vec![], notices: self.notices.split_off(half) }
+            Batch {
+                notices: self.notices.split_off(half),
+                events: std::mem::take(&mut self.events),
+                ..Batch::default()
+            }
+        } else if self.notices.len() == 1 {
+            Batch { events: std::mem::take(&mut self.events), ..Batch::default() }
+        } else {
+            // Events keep their order: the first half is written first.
+            let half = self.events.len() / 2;
+            Batch { events: self.events.split_off(half), ..Batch::default() }
         };
         Ok((self, second))
     }
@@ -77,6 +102,7 @@ impl Batch {
     pub fn clear(&mut self) {
         self.messages.clear();
         self.notices.clear();
+        self.events.clear();
     }
 }
 
@@ -89,6 +115,9 @@ pub struct WriteReport {
     pub duplicates: u64,
     /// Notices newly stored (one already stored under its key is skipped, not counted).
     pub notices_inserted: u64,
+    /// Events newly stored (one already stored under its key, or a ROOMSTATE that changes
+    /// nothing, is skipped, not counted).
+    pub events_inserted: u64,
 }
 
 /// Why a write failed: the variant says what the writer does about it, the source says what

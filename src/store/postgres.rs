@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Batch, ChannelNotice, ChatMessage, Record, Store, StoreError, WriteReport};
+use super::{Batch, ChannelNotice, ChatEvent, ChatMessage, Record, Store, StoreError, WriteReport};
 use crate::config::DatabaseConfig;
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -473,6 +473,44 @@ const WRITTEN: &[(&str, Columns)] = &[
             ("sent_at", TIME),
             ("received_at", TIME),
             ("badge_info", JSONB),
+            ("returning_chatter", BOOL),
+            ("vip", BOOL),
+            ("source_room_id", TEXT),
+            ("source_id", TEXT),
+            ("raw", TEXT),
+        ],
+    ),
+    (
+        "chat_events",
+        &[
+            ("event_key", TEXT),
+            ("kind", TEXT),
+            ("msg_id", TEXT),
+            ("channel", TEXT),
+            ("room_id", TEXT),
+            ("user_id", TEXT),
+            ("login", TEXT),
+            ("display_name", TEXT),
+            ("badges", JSONB),
+            ("badge_info", JSONB),
+            ("color", TEXT),
+            ("emotes", TEXT),
+            ("text", TEXT),
+            ("system_msg", TEXT),
+            ("params", JSONB),
+            ("cumulative_months", INT),
+            ("streak_months", INT),
+            ("sub_plan", TEXT),
+            ("recipient_id", TEXT),
+            ("recipient_login", TEXT),
+            ("viewer_count", INT),
+            ("ban_duration", INT),
+            ("target_user_id", TEXT),
+            ("target_login", TEXT),
+            ("target_msg_id", TEXT),
+            ("sent_at", TIME),
+            ("received_at", TIME),
+            ("raw", TEXT),
         ],
     ),
     (
@@ -485,6 +523,7 @@ const WRITTEN: &[(&str, Columns)] = &[
             ("tags", JSONB),
             ("notice_at", TIME),
             ("notice_key", UUID),
+            ("raw", TEXT),
         ],
     ),
     ("dead_letters", &[("kind", TEXT), ("payload", TEXT), ("error", TEXT), ("received_at", TIME)]),
@@ -498,7 +537,8 @@ async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
         "SELECT c.relname::text AS t, a.attname::text AS col, format_type(a.atttypid, a.atttypmod) AS typ,
                 a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AS needs_value
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-         WHERE c.oid IN (to_regclass('chat_messages'), to_regclass('channel_notices'), to_regclass('dead_letters'))
+         WHERE c.oid IN (to_regclass('chat_messages'), to_regclass('channel_notices'), to_regclass('dead_letters'),
+                         to_regclass('chat_events'))
            AND a.attnum > 0 AND NOT a.attisdropped",
     )
     .fetch_all(&mut *conn)
@@ -530,7 +570,9 @@ async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
             }
         }
     }
-    for (table, col) in [("chat_messages", "message_id"), ("channel_notices", "notice_key")] {
+    for (table, col) in
+        [("chat_messages", "message_id"), ("channel_notices", "notice_key"), ("chat_events", "event_key")]
+    {
         let unique: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
              WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
@@ -620,21 +662,57 @@ async fn probe(conn: &mut PgConnection, failure: WriteFailure) -> StoreError {
 const INSERT_MESSAGES: &str = "
 INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, display_name, text,
     badges, color, is_mod, is_subscriber, bits, is_action, emotes, first_msg,
-    reply_parent_msg_id, reply_parent_user_login, sent_at, received_at, badge_info)
-SELECT m, c, r, u, un, dn, t, b::jsonb, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf::jsonb
+    reply_parent_msg_id, reply_parent_user_login, sent_at, received_at, badge_info,
+    returning_chatter, vip, source_room_id, source_id, raw)
+SELECT m, c, r, u, un, dn, t, b::jsonb, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf::jsonb,
+    rc, v, sr, si, rw
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::bool[], $14::text[],
-    $15::bool[], $16::text[], $17::text[], $18::timestamptz[], $19::timestamptz[], $20::text[])
-    AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf)
+    $15::bool[], $16::text[], $17::text[], $18::timestamptz[], $19::timestamptz[], $20::text[],
+    $21::bool[], $22::bool[], $23::text[], $24::text[], $25::text[])
+    AS x(m, c, r, u, un, dn, t, b, col, im, isub, bi, ia, em, fm, rp, rpu, sa, ra, binf, rc, v, sr, si, rw)
 ON CONFLICT (message_id) DO NOTHING";
+
+// Every event but ROOMSTATE, deduplicated on the key fixed when the line was read.
+const INSERT_EVENTS: &str = "
+INSERT INTO chat_events (event_key, kind, msg_id, channel, room_id, user_id, login, display_name,
+    badges, badge_info, color, emotes, text, system_msg, params, cumulative_months, streak_months,
+    sub_plan, recipient_id, recipient_login, viewer_count, ban_duration, target_user_id,
+    target_login, target_msg_id, sent_at, received_at, raw)
+SELECT k, kd, mi, c, r, u, l, dn, b::jsonb, bi::jsonb, col, em, t, sm, COALESCE(p, '{}')::jsonb, cm, sk,
+    sp, ri, rl, vc, bd, tu, tl, tm, sa, ra, rw
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::int4[], $17::int4[], $18::text[], $19::text[], $20::text[], $21::int4[],
+    $22::int4[], $23::text[], $24::text[], $25::text[], $26::timestamptz[], $27::timestamptz[],
+    $28::text[])
+    AS x(k, kd, mi, c, r, u, l, dn, b, bi, col, em, t, sm, p, cm, sk, sp, ri, rl, vc, bd, tu, tl, tm, sa, ra, rw)
+ON CONFLICT (event_key) DO NOTHING";
+
+// A ROOMSTATE is merged onto the room's last stored state (a partial one, e.g. only `slow`,
+// changes only that mode) and stored only if that changes the state: the full state Twitch sends
+// after every JOIN, by every account, after every restart, is then stored once. The lock makes
+// two loggers on one database take turns per room.
+const INSERT_ROOMSTATE: &str = "
+WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('tcl_roomstate:' || $2, 0))),
+last AS (
+    SELECT params FROM chat_events, lock
+    WHERE kind = 'roomstate' AND channel = $2 ORDER BY id DESC LIMIT 1
+),
+next AS (SELECT COALESCE((SELECT params FROM last), '{}'::jsonb) || COALESCE($4, '{}')::jsonb AS state)
+INSERT INTO chat_events (event_key, kind, channel, room_id, params, sent_at, received_at, raw)
+SELECT $1, 'roomstate', $2, $3, next.state, $5, $6, $7 FROM next
+WHERE next.state IS DISTINCT FROM (SELECT params FROM last)
+ON CONFLICT (event_key) DO NOTHING";
 
 // Deduplicated on the key fixed when the line was read; records spooled by older versions
 // carry no key (NULL never conflicts) and an empty `tags` (stored as `{}`).
 const INSERT_NOTICES: &str = "
-INSERT INTO channel_notices (channel, msg_id, message, received_at, tags, notice_at, notice_key)
-SELECT c, m, t, r, COALESCE(tg, '{}')::jsonb, COALESCE(na, r), k::uuid
-FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[], $7::text[])
-    AS x(c, m, t, r, tg, na, k)
+INSERT INTO channel_notices (channel, msg_id, message, received_at, tags, notice_at, notice_key, raw)
+SELECT c, m, t, r, COALESCE(tg, '{}')::jsonb, COALESCE(na, r), k::uuid, rw
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[], $7::text[],
+    $8::text[])
+    AS x(c, m, t, r, tg, na, k, rw)
 ON CONFLICT (notice_key) DO NOTHING";
 
 /// Batches at least this large are written on two connections at once: PostgreSQL spends
@@ -643,11 +721,16 @@ const PARALLEL_MIN: usize = 1000;
 
 impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
-    async fn write_part(&self, ms: &[ChatMessage], ns: &[ChannelNotice]) -> Result<WriteReport, StoreError> {
+    async fn write_part(
+        &self,
+        ms: &[ChatMessage],
+        ns: &[ChannelNotice],
+        es: &[ChatEvent],
+    ) -> Result<WriteReport, StoreError> {
         self.gate()?;
         let mut conn =
             self.pool.acquire().await.map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
-        match Self::write_tx(&mut conn, ms, ns).await {
+        match Self::write_tx(&mut conn, ms, ns, es).await {
             Ok(report) => Ok(report),
             Err(Failure::Decided(e)) => Err(e),
             Err(Failure::Undecided(failure)) => Err(probe(&mut conn, failure).await),
@@ -659,6 +742,7 @@ impl PgStore {
         conn: &mut PgConnection,
         ms: &[ChatMessage],
         ns: &[ChannelNotice],
+        es: &[ChatEvent],
     ) -> Result<WriteReport, Failure> {
         let mut tx = conn.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
@@ -696,6 +780,11 @@ impl PgStore {
                 .bind(col!(sent_at))
                 .bind(col!(received_at))
                 .bind(col!(opt badge_info))
+                .bind(col!(returning_chatter))
+                .bind(col!(vip))
+                .bind(col!(opt source_room_id))
+                .bind(col!(opt source_id))
+                .bind(col!(opt raw))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -711,11 +800,13 @@ impl PgStore {
                 .bind(ns.iter().map(|n| Some(n.tags.as_str()).filter(|t| !t.is_empty())).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| n.notice_at).collect::<Vec<_>>())
                 .bind(ns.iter().map(|n| Some(n.key.as_str()).filter(|k| !k.is_empty())).collect::<Vec<_>>())
+                .bind(ns.iter().map(|n| n.raw.as_deref()).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
             report.notices_inserted = done.rows_affected();
         }
+        report.events_inserted = Self::write_events(&mut tx, es).await?;
         tx.commit().await.map_err(classify)?;
         Ok(report)
     }
@@ -725,7 +816,75 @@ impl PgStore {
     /// One batch in one transaction, never split over two connections (the benchmark's
     /// database-only limit uses this to control the connection count itself).
     pub async fn write_one(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
-        self.write_part(&batch.messages, &batch.notices).await
+        self.write_part(&batch.messages, &batch.notices, &batch.events).await
+    }
+
+    /// Events, in `tx`: all but ROOMSTATE in one statement, each ROOMSTATE (rare: one per
+    /// JOIN or mode change) on its own, in the order read, since each depends on the last.
+    async fn write_events(tx: &mut PgConnection, es: &[ChatEvent]) -> Result<u64, Failure> {
+        let (rooms, others): (Vec<&ChatEvent>, Vec<&ChatEvent>) = es.iter().partition(|e| e.kind == "roomstate");
+        let mut inserted = 0;
+        if !others.is_empty() {
+            macro_rules! col {
+                ($f:ident) => {
+                    others.iter().map(|e| e.$f).collect::<Vec<_>>()
+                };
+                (str $f:ident) => {
+                    others.iter().map(|e| e.$f.as_str()).collect::<Vec<_>>()
+                };
+                (opt $f:ident) => {
+                    others.iter().map(|e| e.$f.as_deref()).collect::<Vec<_>>()
+                };
+            }
+            let done = sqlx::query(INSERT_EVENTS)
+                .bind(col!(str event_key))
+                .bind(col!(str kind))
+                .bind(col!(opt msg_id))
+                .bind(col!(str channel))
+                .bind(col!(opt room_id))
+                .bind(col!(opt user_id))
+                .bind(col!(opt login))
+                .bind(col!(opt display_name))
+                .bind(col!(opt badges))
+                .bind(col!(opt badge_info))
+                .bind(col!(opt color))
+                .bind(col!(opt emotes))
+                .bind(col!(opt text))
+                .bind(col!(opt system_msg))
+                .bind(others.iter().map(|e| Some(e.params.as_str()).filter(|p| !p.is_empty())).collect::<Vec<_>>())
+                .bind(col!(cumulative_months))
+                .bind(col!(streak_months))
+                .bind(col!(opt sub_plan))
+                .bind(col!(opt recipient_id))
+                .bind(col!(opt recipient_login))
+                .bind(col!(viewer_count))
+                .bind(col!(ban_duration))
+                .bind(col!(opt target_user_id))
+                .bind(col!(opt target_login))
+                .bind(col!(opt target_msg_id))
+                .bind(col!(sent_at))
+                .bind(col!(received_at))
+                .bind(col!(opt raw))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            inserted += done.rows_affected();
+        }
+        for e in rooms {
+            let done = sqlx::query(INSERT_ROOMSTATE)
+                .bind(&e.event_key)
+                .bind(&e.channel)
+                .bind(e.room_id.as_deref())
+                .bind(Some(e.params.as_str()).filter(|p| !p.is_empty()))
+                .bind(e.sent_at)
+                .bind(e.received_at)
+                .bind(e.raw.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            inserted += done.rows_affected();
+        }
+        Ok(inserted)
     }
 }
 
@@ -733,16 +892,17 @@ impl PgStore {
 impl Store for PgStore {
     async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
         if batch.messages.len() < PARALLEL_MIN {
-            return self.write_part(&batch.messages, &batch.notices).await;
+            return self.write_part(&batch.messages, &batch.notices, &batch.events).await;
         }
         // Two transactions. If one fails the writer retries the whole batch: the half that
         // committed is skipped by ON CONFLICT, so nothing is stored twice.
         let (a, b) = batch.messages.split_at(batch.messages.len() / 2);
-        match tokio::join!(self.write_part(a, &batch.notices), self.write_part(b, &[])) {
+        match tokio::join!(self.write_part(a, &batch.notices, &batch.events), self.write_part(b, &[], &[])) {
             (Ok(x), Ok(y)) => Ok(WriteReport {
                 messages_inserted: x.messages_inserted + y.messages_inserted,
                 duplicates: x.duplicates + y.duplicates,
                 notices_inserted: x.notices_inserted + y.notices_inserted,
+                events_inserted: x.events_inserted + y.events_inserted,
             }),
             (Err(e @ StoreError::Unavailable(_)), _) | (_, Err(e @ StoreError::Unavailable(_))) => Err(e),
             (Err(e), _) | (_, Err(e)) => Err(e),
@@ -754,6 +914,7 @@ impl Store for PgStore {
         let (kind, received_at) = match record {
             Record::Message(m) => ("chat_message", m.received_at),
             Record::Notice(n) => ("channel_notice", n.received_at),
+            Record::Event(e) => ("chat_event", e.received_at),
         };
         // serde_json escapes control characters (NUL included), so the payload is valid text.
         let payload = serde_json::to_string(record).expect("records serialise");

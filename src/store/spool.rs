@@ -383,6 +383,7 @@ mod tests {
             tags: "{}".into(),
             notice_at: None,
             key: String::new(),
+            raw: None,
         })
     }
 

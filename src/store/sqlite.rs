@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Batch, ChannelNotice, ChatMessage, DbError, Expired, Record, Store, StoreError, WriteReport};
+use super::{Batch, ChannelNotice, ChatEvent, ChatMessage, DbError, Expired, Record, Store, StoreError, WriteReport};
 
 /// The migrations in `migrations_sqlite/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
@@ -21,7 +21,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqli
 /// `sqlite3` shell) before it fails as unavailable and the writer retries or spools. Short
 /// next to `batch.durable_within` (5 s by default), so a lock costs retries, not rows.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Rows per statement: 21 columns × 400 rows stays under SQLite's 32,766 variables.
+/// Rows per statement: 28 columns (events) × 400 rows stays under SQLite's 32,766 variables.
 const ROWS_PER_STATEMENT: usize = 400;
 /// Rows deleted per retention transaction: the writer waits at most one chunk.
 pub const EXPIRE_CHUNK: i64 = 5000;
@@ -311,8 +311,22 @@ pub fn classify(e: sqlx::Error) -> StoreError {
 
 const MESSAGE_COLUMNS: &str = "message_id, channel, room_id, user_id, username, display_name, text, badges, color, \
      is_mod, is_subscriber, bits, is_action, emotes, first_msg, reply_parent_msg_id, reply_parent_user_login, \
-     sent_at, received_at, badge_info";
-const NOTICE_COLUMNS: &str = "channel, msg_id, message, received_at, tags, notice_at, notice_key";
+     sent_at, received_at, badge_info, returning_chatter, vip, source_room_id, source_id, raw";
+const NOTICE_COLUMNS: &str = "channel, msg_id, message, received_at, tags, notice_at, notice_key, raw";
+const EVENT_COLUMNS: &str = "event_key, kind, msg_id, channel, room_id, user_id, login, display_name, badges, \
+     badge_info, color, emotes, text, system_msg, params, cumulative_months, streak_months, sub_plan, recipient_id, \
+     recipient_login, viewer_count, ban_duration, target_user_id, target_login, target_msg_id, sent_at, received_at, raw";
+
+// As PostgreSQL's: a ROOMSTATE is merged onto the room's last stored state and stored only if
+// that changes it. No lock needed: this connection is the file's only writer.
+const INSERT_ROOMSTATE: &str = "
+INSERT INTO chat_events (event_key, kind, channel, room_id, params, sent_at, received_at, raw)
+SELECT ?1, 'roomstate', ?2, ?3, next.state, ?5, ?6, ?7
+FROM (SELECT json_patch(COALESCE(last.params, '{}'), COALESCE(?4, '{}')) AS state, last.params AS was
+      FROM (SELECT (SELECT params FROM chat_events WHERE kind = 'roomstate' AND channel = ?2
+                    ORDER BY id DESC LIMIT 1) AS params) last) next
+WHERE next.was IS NULL OR json(next.state) <> json(next.was)
+ON CONFLICT DO NOTHING";
 
 /// `INSERT INTO table (columns) VALUES (?, …), … ON CONFLICT DO NOTHING` for `rows` rows.
 fn insert_sql(table: &str, columns: &str, rows: usize) -> String {
@@ -327,6 +341,7 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         ms: &[ChatMessage],
         ns: &[ChannelNotice],
+        es: &[ChatEvent],
     ) -> Result<WriteReport, sqlx::Error> {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut report = WriteReport::default();
@@ -354,7 +369,12 @@ impl SqliteStore {
                     .bind(m.reply_parent_user_login.as_deref())
                     .bind(timestamp(&m.sent_at))
                     .bind(timestamp(&m.received_at))
-                    .bind(m.badge_info.as_deref());
+                    .bind(m.badge_info.as_deref())
+                    .bind(m.returning_chatter)
+                    .bind(m.vip)
+                    .bind(m.source_room_id.as_deref())
+                    .bind(m.source_id.as_deref())
+                    .bind(m.raw.as_deref());
             }
             let done = q.execute(&mut *tx).await?;
             report.messages_inserted += done.rows_affected();
@@ -373,10 +393,12 @@ impl SqliteStore {
                     .bind(timestamp(&n.received_at))
                     .bind(tags)
                     .bind(timestamp(&n.notice_at.unwrap_or(n.received_at)))
-                    .bind(Some(n.key.as_str()).filter(|k| !k.is_empty()));
+                    .bind(Some(n.key.as_str()).filter(|k| !k.is_empty()))
+                    .bind(n.raw.as_deref());
             }
             report.notices_inserted += q.execute(&mut *tx).await?.rows_affected();
         }
+        report.events_inserted = Self::write_events(&mut tx, es).await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -386,7 +408,65 @@ impl SqliteStore {
         self.gate()?;
         let mut conn =
             self.write.acquire().await.map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
-        Self::write_tx(&mut conn, &batch.messages, &batch.notices).await.map_err(classify)
+        Self::write_tx(&mut conn, &batch.messages, &batch.notices, &batch.events).await.map_err(classify)
+    }
+
+    /// Events in the open transaction: all but ROOMSTATE in multi-row statements, each
+    /// ROOMSTATE on its own in the order read (each depends on the last).
+    async fn write_events(conn: &mut SqliteConnection, es: &[ChatEvent]) -> Result<u64, sqlx::Error> {
+        let (rooms, others): (Vec<&ChatEvent>, Vec<&ChatEvent>) = es.iter().partition(|e| e.kind == "roomstate");
+        let mut inserted = 0;
+        for chunk in others.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql("chat_events", EVENT_COLUMNS, chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                let params = if e.params.is_empty() { "{}" } else { e.params.as_str() };
+                q = q
+                    .bind(e.event_key.as_str())
+                    .bind(e.kind.as_str())
+                    .bind(e.msg_id.as_deref())
+                    .bind(e.channel.as_str())
+                    .bind(e.room_id.as_deref())
+                    .bind(e.user_id.as_deref())
+                    .bind(e.login.as_deref())
+                    .bind(e.display_name.as_deref())
+                    .bind(e.badges.as_deref())
+                    .bind(e.badge_info.as_deref())
+                    .bind(e.color.as_deref())
+                    .bind(e.emotes.as_deref())
+                    .bind(e.text.as_deref())
+                    .bind(e.system_msg.as_deref())
+                    .bind(params)
+                    .bind(e.cumulative_months)
+                    .bind(e.streak_months)
+                    .bind(e.sub_plan.as_deref())
+                    .bind(e.recipient_id.as_deref())
+                    .bind(e.recipient_login.as_deref())
+                    .bind(e.viewer_count)
+                    .bind(e.ban_duration)
+                    .bind(e.target_user_id.as_deref())
+                    .bind(e.target_login.as_deref())
+                    .bind(e.target_msg_id.as_deref())
+                    .bind(timestamp(&e.sent_at))
+                    .bind(timestamp(&e.received_at))
+                    .bind(e.raw.as_deref());
+            }
+            inserted += q.execute(&mut *conn).await?.rows_affected();
+        }
+        for e in rooms {
+            let done = sqlx::query(INSERT_ROOMSTATE)
+                .bind(e.event_key.as_str())
+                .bind(e.channel.as_str())
+                .bind(e.room_id.as_deref())
+                .bind(Some(e.params.as_str()).filter(|p| !p.is_empty()))
+                .bind(timestamp(&e.sent_at))
+                .bind(timestamp(&e.received_at))
+                .bind(e.raw.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            inserted += done.rows_affected();
+        }
+        Ok(inserted)
     }
 
     /// Deletes up to [`EXPIRE_CHUNK`] rows of `table` older than `cutoff` in one transaction;
@@ -403,8 +483,12 @@ impl SqliteStore {
 }
 
 /// The tables retention empties, with the time column it goes by.
-const EXPIRING: [(&str, &str); 3] =
-    [("chat_messages", "sent_at"), ("channel_notices", "notice_at"), ("dead_letters", "failed_at")];
+const EXPIRING: [(&str, &str); 4] = [
+    ("chat_messages", "sent_at"),
+    ("channel_notices", "notice_at"),
+    ("chat_events", "sent_at"),
+    ("dead_letters", "failed_at"),
+];
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -414,10 +498,12 @@ impl Store for SqliteStore {
 
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
         self.gate()?;
-        let (kind, received_at) = match record {
-            Record::Message(m) => ("chat_message", m.received_at),
-            Record::Notice(n) => ("channel_notice", n.received_at),
+        let kind = match record {
+            Record::Message(_) => "chat_message",
+            Record::Notice(_) => "channel_notice",
+            Record::Event(_) => "chat_event",
         };
+        let received_at = record.received_at();
         let payload = serde_json::to_string(record).expect("records serialise");
         sqlx::query("INSERT INTO dead_letters (kind, payload, error, received_at, failed_at) VALUES (?, ?, ?, ?, ?)")
             .bind(kind)

@@ -55,6 +55,8 @@ pub struct WriterStats {
     pub duplicates: AtomicU64,
     /// Notices newly stored (one already stored under its key is not counted).
     pub notices_stored: AtomicU64,
+    /// Events newly stored (one already stored, or a ROOMSTATE changing nothing, is not counted).
+    pub events_stored: AtomicU64,
     /// Rows deleted by `[storage] retention` (counted by the retention task, shown with these).
     pub expired: AtomicU64,
     /// Batches committed.
@@ -147,10 +149,7 @@ impl std::borrow::Borrow<Record> for Stamped {
 /// When a row was read, on the writer's clock: its `received_at` is wall time, which a
 /// paused test clock does not follow, so only the (small) wall age is carried over.
 fn stamp(rec: Record) -> Stamped {
-    let received = match &rec {
-        Record::Message(m) => m.received_at,
-        Record::Notice(n) => n.received_at,
-    };
+    let received = rec.received_at();
     let age = chrono::Utc::now().signed_duration_since(received).to_std().unwrap_or_default();
     let now = Instant::now();
     Stamped { at: now.checked_sub(age.min(Duration::from_secs(3600))).unwrap_or(now), rec }
@@ -396,8 +395,10 @@ impl Writer {
         let left = st.mem.len();
         st.mem.clear();
         stats.dropped.fetch_add(left as u64, Relaxed);
-        let stored =
-            stats.messages_stored.load(Relaxed) + stats.duplicates.load(Relaxed) + stats.notices_stored.load(Relaxed);
+        let stored = stats.messages_stored.load(Relaxed)
+            + stats.duplicates.load(Relaxed)
+            + stats.notices_stored.load(Relaxed)
+            + stats.events_stored.load(Relaxed);
         Finished { stored, spooled: st.spool.rows(), lost: stats.dropped.load(Relaxed) }
     }
 }
@@ -734,6 +735,7 @@ async fn write_out(
                         s.messages_stored.fetch_add(report.messages_inserted, Relaxed);
                         s.duplicates.fetch_add(report.duplicates, Relaxed);
                         s.notices_stored.fetch_add(report.notices_inserted, Relaxed);
+                        s.events_stored.fetch_add(report.events_inserted, Relaxed);
                         s.batches.fetch_add(1, Relaxed);
                         s.observe_flush(started.elapsed());
                         if report.messages_inserted > 0 {
@@ -855,7 +857,7 @@ async fn write_out(
 /// Rows a successful job wrote (a dead letter is one row).
 fn job_len_written(report: &Option<super::WriteReport>) -> u64 {
     match report {
-        Some(r) => r.messages_inserted + r.duplicates + r.notices_inserted,
+        Some(r) => r.messages_inserted + r.duplicates + r.notices_inserted + r.events_inserted,
         None => 1,
     }
 }

@@ -37,6 +37,10 @@ struct Tags<'a> {
     reply_display_name: Option<&'a str>,
     reply_body: Option<&'a str>,
     sent_ts: Option<&'a str>,
+    returning_chatter: Option<&'a str>,
+    vip: Option<&'a str>,
+    source_room_id: Option<&'a str>,
+    source_id: Option<&'a str>,
 }
 
 /// What the reader should do with a line.
@@ -221,6 +225,12 @@ fn parse(
         reply_parent_user_login,
         sent_at,
         received_at,
+        returning_chatter: t.returning_chatter.filter(|v| !v.is_empty()).map(|v| v == "1"),
+        // Twitch sends `vip=1` to VIPs only (some lines `vip=0`); the badge says it too.
+        vip: Some(t.vip.is_some_and(|v| v == "1") || has(&["vip"])),
+        source_room_id: t.source_room_id.and_then(|v| nonempty(owned(unescape(v)))),
+        source_id: t.source_id.and_then(|v| nonempty(owned(unescape(v)))),
+        raw: None,
     })
 }
 
@@ -228,7 +238,7 @@ fn parse(
 const EARLIEST_SENT_MS: i64 = 946_684_800_000;
 
 /// Whether a sender timestamp can be true: not before 2000, not more than a day ahead.
-fn believable(sent_at: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
+pub fn believable(sent_at: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
     sent_at.timestamp_millis() >= EARLIEST_SENT_MS && sent_at <= received_at + Duration::days(1)
 }
 
@@ -307,6 +317,10 @@ fn parse_tags(tags: &str) -> Tags<'_> {
             "reply-parent-display-name" => t.reply_display_name = Some(v),
             "reply-parent-msg-body" => t.reply_body = Some(v),
             "tmi-sent-ts" => t.sent_ts = Some(v),
+            "returning-chatter" => t.returning_chatter = Some(v),
+            "vip" => t.vip = Some(v),
+            "source-room-id" => t.source_room_id = Some(v),
+            "source-id" => t.source_id = Some(v),
             _ => {}
         }
     }

@@ -79,6 +79,8 @@ pub enum ClientEvent {
 pub struct AccountStats {
     /// Notices received.
     pub notices: AtomicU64,
+    /// Chat events (USERNOTICE, CLEARCHAT, CLEARMSG, ROOMSTATE) handed to the writer.
+    pub events: AtomicU64,
     /// Channels the config wants.
     pub channels_wanted: AtomicU64,
     /// Of those, channels Twitch confirmed joined (refreshed every few seconds).
@@ -605,6 +607,7 @@ impl Drain {
             match &rec {
                 Record::Message(_) => self.login_state.messages.fetch_add(1, Relaxed),
                 Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),
+                Record::Event(_) => self.stats.events.fetch_add(1, Relaxed),
             };
             if self.sender.send(rec).await.is_err() {
                 tracing::error!(account = %self.name, "the writer has stopped; this client stops too");

@@ -1,25 +1,285 @@
 //! Twitch messages → rows. Pure functions, so every column's mapping is unit-tested.
 
 use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use twitch_irc::message::{AsRawIRC, NoticeMessage, ServerMessage};
+use twitch_irc::message::{
+    AsRawIRC, Badge, ClearChatAction, ClearChatMessage, ClearMsgMessage, FollowersOnlyMode, IRCMessage, NoticeMessage,
+    RoomStateMessage, ServerMessage, UserNoticeMessage,
+};
 
 use super::chatline;
 
-use crate::record::{ChannelNotice, Record};
+use crate::record::{ChannelNotice, ChatEvent, Record};
 use uuid::Uuid;
 
-/// The row for a message we store, or `None` for protocol chatter (PING, JOIN, ROOMSTATE …).
+/// The tag the transport adds (when `[storage] raw_lines` is on) to carry the exact line as
+/// received through twitch-irc, whose `as_raw_irc()` reorders tags. Taken out again here before
+/// anything reads the tags; a line that arrives with it already set has it overwritten.
+pub const RAW_TAG: &str = "x-tcl-raw-line";
+
+/// The row for a message we store, or `None` for protocol chatter (PING, JOIN, USERSTATE …).
 /// PRIVMSGs normally never get here (the transport parses them, see [`super::chatline`]); one
 /// that does is parsed from its raw line by the same parser.
-pub fn to_record(msg: ServerMessage, received_at: DateTime<Utc>) -> Option<Record> {
+pub fn to_record(mut msg: ServerMessage, received_at: DateTime<Utc>) -> Option<Record> {
+    let raw = take_raw(&mut msg);
     match msg {
-        ServerMessage::Notice(n) => Some(Record::Notice(notice(n, received_at))),
+        ServerMessage::Notice(n) => {
+            let mut row = notice(n, received_at);
+            row.raw = raw;
+            Some(Record::Notice(row))
+        }
+        ServerMessage::UserNotice(u) => Some(Record::Event(ChatEvent { raw, ..usernotice(u, received_at) })),
+        ServerMessage::ClearChat(c) => Some(Record::Event(ChatEvent { raw, ..clearchat(c, received_at) })),
+        ServerMessage::ClearMsg(c) => Some(Record::Event(ChatEvent { raw, ..clearmsg(c, received_at) })),
+        ServerMessage::RoomState(r) => roomstate(r, received_at).map(|e| Record::Event(ChatEvent { raw, ..e })),
         other if other.source().command == "PRIVMSG" => {
-            chatline::parse_privmsg(&other.source().as_raw_irc(), received_at).map(Record::Message)
+            let mut m = chatline::parse_privmsg(&other.source().as_raw_irc(), received_at)?;
+            m.raw = raw;
+            Some(Record::Message(m))
         }
         _ => None,
     }
+}
+
+/// Removes the transport's raw-line tag from the message, returning the line.
+fn take_raw(msg: &mut ServerMessage) -> Option<String> {
+    let source: &mut IRCMessage = match msg {
+        ServerMessage::Notice(m) => &mut m.source,
+        ServerMessage::UserNotice(m) => &mut m.source,
+        ServerMessage::ClearChat(m) => &mut m.source,
+        ServerMessage::ClearMsg(m) => &mut m.source,
+        ServerMessage::RoomState(m) => &mut m.source,
+        ServerMessage::Privmsg(m) => &mut m.source,
+        _ => return None,
+    };
+    source.tags.0.remove(RAW_TAG).map(chatline::strip_nul)
+}
+
+/// Namespace of event keys made here (for events without a Twitch `id`). Fixed forever, like
+/// [`NOTICE_KEY_NAMESPACE`].
+const EVENT_KEY_NAMESPACE: Uuid = Uuid::from_u128(0x8e2f_41c7_3b90_4d6a_a51e_7c08_d93f_2b64);
+
+/// A key for an event without a Twitch `id`: the same for every account that sees it (its
+/// parts are what Twitch sent), different for two events. NUL never occurs in the parts.
+fn event_key(parts: &[&str]) -> String {
+    Uuid::new_v5(&EVENT_KEY_NAMESPACE, parts.join("\0").as_bytes()).hyphenated().to_string()
+}
+
+/// A tag value as typed JSON: an integer (no sign but `-`, no leading zero, fits i64) is a
+/// number, `true`/`false` a boolean, anything else a string. 0/1 flags such as
+/// `msg-param-should-share-streak` stay numbers: by value they cannot be told from counts
+/// (`msg-param-months=1`).
+pub fn typed(v: &str) -> Value {
+    match v {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && v != "-0";
+    match v.parse::<i64>() {
+        Ok(n) if canonical => Value::from(n),
+        _ => Value::String(v.to_string()),
+    }
+}
+
+/// A tag, non-empty, without NUL.
+fn tag(source: &IRCMessage, name: &str) -> Option<String> {
+    source.tags.0.get(name).filter(|v| !v.is_empty()).map(|v| chatline::strip_nul(v.clone()))
+}
+
+/// A tag that is a canonical integer fitting `i32` (else none: the value stays in `params`).
+fn int_tag(source: &IRCMessage, name: &str) -> Option<i32> {
+    match typed(source.tags.0.get(name)?) {
+        Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        _ => None,
+    }
+}
+
+/// Tags whose name passes `keep`, as a typed JSON object text, without NUL.
+fn params_json(source: &IRCMessage, keep: impl Fn(&str) -> bool) -> String {
+    let map: Map<String, Value> = source
+        .tags
+        .0
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (chatline::strip_nul(k.clone()), typed(&chatline::strip_nul(v.clone()))))
+        .collect();
+    Value::Object(map).to_string()
+}
+
+fn badges_json(badges: &[Badge]) -> Option<String> {
+    let pairs: Vec<(&str, &str)> = badges.iter().map(|b| (b.name.as_str(), b.version.as_str())).collect();
+    (!pairs.is_empty()).then(|| chatline::strip_nul(chatline::badges_json(&pairs)))
+}
+
+/// `tmi-sent-ts` when it can be true (see [`chatline::believable`]), else the receive time.
+fn sent_time(server: DateTime<Utc>, source: &IRCMessage, received_at: DateTime<Utc>) -> DateTime<Utc> {
+    if source.tags.0.contains_key("tmi-sent-ts") && chatline::believable(server, received_at) {
+        server
+    } else {
+        received_at
+    }
+}
+
+/// The sent time's part of a natural key: `tmi-sent-ts` as sent, or (without one) the receive
+/// time to the nanosecond, so that events without a time are never merged.
+fn time_part(source: &IRCMessage, received_at: DateTime<Utc>) -> String {
+    source
+        .tags
+        .0
+        .get("tmi-sent-ts")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| received_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+}
+
+/// A USERNOTICE (any `msg-id`, known or not) → a `chat_events` row keyed on its `id`.
+pub fn usernotice(u: UserNoticeMessage, received_at: DateTime<Utc>) -> ChatEvent {
+    let src = &u.source;
+    let cumulative_months = int_tag(src, "msg-param-cumulative-months")
+        .or_else(|| int_tag(src, "msg-param-months").filter(|_| u.event_id.contains("gift")));
+    ChatEvent {
+        event_key: chatline::strip_nul(u.message_id.clone()),
+        kind: "usernotice".into(),
+        msg_id: Some(chatline::strip_nul(u.event_id.clone())),
+        channel: chatline::strip_nul(u.channel_login.clone()),
+        room_id: Some(chatline::strip_nul(u.channel_id.clone())).filter(|r| !r.is_empty()),
+        user_id: Some(chatline::strip_nul(u.sender.id.clone())),
+        login: Some(chatline::strip_nul(u.sender.login.clone())),
+        display_name: Some(chatline::strip_nul(u.sender.name.clone())),
+        badges: badges_json(&u.badges),
+        badge_info: badges_json(&u.badge_info),
+        color: tag(src, "color"),
+        emotes: tag(src, "emotes"),
+        text: u.message_text.clone().map(chatline::strip_nul),
+        system_msg: Some(chatline::strip_nul(u.system_message.clone())).filter(|s| !s.is_empty()),
+        params: params_json(src, |k| k.starts_with("msg-param-")),
+        cumulative_months,
+        streak_months: int_tag(src, "msg-param-streak-months"),
+        sub_plan: tag(src, "msg-param-sub-plan"),
+        recipient_id: tag(src, "msg-param-recipient-id"),
+        recipient_login: tag(src, "msg-param-recipient-user-name"),
+        viewer_count: int_tag(src, "msg-param-viewerCount"),
+        sent_at: sent_time(u.server_timestamp, src, received_at),
+        received_at,
+        ..ChatEvent::default()
+    }
+}
+
+/// Tags of CLEARCHAT/CLEARMSG that have a column; the rest go to `params`.
+const CLEAR_COLUMNS: [&str; 5] = ["room-id", "tmi-sent-ts", "target-user-id", "target-msg-id", "login"];
+
+/// A CLEARCHAT: a timeout (with its duration), a ban, or a clear of the whole chat.
+pub fn clearchat(c: ClearChatMessage, received_at: DateTime<Utc>) -> ChatEvent {
+    let src = &c.source;
+    let (target_id, target_login) = match &c.action {
+        ClearChatAction::ChatCleared => (None, None),
+        ClearChatAction::UserBanned { user_login, user_id }
+        | ClearChatAction::UserTimedOut { user_login, user_id, .. } => {
+            (Some(chatline::strip_nul(user_id.clone())), Some(chatline::strip_nul(user_login.clone())))
+        }
+    };
+    let (channel, room) = (chatline::strip_nul(c.channel_login.clone()), chatline::strip_nul(c.channel_id.clone()));
+    let event_key =
+        event_key(&["clearchat", &channel, &room, target_id.as_deref().unwrap_or(""), &time_part(src, received_at)]);
+    ChatEvent {
+        event_key,
+        kind: "clearchat".into(),
+        channel,
+        room_id: Some(room).filter(|r| !r.is_empty()),
+        user_id: target_id.clone(),
+        login: target_login.clone(),
+        params: params_json(src, |k| !CLEAR_COLUMNS.contains(&k)),
+        ban_duration: match c.action {
+            ClearChatAction::UserTimedOut { .. } => int_tag(src, "ban-duration"),
+            _ => None,
+        },
+        target_user_id: target_id,
+        target_login,
+        sent_at: sent_time(c.server_timestamp, src, received_at),
+        received_at,
+        ..ChatEvent::default()
+    }
+}
+
+/// A CLEARMSG: one message deleted. The stored message itself is never touched.
+pub fn clearmsg(c: ClearMsgMessage, received_at: DateTime<Utc>) -> ChatEvent {
+    let src = &c.source;
+    let channel = chatline::strip_nul(c.channel_login.clone());
+    let room = tag(src, "room-id");
+    let target_msg_id = chatline::strip_nul(c.message_id.clone());
+    let event_key =
+        event_key(&["clearmsg", &channel, room.as_deref().unwrap_or(""), &target_msg_id, &time_part(src, received_at)]);
+    let login = Some(chatline::strip_nul(c.sender_login.clone())).filter(|l| !l.is_empty());
+    ChatEvent {
+        event_key,
+        kind: "clearmsg".into(),
+        channel,
+        room_id: room,
+        login: login.clone(),
+        text: Some(chatline::strip_nul(c.message_text.clone())),
+        params: params_json(src, |k| !CLEAR_COLUMNS.contains(&k)),
+        target_login: login,
+        target_msg_id: Some(target_msg_id).filter(|t| !t.is_empty()),
+        sent_at: sent_time(c.server_timestamp, src, received_at),
+        received_at,
+        ..ChatEvent::default()
+    }
+}
+
+/// A ROOMSTATE's modes as sent (the full state after a JOIN, one mode when it changes): the
+/// five modes twitch-irc reads, typed (`followers-only` in minutes, -1 = off; `slow` in
+/// seconds), plus any other tag but `room-id`. None if it carries no mode at all. The store
+/// merges it onto the room's last state and keeps it only if that changes.
+pub fn roomstate(r: RoomStateMessage, received_at: DateTime<Utc>) -> Option<ChatEvent> {
+    let src = &r.source;
+    const TYPED: [&str; 5] = ["emote-only", "followers-only", "r9k", "slow", "subs-only"];
+    let mut modes = Map::new();
+    if let Some(v) = r.emote_only {
+        modes.insert("emote-only".into(), Value::Bool(v));
+    }
+    if let Some(v) = &r.followers_only {
+        let minutes = match v {
+            FollowersOnlyMode::Disabled => -1,
+            FollowersOnlyMode::Enabled(d) => i64::try_from(d.as_secs() / 60).unwrap_or(i64::MAX),
+        };
+        modes.insert("followers-only".into(), Value::from(minutes));
+    }
+    if let Some(v) = r.r9k {
+        modes.insert("r9k".into(), Value::Bool(v));
+    }
+    if let Some(v) = r.slow_mode {
+        modes.insert("slow".into(), Value::from(v.as_secs()));
+    }
+    if let Some(v) = r.subscribers_only {
+        modes.insert("subs-only".into(), Value::Bool(v));
+    }
+    for (k, v) in &src.tags.0 {
+        if k != "room-id" && k != "tmi-sent-ts" && !TYPED.contains(&k.as_str()) {
+            modes.insert(chatline::strip_nul(k.clone()), typed(&chatline::strip_nul(v.clone())));
+        }
+    }
+    if modes.is_empty() {
+        return None;
+    }
+    let params = Value::Object(modes).to_string();
+    let (channel, room) = (chatline::strip_nul(r.channel_login.clone()), chatline::strip_nul(r.channel_id.clone()));
+    let at = received_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    Some(ChatEvent {
+        event_key: event_key(&["roomstate", &channel, &room, &params, &at]),
+        kind: "roomstate".into(),
+        channel,
+        room_id: Some(room).filter(|r| !r.is_empty()),
+        params,
+        sent_at: received_at,
+        received_at,
+        ..ChatEvent::default()
+    })
 }
 
 /// Maps a NOTICE to a `channel_notices` row (`*` for server-wide notices), with its tags, its
@@ -43,6 +303,7 @@ pub fn notice(n: NoticeMessage, received_at: DateTime<Utc>) -> ChannelNotice {
         tags: serde_json::to_string(&tags).expect("string map serialises"),
         notice_at: Some(notice_at),
         key: String::new(),
+        raw: None,
     };
     row.key = notice_key(&row);
     row

@@ -69,6 +69,18 @@ impl TestStore {
         }
     }
 
+    /// The store itself (migrated), for scenarios that write batches directly.
+    pub async fn store(&self) -> std::sync::Arc<dyn twitch_chat_logger::store::Store> {
+        match self {
+            TestStore::Postgres(db) => {
+                let s = twitch_chat_logger::store::postgres::PgStore::new(db.pool.clone());
+                s.migrate().await.unwrap();
+                std::sync::Arc::new(s)
+            }
+            TestStore::Sqlite { store, .. } => std::sync::Arc::new(store.clone()),
+        }
+    }
+
     /// A count (SQL both dialects read alike).
     pub async fn count(&self, sql: &str) -> i64 {
         match self {

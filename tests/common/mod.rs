@@ -85,13 +85,23 @@ impl TestDb {
     }
 }
 
-/// Rows in the spool segments under `dir` (0 if there is none).
+/// Chat message rows in the spool segments under `dir` (0 if there is none). Other rows (the
+/// ROOMSTATE every JOIN brings, notices) are left out, so tests can count what they sent.
 pub fn spool_rows(dir: &Path) -> usize {
+    spool_rows_of(dir, |l| l.starts_with(r#"{"kind":"message""#))
+}
+
+/// Rows of every kind in the spool segments under `dir`.
+pub fn spool_rows_all(dir: &Path) -> usize {
+    spool_rows_of(dir, |_| true)
+}
+
+fn spool_rows_of(dir: &Path, want: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().count())
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| want(l)).count())
                 .sum()
         })
         .unwrap_or(0)
