@@ -47,6 +47,13 @@ async fn fill(path: &Path, messages: usize) -> SqliteStore {
             raw: None,
         });
     }
+    let t0 = chrono::Utc::now();
+    for kind in ["USERNOTICE resub with message", "USERNOTICE raid", "CLEARCHAT timeout", "CLEARMSG", "ROOMSTATE"] {
+        use twitch_irc::message::{IRCMessage, ServerMessage};
+        let msg = ServerMessage::try_from(IRCMessage::parse(&sample(kind)).unwrap()).unwrap();
+        let Some(Record::Event(e)) = twitch_chat_logger::twitch::convert::to_record(msg, t0) else { panic!("{kind}") };
+        batch.events.push(e);
+    }
     store.write(&batch).await.unwrap();
     for i in 0..3 {
         store.dead_letter(&Record::Message(chat_message(900_000 + i, "refused")), "no_poison (SQLite code 1811)").await.unwrap();
@@ -76,9 +83,12 @@ async fn pg_rows(db: &TestDb, table: &str) -> Vec<Value> {
 
 /// Every table's rows are the same on both sides, in the same order.
 async fn assert_same(store: &SqliteStore, db: &TestDb) {
-    for table in ["chat_messages", "channel_notices", "dead_letters"] {
+    let tables = store.tables().await.unwrap();
+    assert_eq!(tables, ["chat_messages", "channel_notices", "dead_letters", "chat_events"], "every table is compared");
+    for table in tables.iter().map(String::as_str) {
         let (a, b) = (sqlite_rows(store, table).await, pg_rows(db, table).await);
         assert_eq!(a.len(), b.len(), "{table}: row counts");
+        assert!(!a.is_empty(), "{table} has rows to copy");
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x, y, "{table}");
         }
