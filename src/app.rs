@@ -11,8 +11,8 @@ use crate::config::{Config, Origin};
 use crate::http;
 use crate::metrics::{AccountView, Observed};
 use crate::reload::{self, watch::Reloader, Plan};
-use crate::store::{Backend, DbError};
 use crate::store::writer::{self, Writer};
+use crate::store::{Backend, DbError};
 use crate::twitch::client::{AccountHandle, AuthContext, ClientEvent};
 use crate::twitch::transport;
 

@@ -233,20 +233,6 @@ async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::library_line_shown;
-    use tracing::Level;
-
-    #[test]
-    fn library_warnings_pass_its_chatter_only_on_request_and_its_trace_never() {
-        assert!(library_line_shown(&Level::WARN, false));
-        assert!(!library_line_shown(&Level::INFO, false) && !library_line_shown(&Level::ERROR, false));
-        assert!(library_line_shown(&Level::INFO, true) && library_line_shown(&Level::ERROR, true));
-        assert!(!library_line_shown(&Level::TRACE, true), "PASS lines are logged at TRACE");
-    }
-}
-
 /// `copy`: every row of a SQLite file into PostgreSQL. Progress goes to stderr; the target's
 /// password is never printed.
 async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64, progress_secs: u64) -> ExitCode {
@@ -262,17 +248,20 @@ async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64, progress_se
             return ExitCode::from(2);
         }
     };
-    let to = match to.map(str::to_string).or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| !v.trim().is_empty())) {
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => secrecy::SecretString::from(u),
-        Some(_) => {
-            eprintln!("--to: must start with postgres:// or postgresql:// (value hidden because it may hold a password)");
-            return ExitCode::from(2);
-        }
-        None => {
-            eprintln!("--to: no target; give --to postgres://USER:PASSWORD@HOST:PORT/NAME or set DATABASE_URL");
-            return ExitCode::from(2);
-        }
-    };
+    let to =
+        match to.map(str::to_string).or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| !v.trim().is_empty())) {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => secrecy::SecretString::from(u),
+            Some(_) => {
+                eprintln!(
+                    "--to: must start with postgres:// or postgresql:// (value hidden because it may hold a password)"
+                );
+                return ExitCode::from(2);
+            }
+            None => {
+                eprintln!("--to: no target; give --to postgres://USER:PASSWORD@HOST:PORT/NAME or set DATABASE_URL");
+                return ExitCode::from(2);
+            }
+        };
     let opts = CopyOptions { chunk_rows, progress_every: std::time::Duration::from_secs(progress_secs) };
     match copy(&path, to, &opts, &mut |line| eprintln!("{line}")).await {
         Ok(summary) => {
@@ -285,5 +274,19 @@ async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64, progress_se
             eprintln!("copy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::library_line_shown;
+    use tracing::Level;
+
+    #[test]
+    fn library_warnings_pass_its_chatter_only_on_request_and_its_trace_never() {
+        assert!(library_line_shown(&Level::WARN, false));
+        assert!(!library_line_shown(&Level::INFO, false) && !library_line_shown(&Level::ERROR, false));
+        assert!(library_line_shown(&Level::INFO, true) && library_line_shown(&Level::ERROR, true));
+        assert!(!library_line_shown(&Level::TRACE, true), "PASS lines are logged at TRACE");
     }
 }

@@ -56,7 +56,10 @@ async fn fill(path: &Path, messages: usize) -> SqliteStore {
     }
     store.write(&batch).await.unwrap();
     for i in 0..3 {
-        store.dead_letter(&Record::Message(chat_message(900_000 + i, "refused")), "no_poison (SQLite code 1811)").await.unwrap();
+        store
+            .dead_letter(&Record::Message(chat_message(900_000 + i, "refused")), "no_poison (SQLite code 1811)")
+            .await
+            .unwrap();
     }
     store
 }
@@ -165,10 +168,16 @@ async fn a_copy_from_something_that_is_not_the_loggers_file_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("missing.db does not exist") && err.contains("sqlite://data/chat.db"), "{err}");
-    let out = logger_cmd(dir.path()).args(["copy", "--from", "data/chat.db", "--to", "postgres://u:secretpw@h/x"]).output().unwrap();
+    let out = logger_cmd(dir.path())
+        .args(["copy", "--from", "data/chat.db", "--to", "postgres://u:secretpw@h/x"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a SQLite URL") && !err.contains("secretpw"), "{err}");
-    let out = logger_cmd(dir.path()).args(["copy", "--from", "sqlite://x.db", "--to", "mysql://u:secretpw@h/x"]).output().unwrap();
+    let out = logger_cmd(dir.path())
+        .args(["copy", "--from", "sqlite://x.db", "--to", "mysql://u:secretpw@h/x"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--to: must start with postgres://") && !err.contains("secretpw"), "{err}");
 }

@@ -123,7 +123,8 @@ async fn a_directory_the_logger_cannot_write_stops_start_up_naming_it() {
         eprintln!("skipped: cannot make a directory read-only here");
         return;
     };
-    let text = config(&fake, &locked, "").replace(&locked.join("spool").display().to_string(), &dir.path().join("spool").display().to_string());
+    let text = config(&fake, &locked, "")
+        .replace(&locked.join("spool").display().to_string(), &dir.path().join("spool").display().to_string());
     let (_c, path) = config_dir(&text);
     let mut logger = Logger::spawn(file_mode_without_url(&path));
     assert_eq!(logger.wait_exit(15 * SEC).await, 1);

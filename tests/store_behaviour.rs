@@ -100,8 +100,10 @@ async fn a_message_two_accounts_see_is_stored_once(store: TestStore) {
     let accounts = "[accounts.default]\n[accounts.bot]\nusername = \"loggerbot\"\noauth_token = \"oauth:abc\"\n[groups.bots]\naccounts = [\"bot\"]\nchannels = [\"chan\"]";
     let (_dir, path) = config_dir(&config(&fake, spool.path(), "flush_interval = \"100ms\"", accounts, "\"chan\""));
     let _logger = Logger::spawn(file_mode(&path, &store.url()));
-    fake.wait_for("both joined", 15 * SEC, |f| f.joined_by(ANON).contains("chan") && f.joined_by("loggerbot").contains("chan"))
-        .await;
+    fake.wait_for("both joined", 15 * SEC, |f| {
+        f.joined_by(ANON).contains("chan") && f.joined_by("loggerbot").contains("chan")
+    })
+    .await;
     let line = privmsg("chan", "dup-1", "Bob", "same message");
     assert_eq!(fake.to_channel("chan", &line), 2, "both connections get it");
     fake.to_channel("chan", &privmsg("chan", "dup-2", "Bob", "another"));

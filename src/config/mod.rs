@@ -111,8 +111,12 @@ impl StorageConfig {
     pub fn retention_text(&self) -> String {
         match self.retention {
             None => "forever".into(),
-            Some(d) if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 => format!("{}d", d.as_secs() / 86_400),
-            Some(d) if d.as_secs().is_multiple_of(3_600) && d.subsec_nanos() == 0 => format!("{}h", d.as_secs() / 3_600),
+            Some(d) if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 => {
+                format!("{}d", d.as_secs() / 86_400)
+            }
+            Some(d) if d.as_secs().is_multiple_of(3_600) && d.subsec_nanos() == 0 => {
+                format!("{}h", d.as_secs() / 3_600)
+            }
             Some(d) => duration::format_duration(d),
         }
     }

@@ -554,7 +554,10 @@ fn retention_is_days_or_hours_on_sqlite_and_refused_on_postgresql() {
     assert_eq!(cfg.unwrap().live.storage.retention, None, "kept forever by default");
     for bad in ["90", "10m", "-1d", "ninety days", "40000d"] {
         let p = problems(&format!("[storage]\nretention = \"{bad}\"\n"), &[]);
-        assert!(p.len() == 1 && p[0].starts_with("line 2: key `storage.retention`") && p[0].contains("\"90d\""), "{bad}: {p:?}");
+        assert!(
+            p.len() == 1 && p[0].starts_with("line 2: key `storage.retention`") && p[0].contains("\"90d\""),
+            "{bad}: {p:?}"
+        );
     }
     let p = problems("[storage]\nretention = \"90d\"\n", &[("DATABASE_URL", "postgres://u@h/db")]);
     assert!(p.len() == 1 && p[0].contains("SQLite store only") && p[0].contains("#15"), "{p:?}");

@@ -383,7 +383,8 @@ fn database(cx: &mut Ctx<'_>, d: &DatabaseFile, has_file: bool) -> Option<Databa
 /// the logger sets its own, and rows in memory would be lost at exit.
 pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let example = "write e.g. sqlite://data/chat.db (relative to the working directory) or sqlite:///var/lib/twitch/chat.db";
+    let example =
+        "write e.g. sqlite://data/chat.db (relative to the working directory) or sqlite:///var/lib/twitch/chat.db";
     Some(if rest.trim().is_empty() {
         Err(format!("`{url}` names no file; {example}"))
     } else if rest.contains(['?', '#']) {

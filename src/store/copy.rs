@@ -158,10 +158,9 @@ pub async fn copy(
 /// Every row of a PostgreSQL table as JSON without `id`, in `id` order: the other side of
 /// [`SqliteStore::rows_as_json`], for checking a copy.
 pub async fn pg_rows_as_json(pool: &sqlx::PgPool, table: &str) -> Result<Vec<serde_json::Value>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT to_jsonb(t) - 'id' AS row FROM \"{table}\" t ORDER BY id"
-    )))
-    .fetch_all(pool)
-    .await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT to_jsonb(t) - 'id' AS row FROM \"{table}\" t ORDER BY id")))
+            .fetch_all(pool)
+            .await?;
     rows.into_iter().map(|r| r.try_get::<serde_json::Value, _>("row")).collect()
 }

@@ -203,6 +203,8 @@ pub enum DbError {
 /// The store the config names, with what start-up, `/readyz` and `check` need of it; the
 /// writer gets it only as a `dyn Store`.
 #[derive(Clone)]
+// One per process, cloned a few times at start-up: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Postgres(postgres::PgStore),
     Sqlite(sqlite::SqliteStore),
@@ -252,7 +254,9 @@ impl Backend {
     /// Whether the database answers a trivial query within `timeout` (for `/readyz`).
     pub async fn ping(&self, timeout: std::time::Duration) -> bool {
         let answered = match self {
-            Backend::Postgres(s) => tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(s.pool())).await.map(|r| r.is_ok()),
+            Backend::Postgres(s) => {
+                tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(s.pool())).await.map(|r| r.is_ok())
+            }
             Backend::Sqlite(s) => tokio::time::timeout(timeout, s.ping()).await,
         };
         answered == Ok(true)

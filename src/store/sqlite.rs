@@ -585,10 +585,11 @@ impl SqliteStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, serde_json::Value)>, sqlx::Error> {
-        let columns: Vec<(String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT name, type FROM pragma_table_info('{table}') ORDER BY cid")))
-                .fetch_all(&self.read)
-                .await?;
+        let columns: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT name, type FROM pragma_table_info('{table}') ORDER BY cid"
+        )))
+        .fetch_all(&self.read)
+        .await?;
         let fields: Vec<String> = columns
             .iter()
             .filter(|(name, _)| name != "id")

@@ -11,7 +11,7 @@ use super::TestDb;
 
 /// Which store a test runs against.
 pub enum TestStore {
-    Postgres(TestDb),
+    Postgres(Box<TestDb>),
     Sqlite { _dir: tempfile::TempDir, path: PathBuf, pool: SqlitePool, store: SqliteStore },
 }
 
@@ -24,7 +24,7 @@ macro_rules! for_both_stores {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    super::$scenario(crate::common::backends::TestStore::postgres().await).await
+                    super::$scenario($crate::common::backends::TestStore::postgres().await).await
                 }
             )*
         }
@@ -32,7 +32,7 @@ macro_rules! for_both_stores {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    super::$scenario(crate::common::backends::TestStore::sqlite().await).await
+                    super::$scenario($crate::common::backends::TestStore::sqlite().await).await
                 }
             )*
         }
@@ -41,7 +41,7 @@ macro_rules! for_both_stores {
 
 impl TestStore {
     pub async fn postgres() -> TestStore {
-        TestStore::Postgres(TestDb::new().await)
+        TestStore::Postgres(Box::new(TestDb::new().await))
     }
 
     /// A migrated SQLite file (as the logger leaves it) in a temp directory.
@@ -50,7 +50,11 @@ impl TestStore {
         let path = dir.path().join("chat.db");
         let store = SqliteStore::open_lazy(&path);
         store.migrate().await.unwrap();
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(2).connect_with(connect_options(&path)).await.unwrap();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(connect_options(&path))
+            .await
+            .unwrap();
         TestStore::Sqlite { _dir: dir, path, pool, store }
     }
 
@@ -177,9 +181,7 @@ pub fn normalise(v: Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, normalise(v))).collect()),
         Value::String(s) => match chrono::DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => Value::String(
-                t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            ),
+            Ok(t) => Value::String(t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             Err(_) => Value::String(s),
         },
         other => other,
