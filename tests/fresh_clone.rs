@@ -63,3 +63,35 @@ async fn the_shipped_config_with_no_database_variables_logs_into_data_chat_db() 
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(15 * SEC).await, 0);
 }
+
+#[test]
+fn docker_compose_keeps_postgresql_through_its_environment() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let doc = &yaml_rust2::YamlLoader::load_from_str(&text).unwrap()[0];
+    // The logger's environment as compose sets it with an empty .env: `${VAR:-default}` → default.
+    let env: std::collections::HashMap<String, String> = doc["services"]["logger"]["environment"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string())).unwrap_or_default();
+            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(inner) => inner.split_once(":-").map(|(_, d)| d.to_string()).unwrap_or_default(),
+                None => v,
+            };
+            (k.as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let cfg = twitch_chat_logger::config::load(Some(&root.join("config/config.toml")), &|k: &str| env.get(k).cloned())
+        .unwrap();
+    match cfg.startup.database {
+        twitch_chat_logger::config::DatabaseConfig::Fields { host, name, .. } => {
+            assert_eq!((host.as_str(), name.as_str()), ("db", "twitch"))
+        }
+        other => panic!("compose must log into its PostgreSQL, not {other:?}"),
+    }
+    // And without those variables the same file means the SQLite file.
+    let cfg = twitch_chat_logger::config::load(Some(&root.join("config/config.toml")), &|_: &str| None).unwrap();
+    assert_eq!(cfg.startup.database, twitch_chat_logger::config::DatabaseConfig::Sqlite("data/chat.db".into()));
+}
