@@ -28,6 +28,8 @@ CREATE TABLE chat_events (
     target_user_id    TEXT,
     target_login      TEXT,
     target_msg_id     TEXT,
+    -- ROOMSTATE: the room's full state after this change (`params` holds the modes as sent).
+    room_state        JSONB,
     sent_at           TIMESTAMPTZ NOT NULL,
     received_at       TIMESTAMPTZ NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     raw               TEXT

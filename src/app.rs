@@ -84,7 +84,7 @@ impl Runtime {
         if let Some(b) = &p.batch {
             self.writer.update(b.clone());
         }
-        self.retention.send_if_modified(|r| std::mem::replace(r, self.cfg.live.storage.retention) != *r);
+        self.retention.send_if_modified(|r| std::mem::replace(r, self.cfg.live.retention.keep) != *r);
         for key in &p.needs_restart {
             tracing::warn!(
                 "`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)"
@@ -160,8 +160,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     }
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
+    connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
-    let (retention, retention_rx) = tokio::sync::watch::channel(cfg.live.storage.retention);
+    let (retention, retention_rx) = tokio::sync::watch::channel(cfg.live.retention.keep);
     tokio::spawn(expire_old_rows(store.clone(), retention_rx, writer.stats.clone()));
     let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, retention };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
@@ -303,7 +304,7 @@ async fn expire_old_rows(
     let expiring = store.as_store();
     loop {
         let keep = *retention.borrow_and_update();
-        let text = crate::config::StorageConfig { retention: keep }.retention_text();
+        let text = crate::config::RetentionConfig { keep }.text();
         let mut wait = RETENTION_EVERY;
         if let Some(keep) = keep {
             let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);

@@ -119,6 +119,8 @@ pub struct ChatEvent {
     /// event seen by two accounts (or retried, or replayed from the spool) is stored once.
     pub event_key: String,
     /// The IRC command, lower case: `usernotice`, `clearchat`, `clearmsg` or `roomstate`.
+    /// (`event_kind` in the spool's JSON, where `kind` names the record variant.)
+    #[serde(rename = "event_kind")]
     pub kind: String,
     /// USERNOTICE's `msg-id` (`sub`, `raid`, … or any future one); none for other kinds.
     pub msg_id: Option<String>,
@@ -145,8 +147,8 @@ pub struct ChatEvent {
     /// USERNOTICE `system-msg`, unescaped.
     pub system_msg: Option<String>,
     /// JSON object text: every `msg-param-*` tag of a USERNOTICE, named as Twitch sends it;
-    /// the mode tags of a ROOMSTATE (as sent: the store merges them onto the room's last
-    /// state); the unmapped tags of the other kinds. Integers are JSON numbers (0/1 flags too),
+    /// the mode tags of a ROOMSTATE as sent (the store merges them onto the room's last state
+    /// into the `room_state` column); the tags of CLEARCHAT/CLEARMSG that have no column. Integers are JSON numbers (0/1 flags too),
     /// `true`/`false` booleans, everything else strings.
     pub params: String,
     /// `msg-param-cumulative-months` (sub, resub) or `msg-param-months` (subgift).
@@ -231,6 +233,10 @@ pub fn invalid_reason(record: &Record) -> Option<String> {
             if !uuid_ok {
                 return Some(format!("message id {} is not a UUID", preview(&m.message_id)));
             }
+            // Indexed (a user's history): an entry over the btree limit would fail its batch once.
+            if let Some(u) = m.user_id.as_deref().filter(|u| u.chars().count() > MAX_KEY_CHARS) {
+                return Some(format!("user id {} is over {MAX_KEY_CHARS} characters", preview(u)));
+            }
             None
         }
         Record::Notice(n) => (n.channel != "*" && !channel_ok(&n.channel))
@@ -249,6 +255,12 @@ pub fn invalid_reason(record: &Record) -> Option<String> {
             if !matches!(e.kind.as_str(), "usernotice" | "clearchat" | "clearmsg" | "roomstate") {
                 return Some(format!("event kind {} is not one the logger makes", preview(&e.kind)));
             }
+            // Indexed: an entry over the btree limit would fail the whole batch once.
+            for (what, v) in [("user id", &e.user_id), ("target message id", &e.target_msg_id)] {
+                if let Some(v) = v.as_deref().filter(|v| v.chars().count() > MAX_KEY_CHARS) {
+                    return Some(format!("{what} {} is over {MAX_KEY_CHARS} characters", preview(v)));
+                }
+            }
             None
         }
     }
@@ -262,5 +274,45 @@ fn preview(s: &str) -> String {
     } else {
         let head: String = s.chars().take(40).collect();
         format!("{head:?}… ({n} characters)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_survives_the_spool_format_and_old_spooled_messages_still_read() {
+        let e = Record::Event(ChatEvent {
+            event_key: "k".into(),
+            kind: "usernotice".into(),
+            msg_id: Some("sub".into()),
+            channel: "c".into(),
+            params: r#"{"msg-param-months":1}"#.into(),
+            raw: Some("@x=1 :tmi.twitch.tv USERNOTICE #c".into()),
+            ..ChatEvent::default()
+        });
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.starts_with(r#"{"kind":"event""#), "{text}");
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), e);
+        // A message as the previous version spooled it: none of the new fields.
+        let old = r#"{"kind":"message","message_id":"m","channel":"c","room_id":null,"user_id":null,"username":"u","display_name":null,"text":"t","badges":"{}","color":null,"is_mod":false,"is_subscriber":false,"bits":0,"is_action":false,"emotes":null,"first_msg":null,"reply_parent_msg_id":null,"reply_parent_user_login":null,"sent_at":"2026-01-01T00:00:00Z","received_at":"2026-01-01T00:00:00Z"}"#;
+        let Record::Message(m) = serde_json::from_str(old).unwrap() else { panic!("a message") };
+        assert_eq!((m.vip, m.returning_chatter, m.source_id, m.raw), (None, None, None, None));
+    }
+
+    #[test]
+    fn an_event_that_no_index_can_hold_or_of_an_unknown_kind_is_invalid() {
+        let ok =
+            ChatEvent { event_key: "k".into(), kind: "clearchat".into(), channel: "c".into(), ..ChatEvent::default() };
+        assert_eq!(invalid_reason(&Record::Event(ok.clone())), None);
+        let long = ChatEvent { event_key: "k".repeat(101), ..ok.clone() };
+        assert!(invalid_reason(&Record::Event(long)).unwrap().contains("event key"));
+        let kind = ChatEvent { kind: "whisper".into(), ..ok.clone() };
+        assert!(invalid_reason(&Record::Event(kind)).is_some());
+        let user = ChatEvent { user_id: Some("1".repeat(101)), ..ok.clone() };
+        assert!(invalid_reason(&Record::Event(user)).unwrap().contains("user id"));
+        let channel = ChatEvent { channel: "#c".into(), ..ok };
+        assert!(invalid_reason(&Record::Event(channel)).is_some());
     }
 }

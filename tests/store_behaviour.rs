@@ -249,8 +249,10 @@ async fn events_are_stored_once_and_room_state_only_when_it_changes(store: TestS
     assert_eq!(s.write(&one).await.unwrap().events_inserted, 1);
     store.wait_count("SELECT count(*) FROM chat_events", 5, 5 * SEC).await;
     let rows = store.rows("chat_events").await;
-    let rooms: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "roomstate").map(|r| &r["params"]).collect();
+    let rooms: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "roomstate").map(|r| &r["room_state"]).collect();
     assert_eq!(rooms.len(), 2);
+    let sent: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "roomstate").map(|r| &r["params"]).collect();
+    assert_eq!(sent[1], &json!({"slow": 10}), "params: the modes as sent");
     assert_eq!(rooms[1]["slow"], json!(10), "{}: {rooms:?}", store.name());
     assert_eq!(rooms[1]["emote-only"], rooms[0]["emote-only"], "the rest of the state is kept");
     let resub = rows.iter().find(|r| r["msg_id"] == "resub").unwrap();

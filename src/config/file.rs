@@ -58,13 +58,6 @@ pub struct DatabaseFile {
     pub password_file: Option<Spanned<PathBuf>>,
 }
 
-/// `[storage]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageFile {
-    pub retention: Option<Spanned<String>>,
-}
-
 /// `[batch]`
 #[derive(Debug, Default, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +137,14 @@ pub struct LogFile {
     pub format: Option<Spanned<String>>,
 }
 
+/// `[storage]`: what is kept of each line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub raw_lines: Option<Spanned<bool>>,
+    pub retention: Option<Spanned<String>>,
+}
+
 /// `[accounts.NAME]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +176,7 @@ enum Ty {
     Str,
     Secret,
     Int,
+    Bool,
     StrList,
     /// A table with these keys.
     Table(&'static [(&'static str, Ty)]),
@@ -201,10 +203,10 @@ const BATCH: &[(&str, Ty)] = &[
     ("shutdown_timeout", Ty::Str),
     ("durable_within", Ty::Str),
 ];
-const STORAGE: &[(&str, Ty)] = &[("retention", Ty::Str)];
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
+const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool), ("retention", Ty::Str)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
     ("oauth_token", Ty::Secret),
@@ -397,6 +399,11 @@ fn check_table<'i>(
         };
         match (ty, v.get_mut()) {
             (Ty::Str | Ty::Secret, DeValue::String(_)) | (Ty::Int, DeValue::Integer(_)) => {}
+            (Ty::Bool, DeValue::Boolean(_)) => {}
+            (Ty::Bool, got) => {
+                problems.push(wrong("true or false (no quotes)", got));
+                drop.push(k.clone());
+            }
             (Ty::Str, got) => {
                 problems.push(wrong("a quoted string", got));
                 drop.push(k.clone());
@@ -650,6 +657,7 @@ channels = [\"x\"]
             for (k, ty) in keys {
                 let v = match ty {
                     Ty::Int => "1",
+                    Ty::Bool => "true",
                     Ty::StrList => "[\"x\"]",
                     _ => "\"x\"",
                 };

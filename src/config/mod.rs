@@ -65,6 +65,8 @@ pub struct StartupConfig {
     pub log: LogConfig,
     /// `batch.spool_dir`: the running writer's files stay where they are.
     pub spool_dir: PathBuf,
+    /// `[storage]`
+    pub storage: StorageConfig,
 }
 
 impl StartupConfig {
@@ -80,6 +82,7 @@ impl StartupConfig {
             ("reload", self.reload != new.reload),
             ("http", self.http != new.http),
             ("log", self.log != new.log),
+            ("storage.raw_lines", self.storage.raw_lines != new.storage.raw_lines),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -95,21 +98,22 @@ pub struct LiveConfig {
     /// `[groups.NAME]`, by name.
     pub groups: BTreeMap<String, GroupConfig>,
     pub batch: BatchConfig,
-    pub storage: StorageConfig,
+    /// `[storage] retention` (the live part of `[storage]`).
+    pub retention: RetentionConfig,
 }
 
-/// `[storage]`: what the store keeps.
+/// `[storage] retention`: how long the store keeps rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StorageConfig {
-    /// `retention`: rows older than this are deleted (in bounded chunks, on a timer). `None`:
-    /// kept forever (the default).
-    pub retention: Option<Duration>,
+pub struct RetentionConfig {
+    /// Rows older than this are deleted (in bounded chunks, on a timer). `None`: kept forever
+    /// (the default).
+    pub keep: Option<Duration>,
 }
 
-impl StorageConfig {
+impl RetentionConfig {
     /// The retention as the config writes it: `"90d"`, `"36h"`, or `"forever"`.
-    pub fn retention_text(&self) -> String {
-        match self.retention {
+    pub fn text(&self) -> String {
+        match self.keep {
             None => "forever".into(),
             Some(d) if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 => {
                 format!("{}d", d.as_secs() / 86_400)
@@ -261,6 +265,14 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))) }
     }
+}
+
+/// `[storage]`: what is kept of each line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `raw_lines`: keep the exact line as received next to each stored row (a `raw` column).
+    /// Start-up only: every row of one run has its line or none has.
+    pub raw_lines: bool,
 }
 
 /// `[log]`

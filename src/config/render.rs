@@ -57,8 +57,6 @@ pub fn render(cfg: &Config) -> String {
         format_duration(b.shutdown_timeout),
         format_duration(b.durable_within)
     );
-    let retention = cfg.live.storage.retention_text();
-    let _ = writeln!(out, "\n[storage]\nretention = \"{retention}\"");
     let _ = writeln!(
         out,
         "\n[reload]\nmode = \"{}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",
@@ -69,6 +67,8 @@ pub fn render(cfg: &Config) -> String {
     let listen = cfg.startup.http.listen.map_or("off".to_string(), |a| a.to_string());
     let _ = writeln!(out, "\n[http]\nlisten = \"{listen}\"{}", src("http.listen"));
     let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.startup.log.level, cfg.startup.log.format);
+    let _ = writeln!(out, "\n[storage]\nraw_lines = {}", cfg.startup.storage.raw_lines);
+    let _ = writeln!(out, "retention = \"{}\"", cfg.live.retention.text());
     for (name, a) in &cfg.live.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {

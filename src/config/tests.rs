@@ -544,14 +544,14 @@ fn sqlite_urls_name_a_file_relative_to_the_working_directory_or_absolute() {
 fn retention_is_days_or_hours_on_sqlite_and_refused_on_postgresql() {
     let (cfg, _d) = load_text("[storage]\nretention = \"90d\"\n", &[]);
     let cfg = cfg.unwrap();
-    assert_eq!(cfg.live.storage.retention, Some(Duration::from_secs(90 * 86_400)));
-    assert!(render::render(&cfg).contains("[storage]\nretention = \"90d\""));
+    assert_eq!(cfg.live.retention.keep, Some(Duration::from_secs(90 * 86_400)));
+    assert!(render::render(&cfg).contains("[storage]\nraw_lines = false\nretention = \"90d\""));
     let (cfg, _d) = load_text("[storage]\nretention = \"36h\"\n", &[]);
-    assert_eq!(cfg.unwrap().live.storage.retention, Some(Duration::from_secs(36 * 3600)));
+    assert_eq!(cfg.unwrap().live.retention.keep, Some(Duration::from_secs(36 * 3600)));
     let (cfg, _d) = load_text("[storage]\nretention = \"forever\"\n", &[]);
-    assert_eq!(cfg.unwrap().live.storage.retention, None);
+    assert_eq!(cfg.unwrap().live.retention.keep, None);
     let (cfg, _d) = load_text("", &[]);
-    assert_eq!(cfg.unwrap().live.storage.retention, None, "kept forever by default");
+    assert_eq!(cfg.unwrap().live.retention.keep, None, "kept forever by default");
     for bad in ["90", "10m", "-1d", "ninety days", "40000d"] {
         let p = problems(&format!("[storage]\nretention = \"{bad}\"\n"), &[]);
         assert!(

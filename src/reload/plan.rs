@@ -142,10 +142,11 @@ mod tests {
             http: Default::default(),
             log: Default::default(),
             spool_dir: "data/spool".into(),
+            storage: Default::default(),
         };
         let live = LiveConfig {
             batch: BatchConfig::default(),
-            storage: Default::default(),
+            retention: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()

@@ -508,6 +508,7 @@ const WRITTEN: &[(&str, Columns)] = &[
             ("target_user_id", TEXT),
             ("target_login", TEXT),
             ("target_msg_id", TEXT),
+            ("room_state", JSONB),
             ("sent_at", TIME),
             ("received_at", TIME),
             ("raw", TEXT),
@@ -689,20 +690,21 @@ FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
     AS x(k, kd, mi, c, r, u, l, dn, b, bi, col, em, t, sm, p, cm, sk, sp, ri, rl, vc, bd, tu, tl, tm, sa, ra, rw)
 ON CONFLICT (event_key) DO NOTHING";
 
-// A ROOMSTATE is merged onto the room's last stored state (a partial one, e.g. only `slow`,
-// changes only that mode) and stored only if that changes the state: the full state Twitch sends
-// after every JOIN, by every account, after every restart, is then stored once. The lock makes
-// two loggers on one database take turns per room.
+// A ROOMSTATE's modes as sent (`params`: all of them after a JOIN, one when it changes) are
+// merged onto the room's last stored state into `room_state`, and the row is stored only if that
+// changes the state: the full state Twitch sends after every JOIN, to every account, after every
+// restart, is then stored once. [`LOCK_ROOM`] first makes two loggers on one database take turns
+// per room (a separate statement: this one must see what the other committed meanwhile).
+const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended('tcl_roomstate:' || $1, 0))";
 const INSERT_ROOMSTATE: &str = "
-WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('tcl_roomstate:' || $2, 0))),
-last AS (
-    SELECT params FROM chat_events, lock
+WITH last AS (
+    SELECT room_state FROM chat_events
     WHERE kind = 'roomstate' AND channel = $2 ORDER BY id DESC LIMIT 1
 ),
-next AS (SELECT COALESCE((SELECT params FROM last), '{}'::jsonb) || COALESCE($4, '{}')::jsonb AS state)
-INSERT INTO chat_events (event_key, kind, channel, room_id, params, sent_at, received_at, raw)
-SELECT $1, 'roomstate', $2, $3, next.state, $5, $6, $7 FROM next
-WHERE next.state IS DISTINCT FROM (SELECT params FROM last)
+next AS (SELECT COALESCE((SELECT room_state FROM last), '{}'::jsonb) || COALESCE($4, '{}')::jsonb AS state)
+INSERT INTO chat_events (event_key, kind, channel, room_id, params, room_state, sent_at, received_at, raw)
+SELECT $1, 'roomstate', $2, $3, COALESCE($4, '{}')::jsonb, next.state, $5, $6, $7 FROM next
+WHERE next.state IS DISTINCT FROM (SELECT room_state FROM last)
 ON CONFLICT (event_key) DO NOTHING";
 
 // Deduplicated on the key fixed when the line was read; records spooled by older versions
@@ -871,6 +873,7 @@ impl PgStore {
             inserted += done.rows_affected();
         }
         for e in rooms {
+            sqlx::query(LOCK_ROOM).bind(&e.channel).execute(&mut *tx).await.map_err(classify)?;
             let done = sqlx::query(INSERT_ROOMSTATE)
                 .bind(&e.event_key)
                 .bind(&e.channel)

@@ -317,14 +317,15 @@ const EVENT_COLUMNS: &str = "event_key, kind, msg_id, channel, room_id, user_id,
      badge_info, color, emotes, text, system_msg, params, cumulative_months, streak_months, sub_plan, recipient_id, \
      recipient_login, viewer_count, ban_duration, target_user_id, target_login, target_msg_id, sent_at, received_at, raw";
 
-// As PostgreSQL's: a ROOMSTATE is merged onto the room's last stored state and stored only if
-// that changes it. No lock needed: this connection is the file's only writer.
+// As PostgreSQL's: a ROOMSTATE's modes as sent (`params`) are merged onto the room's last stored
+// state into `room_state`, and the row is stored only if that changes the state. No lock
+// needed: this connection is the file's only writer.
 const INSERT_ROOMSTATE: &str = "
-INSERT INTO chat_events (event_key, kind, channel, room_id, params, sent_at, received_at, raw)
-SELECT ?1, 'roomstate', ?2, ?3, next.state, ?5, ?6, ?7
-FROM (SELECT json_patch(COALESCE(last.params, '{}'), COALESCE(?4, '{}')) AS state, last.params AS was
-      FROM (SELECT (SELECT params FROM chat_events WHERE kind = 'roomstate' AND channel = ?2
-                    ORDER BY id DESC LIMIT 1) AS params) last) next
+INSERT INTO chat_events (event_key, kind, channel, room_id, params, room_state, sent_at, received_at, raw)
+SELECT ?1, 'roomstate', ?2, ?3, COALESCE(?4, '{}'), next.state, ?5, ?6, ?7
+FROM (SELECT json_patch(COALESCE(last.state, '{}'), COALESCE(?4, '{}')) AS state, last.state AS was
+      FROM (SELECT (SELECT room_state FROM chat_events WHERE kind = 'roomstate' AND channel = ?2
+                    ORDER BY id DESC LIMIT 1) AS state) last) next
 WHERE next.was IS NULL OR json(next.state) <> json(next.was)
 ON CONFLICT DO NOTHING";
 

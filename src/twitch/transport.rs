@@ -24,6 +24,7 @@ use twitch_irc::message::{AsRawIRC, IRCMessage, IRCParseError};
 use twitch_irc::transport::Transport;
 
 use super::chatline::{self, Chat};
+use super::convert::RAW_TAG;
 use crate::config::Rate;
 use crate::config::ServerAddr;
 use crate::record::Record;
@@ -61,6 +62,8 @@ pub struct TransportContext {
     /// Per login, the state its connections share and how many running accounts use it.
     logins: Mutex<HashMap<String, LoginEntry>>,
     pass_unsafe_lines: AtomicBool,
+    /// `[storage] raw_lines`: rows carry the exact line as received.
+    raw_lines: AtomicBool,
     bad_lines: [AtomicU64; 6],
     bad_line_reports: [RateLimit; 6],
     connect_failures: RateLimit,
@@ -88,6 +91,7 @@ impl TransportContext {
             records: RwLock::new(records),
             logins: Mutex::new(HashMap::new()),
             pass_unsafe_lines: AtomicBool::new(false),
+            raw_lines: AtomicBool::new(false),
             bad_lines: [const { AtomicU64::new(0) }; 6],
             bad_line_reports: [const { RateLimit::new() }; 6],
             connect_failures: RateLimit::new(),
@@ -126,6 +130,12 @@ impl TransportContext {
     fn login_state(&self, login: &str) -> Arc<LoginState> {
         let logins = self.logins.lock().expect("logins lock");
         logins.get(login).map_or_else(|| Arc::new(LoginState::new(Rate::TWITCH_DEFAULT_JOINS)), |e| e.state.clone())
+    }
+
+    /// `[storage] raw_lines`: whether rows carry the exact line as received (set once at
+    /// start-up, before the first connection).
+    pub fn keep_raw_lines(&self, yes: bool) {
+        self.raw_lines.store(yes, Relaxed);
     }
 
     /// Tests only: hand lines to twitch-irc without [`sanitize`], to crash it on purpose and
@@ -688,6 +698,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if !ctx.pass_unsafe_lines.load(Relaxed) && sanitize(&mut msg) {
             ctx.report_bad_line(BadLine::UnsafeTag, "", &line);
         }
+        // Lines that become rows carry their exact text through twitch-irc (which reorders tags).
+        if ctx.raw_lines.load(Relaxed) && STORED_COMMANDS.contains(&msg.command.as_str()) {
+            msg.tags.0.insert(RAW_TAG.to_string(), line.clone());
+        }
         // twitch-irc forwards every line to the client except whispers it de-duplicates.
         if let Some(l) = link.get() {
             if msg.command != "WHISPER" {
@@ -700,11 +714,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// Commands whose lines become rows in `twitch::convert` (the raw line goes with them).
+const STORED_COMMANDS: [&str; 5] = ["NOTICE", "USERNOTICE", "CLEARCHAT", "CLEARMSG", "ROOMSTATE"];
+
 /// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
 /// not a chat line after all. `Some(false)`: the writer has gone.
 async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>, ctx: &TransportContext) -> Option<bool> {
     match chatline::classify(line, Utc::now()) {
-        Chat::Row(row) => {
+        Chat::Row(mut row) => {
+            if ctx.raw_lines.load(Relaxed) {
+                row.raw = Some(line.to_string());
+            }
             if let Some(l) = link.get() {
                 l.state.messages.fetch_add(1, Relaxed);
             }
