@@ -23,6 +23,10 @@ async fn the_shipped_config_with_no_database_variables_logs_into_data_chat_db() 
     let clone = tempfile::tempdir().unwrap();
     copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &clone.path().join("config"));
     assert!(!clone.path().join("data").exists());
+    // `check --connect` before the first start: says so, creates nothing.
+    let out = logger_cmd(clone.path()).args(["check", "--connect"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist yet (the logger creates it at start-up)"));
+    assert!(!clone.path().join("data").exists(), "check created nothing");
 
     // logger_cmd starts from an empty environment: no DATABASE_URL, no POSTGRES_*.
     let mut cmd = logger_cmd(clone.path());
@@ -62,6 +66,14 @@ async fn the_shipped_config_with_no_database_variables_logs_into_data_chat_db() 
     assert_eq!(text, "hello from a laptop");
     logger.signal("TERM");
     assert_eq!(logger.wait_exit(15 * SEC).await, 0);
+
+    // `check --connect` finds the same file, migrated.
+    let out = logger_cmd(clone.path()).args(["check", "--connect"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("url = \"sqlite://data/chat.db\"  # the embedded SQLite file"), "{said}");
+    assert!(said.contains(&format!("# OK: SQLite file {} (SQLite 3.", abs.display())), "{said}");
+    assert!(said.contains("schema up to date"), "{said}");
 }
 
 #[test]

@@ -112,7 +112,7 @@ impl SqliteStore {
     /// Checks the path, creates the file and its directory if missing, applies pending
     /// migrations, and opens the store for writing.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        self.check_path()?;
+        self.check_path(true)?;
         self.set_not_ready("applying migrations");
         let mut conn = self.write.acquire().await.map_err(|e| self.explain(&e))?;
         // `run_direct`: `run(&mut *conn)` is not `Send` enough to be spawned (as in postgres.rs).
@@ -133,11 +133,11 @@ impl SqliteStore {
     /// Opens the file read-only once, without creating or migrating anything (`check
     /// --connect`). Returns SQLite's version and how many of our migrations the file has.
     pub async fn probe(&self) -> Result<(String, usize), DbError> {
+        // Nothing is created here, not even the directory.
+        self.check_path(false)?;
         if !self.path.exists() {
-            self.check_path()?;
             return Ok((sqlite_version().await, 0));
         }
-        self.check_path()?;
         let version: String =
             sqlx::query_scalar("SELECT sqlite_version()").fetch_one(&self.read).await.map_err(|e| self.explain(&e))?;
         let has_table: bool = sqlx::query_scalar(
@@ -158,7 +158,8 @@ impl SqliteStore {
     }
 
     /// What must hold before SQLite opens the path: its errors would not say which file or why.
-    fn check_path(&self) -> Result<(), DbError> {
+    /// `create_dir`: make a missing directory (start-up), or leave it (`check --connect`).
+    fn check_path(&self, create_dir: bool) -> Result<(), DbError> {
         let shown = self.absolute_path();
         let shown = shown.display();
         if self.path.is_dir() {
@@ -167,7 +168,7 @@ impl SqliteStore {
                 self.path.join("chat.db").display()
             )));
         }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = self.path.parent().filter(|d| create_dir && !d.as_os_str().is_empty()) {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 return Err(DbError::Fatal(format!(
                     "database.url: cannot create the directory {} for the SQLite file {shown}: {e} — create it (writable by this user) or choose another path",
@@ -558,7 +559,7 @@ impl SqliteStore {
                 store.absolute_path().display()
             )));
         }
-        store.check_path()?;
+        store.check_path(false)?;
         Ok(store)
     }
 
