@@ -219,6 +219,10 @@ fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], joi
         "[twitch]\nserver = \"irc://127.0.0.1:{port}\"\n[http]\nlisten = \"off\"\n[batch]\nspool_dir = \"{}\"\n",
         dir.path().join("spool").display()
     );
+    // `BENCH_RAW_LINES=1`: measure `[storage] raw_lines` (the exact line kept per row).
+    if std::env::var("BENCH_RAW_LINES").is_ok() {
+        toml.push_str("[storage]\nraw_lines = true\n");
+    }
     for (i, (name, channels)) in accounts.iter().enumerate() {
         let list: Vec<String> = channels.iter().map(|c| format!("\"{c}\"")).collect();
         toml.push_str(&format!(
@@ -406,12 +410,23 @@ async fn flood(a: &Args, admin: &str) {
     let rate = stored as f64 / took.as_secs_f64();
     let cpu_us = (cpu1 - cpu0) * 1e6 / stored.max(1) as f64;
     let lat = latency(&pool).await;
+    let (raw_bytes, table_bytes): (Option<f64>, i64) = sqlx::query_as(
+        "SELECT avg(octet_length(raw))::float8, pg_total_relation_size('chat_messages') FROM chat_messages",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_or((None, 0));
     drop(logger);
     println!("server sent {n} lines in {:.2} s", sent_in.as_secs_f64());
     println!("end to end:        {rate:>10.0} msg/s  ({stored} stored in {:.2} s)", took.as_secs_f64());
     println!("messages lost:     {:>10}", n - stored.min(n));
     println!("logger CPU:        {cpu_us:>10.2} µs/msg ({:.1} s CPU)", cpu1 - cpu0);
     println!("logger peak RSS:   {:>10.1} MiB", hwm as f64 / 1024.0);
+    println!(
+        "table size:        {:>10.1} B/row (chat_messages with indexes), raw lines {:.1} B/row",
+        table_bytes as f64 / stored.max(1) as f64,
+        raw_bytes.unwrap_or(0.0)
+    );
     if let Some((p50, p99)) = lat {
         println!("latency send→commit: p50 {p50:.0} ms, p99 {p99:.0} ms (under flood: includes queueing)");
     }

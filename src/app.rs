@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Origin};
+use crate::config::{BatchConfig, Config, Origin};
 use crate::http;
 use crate::metrics::{AccountView, Observed};
 use crate::reload::{self, watch::Reloader, Plan};
@@ -207,6 +207,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("stopping: no more reading; writing out everything received");
+    if fatal.is_some() {
+        // The database will not take rows this run: spool what was read at once, no waiting.
+        rt.writer.update(BatchConfig { shutdown_timeout: Duration::ZERO, ..rt.cfg.live.batch.clone() });
+    }
     let lost = stop(rt.accounts, rt.writer, &connections).await;
     match fatal {
         Some(e) => Err(e),

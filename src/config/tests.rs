@@ -584,3 +584,19 @@ proptest::proptest! {
         proptest::prop_assert!(validate::sqlite_path(&junk).is_none() || junk.starts_with("sqlite:"));
     }
 }
+
+#[test]
+fn storage_raw_lines_is_off_unless_set_true_needs_a_restart_and_refuses_a_string() {
+    let (cfg, _d) = load_text(FULL, &[]);
+    assert!(!cfg.unwrap().startup.storage.raw_lines, "off by default");
+    let on = format!("{FULL}\n[storage]\nraw_lines = true\n");
+    let (cfg, _d) = load_text(&on, &[]);
+    let new = cfg.unwrap();
+    assert!(new.startup.storage.raw_lines);
+    let (old, _d) = load_text(FULL, &[]);
+    assert_eq!(old.unwrap().startup.changed_keys(&new.startup), ["storage.raw_lines"]);
+    let p = problems(&format!("{FULL}\n[storage]\nraw_lines = \"yes\"\n"), &[]);
+    assert!(p.iter().any(|p| p.contains("storage.raw_lines") && p.contains("true or false")), "{p:?}");
+    let p = problems(&format!("{FULL}\n[storage]\nraw_line = true\n"), &[]);
+    assert!(p.iter().any(|p| p.contains("did you mean `raw_lines`")), "{p:?}");
+}

@@ -270,3 +270,60 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: usize) -> Record {
+        Record::Event(ChatEvent { event_key: format!("e{i}"), kind: "roomstate".into(), ..ChatEvent::default() })
+    }
+
+    fn note(i: usize) -> Record {
+        Record::Notice(ChannelNotice {
+            channel: "c".into(),
+            msg_id: None,
+            message: format!("n{i}"),
+            received_at: chrono::Utc::now(),
+            tags: String::new(),
+            notice_at: None,
+            key: String::new(),
+            raw: None,
+        })
+    }
+
+    /// Splitting down to single rows (how the writer finds a bad row) keeps every row once, and
+    /// events in the order read (a ROOMSTATE depends on the one before).
+    #[test]
+    fn splitting_a_batch_with_events_keeps_every_row_and_the_events_order() {
+        let mut records: Vec<Record> = (0..5).map(ev).collect();
+        records.insert(2, note(0));
+        records.push(note(1));
+        let mut pending = vec![Batch::from_records(records)];
+        let mut singles = Vec::new();
+        while let Some(b) = pending.pop() {
+            match b.split() {
+                Ok((first, second)) => {
+                    assert!(!first.is_empty() && !second.is_empty());
+                    // Depth first, first half first: the order the writer retries them.
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(one) => singles.extend(one.into_records()),
+            }
+        }
+        let keys: Vec<String> = singles
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e.event_key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, ["e0", "e1", "e2", "e3", "e4"]);
+        assert_eq!(singles.len(), 7);
+        let mut b = Batch::from_records((0..3).map(ev));
+        assert_eq!(b.len(), 3);
+        b.clear();
+        assert!(b.is_empty());
+    }
+}

@@ -407,6 +407,80 @@ mod tests {
     }
 
     #[test]
+    fn every_sample_event_line_becomes_one_row_of_its_kind_and_unknown_msg_ids_are_kept() {
+        let text = include_str!("../../tests/fixtures/twitch-irc-samples.txt");
+        let at = Utc::now();
+        let mut kinds = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let command = ["USERNOTICE", "CLEARCHAT", "CLEARMSG", "ROOMSTATE"]
+                .into_iter()
+                .find(|c| line.contains(&format!(" {c} #")));
+            let Some(command) = command else { continue };
+            let Some(Record::Event(e)) = to_record(parse(line), at) else { panic!("dropped: {line}") };
+            assert_eq!(e.kind, command.to_lowercase());
+            assert_eq!(crate::record::invalid_reason(&Record::Event(e.clone())), None, "{line}");
+            kinds.push(e.msg_id.unwrap_or(e.kind));
+        }
+        for k in [
+            "sub",
+            "resub",
+            "raid",
+            "subgift",
+            "submysterygift",
+            "announcement",
+            "viewermilestone",
+            "unraid",
+            "clearchat",
+            "clearmsg",
+            "roomstate",
+        ] {
+            assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn the_raw_line_tag_is_taken_out_before_anything_reads_the_tags() {
+        let line = "@msg-id=msg_banned :tmi.twitch.tv NOTICE #forsen :banned";
+        let mut irc = IRCMessage::parse(line).unwrap();
+        irc.tags.0.insert(RAW_TAG.into(), line.into());
+        let Some(Record::Notice(n)) = to_record(ServerMessage::try_from(irc).unwrap(), Utc::now()) else { panic!() };
+        assert_eq!(n.raw.as_deref(), Some(line));
+        assert_eq!(n.tags, r#"{"msg-id":"msg_banned"}"#, "not among the stored tags");
+        let Some(Record::Notice(plain)) = to_record(parse(line), Utc::now()) else { panic!() };
+        assert_eq!(plain.raw, None, "without raw_lines, no raw");
+    }
+
+    #[test]
+    fn a_roomstate_without_any_mode_is_not_a_row() {
+        assert_eq!(to_record(parse("@room-id=1 :tmi.twitch.tv ROOMSTATE #c"), Utc::now()), None);
+    }
+
+    proptest::proptest! {
+        /// Typed values lose nothing: a number prints back as the exact text, a string is the
+        /// text, and only `true`/`false` are booleans.
+        #[test]
+        fn typed_tag_values_round_trip(v in "(-?[0-9]{0,22}|true|false|[ -~]{0,12}|\\PC{0,6})") {
+            match typed(&v) {
+                Value::Number(n) => proptest::prop_assert_eq!(n.to_string(), v),
+                Value::String(s) => proptest::prop_assert_eq!(s, v),
+                Value::Bool(b) => proptest::prop_assert_eq!(if b { "true" } else { "false" }, v.as_str()),
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn integers_become_numbers_and_everything_else_stays_text() {
+        assert_eq!(typed("430"), Value::from(430));
+        assert_eq!(typed("-1"), Value::from(-1));
+        assert_eq!(typed("0"), Value::from(0));
+        for text in ["007", "-0", "1e3", "1.5", "99999999999999999999", "", " 1", "+1", "Prime", "TRUE"] {
+            assert_eq!(typed(text), Value::String(text.into()), "{text}");
+        }
+        assert_eq!((typed("true"), typed("false")), (Value::Bool(true), Value::Bool(false)));
+    }
+
+    #[test]
     fn login_rejection_and_join_failures_are_recognised() {
         let ServerMessage::Notice(n) = parse(":tmi.twitch.tv NOTICE * :Login authentication failed") else { panic!() };
         assert!(is_login_rejection(&n));
