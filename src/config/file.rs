@@ -170,6 +170,7 @@ pub struct LogFile {
 #[serde(deny_unknown_fields)]
 pub struct StorageFile {
     pub raw_lines: Option<Spanned<bool>>,
+    pub retention: Option<Spanned<String>>,
 }
 
 /// `[accounts.NAME]`
@@ -235,7 +236,7 @@ const BATCH: &[(&str, Ty)] = &[
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str), ("api", Ty::Bool)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
-const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool)];
+const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool), ("retention", Ty::Str)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
     ("oauth_token", Ty::Secret),

@@ -38,6 +38,12 @@ pub fn render(cfg: &Config) -> String {
             let pw = if password.is_some() { "\"[redacted]\"" } else { "(none)" };
             let _ = writeln!(out, "password = {pw}{}", src("database.password"));
         }
+        DatabaseConfig::Sqlite(path) => {
+            // A file path holds no secret.
+            let from = src("database.url");
+            let note = if from.is_empty() { "  # the embedded SQLite file".to_string() } else { from };
+            let _ = writeln!(out, "url = \"sqlite://{}\"{note}", path.display());
+        }
     }
     let b = &cfg.live.batch;
     let _ = writeln!(
@@ -63,6 +69,7 @@ pub fn render(cfg: &Config) -> String {
     let _ = writeln!(out, "api = {}", cfg.startup.http.api);
     let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.startup.log.level, cfg.startup.log.format);
     let _ = writeln!(out, "\n[storage]\nraw_lines = {}", cfg.startup.storage.raw_lines);
+    let _ = writeln!(out, "retention = \"{}\"", cfg.live.retention.text());
     for (name, a) in &cfg.live.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {

@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::metrics::Observed;
-use crate::store::postgres::PgStore;
+use crate::store::Backend;
 
 #[derive(Clone)]
 struct AppState {
     observed: Observed,
-    store: PgStore,
+    store: Backend,
     api: Option<std::sync::Arc<api::Api>>,
 }
 
@@ -28,7 +28,7 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     observed: Observed,
-    store: PgStore,
+    store: Backend,
     api: Option<api::Api>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
@@ -69,8 +69,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if let Err(why) = s.store.schema_ready() {
         problems.push(format!("database not ready: {why}"));
     } else {
-        let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(s.store.pool())).await;
-        if !matches!(ping, Ok(Ok(_))) {
+        if !s.store.ping(Duration::from_secs(2)).await {
             problems.push("database unreachable".to_string());
         }
     }
