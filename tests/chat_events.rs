@@ -689,6 +689,8 @@ async fn events_read_while_the_database_is_down_are_spooled_and_all_stored_when_
         ],
         "nothing lost, in the order read"
     );
+    let with_raw = "SELECT (SELECT count(*) FROM chat_events WHERE raw IS NOT NULL) + (SELECT count(*) FROM chat_messages WHERE raw IS NOT NULL)";
+    assert_eq!(count_in(&pool, with_raw).await, 0, "raw_lines is off by default: no line kept");
     for _ in 0..100 {
         if spool_rows_all(&cluster.spool_dir()) == 0 {
             break;
