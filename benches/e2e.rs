@@ -5,6 +5,10 @@
 //! Run: `./scripts/bench.sh` (starts a throwaway PostgreSQL), options after `--`:
 //!   --messages N (1000000)  --accounts A (4)  --channels C (20)  --mode flood|quiet|both (both)
 //!   --quiet-seconds S (30)  --quiet-channels Q (1000)  --quiet-rate R (1000 msg/s)
+//!   --store sqlite: the flood into the embedded SQLite file instead (no PostgreSQL needed:
+//!   `cargo bench --bench e2e -- --store sqlite --messages 200000`), against the SQLite-only
+//!   limit (the same rows through the store's insert in 5000-row transactions, same file
+//!   settings and indexes), with the logger's CPU per message and the file size per million.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -47,6 +51,9 @@ struct Args {
     /// Messages per second in the quiet run.
     #[arg(long, default_value_t = 1000)]
     quiet_rate: usize,
+    /// Where the logger writes: postgres, or sqlite (the flood only).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "sqlite"])]
+    store: String,
     /// The logger binary to measure (default: the one this build made), e.g. an older build
     /// to compare against.
     #[arg(long)]
@@ -480,6 +487,10 @@ async fn main() {
         println!("logger binary: {}", bin.display());
         LOGGER_BIN.set(bin.clone()).expect("set once");
     }
+    if a.store == "sqlite" {
+        flood_sqlite(&a).await;
+        return;
+    }
     let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench.sh starts a throwaway PostgreSQL)");
     let _: Option<DateTime<Utc>> = None;
     if a.mode == "flood" || a.mode == "both" {
@@ -488,4 +499,98 @@ async fn main() {
     if a.mode == "quiet" || a.mode == "both" {
         quiet(&a, &admin).await;
     }
+}
+
+/// Bytes of the SQLite file and its WAL.
+fn file_bytes(path: &std::path::Path) -> u64 {
+    ["", "-wal"].iter().map(|x| std::fs::metadata(format!("{}{x}", path.display())).map(|m| m.len()).unwrap_or(0)).sum()
+}
+
+/// The flood into the SQLite file, then the SQLite-only limit on a fresh file (see the module doc).
+async fn flood_sqlite(a: &Args) {
+    use twitch_chat_logger::store::sqlite::{connect_options, SqliteStore};
+    let n = a.messages;
+    println!("== flood into SQLite: {n} messages, {} accounts, {} channels", a.accounts, a.channels);
+    // Under target/, not /tmp: a million rows make a file of some hundred MB.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("chat.db");
+    let server = Server::default();
+    let port = server.start().await;
+    let channels: Vec<String> = (0..a.channels).map(|i| format!("chan{i}")).collect();
+    let accounts: Vec<(String, Vec<String>)> = (0..a.accounts)
+        .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(a.accounts).cloned().collect()))
+        .collect();
+    let logger = start_logger(port, &format!("sqlite://{}", file.display()), &accounts, "1000/1s");
+    let pid = logger.child.id();
+    while server.joined() < a.channels || !file.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reader = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect_options(&file).read_only(true))
+        .await
+        .unwrap();
+    let stored_now = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(max(id), 0) FROM chat_messages")
+            .fetch_one(&reader)
+            .await
+            .unwrap_or(0)
+    };
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    let mut senders = Vec::new();
+    for (k, (_, chans)) in accounts.iter().enumerate() {
+        let writers: Vec<(String, mpsc::Sender<Vec<u8>>)> =
+            chans.iter().map(|c| (c.clone(), server.writer(c))).collect();
+        let per = n / a.accounts + usize::from(k < n % a.accounts);
+        let (offset, step) = (k, a.accounts);
+        senders.push(tokio::spawn(async move {
+            let mut j = 0;
+            while j < per {
+                let ts = Utc::now().timestamp_millis();
+                let mut buf = Vec::with_capacity(256 * 600);
+                let (ch, w) = &writers[(j / 256) % writers.len()];
+                for _ in 0..256.min(per - j) {
+                    buf.extend_from_slice(line(ch, offset + j * step, ts).as_bytes());
+                    j += 1;
+                }
+                w.send(buf).await.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let sent_in = t0.elapsed();
+    while (stored_now().await as usize) < n && t0.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = t0.elapsed();
+    let (cpu1, hwm) = proc_usage(pid);
+    drop(logger);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_messages").fetch_one(&reader).await.unwrap();
+    reader.close().await;
+    let stored = stored as usize;
+    let rate = stored as f64 / took.as_secs_f64();
+    let cpu_us = (cpu1 - cpu0) * 1e6 / stored.max(1) as f64;
+    let per_million = file_bytes(&file) as f64 / stored.max(1) as f64 * 1e6 / (1 << 20) as f64;
+    println!("server sent {n} lines in {:.2} s", sent_in.as_secs_f64());
+    println!("end to end:        {rate:>10.0} msg/s  ({stored} stored in {:.2} s)", took.as_secs_f64());
+    println!("messages lost:     {:>10}", n - stored.min(n));
+    println!("logger CPU:        {cpu_us:>10.2} µs/msg ({:.1} s CPU)", cpu1 - cpu0);
+    println!("logger peak RSS:   {:>10.1} MiB", hwm as f64 / 1024.0);
+    println!("file size:         {per_million:>10.0} MiB per million messages (file + WAL after exit)");
+
+    // The limit: a fresh file, the same rows, the store's own insert, 5000 rows a transaction.
+    let limit_file = dir.path().join("limit.db");
+    let store = SqliteStore::open_lazy(&limit_file);
+    store.migrate().await.unwrap();
+    let all = rows(n, a.channels);
+    let t0 = Instant::now();
+    for chunk in all.chunks(LIMIT_BATCH) {
+        store.write_one(&Batch { messages: chunk.to_vec(), ..Batch::default() }).await.unwrap();
+    }
+    let limit = n as f64 / t0.elapsed().as_secs_f64();
+    println!("SQLite-only limit: {limit:>10.0} rows/s (5000-row transactions, same settings and indexes)");
+    println!("ratio end-to-end / SQLite-only limit: {:.2} (target ≥ 0.6)", rate / limit);
 }

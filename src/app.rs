@@ -12,8 +12,8 @@ use crate::http;
 use crate::metrics::{AccountView, Observed};
 use crate::record::{UserFilter, UserSet};
 use crate::reload::{self, watch::Reloader, Plan};
-use crate::store::postgres::{DbError, PgStore};
 use crate::store::writer::{self, Writer};
+use crate::store::{Backend, DbError};
 use crate::twitch::client::{AccountHandle, AuthContext, ClientEvent};
 use crate::twitch::transport;
 
@@ -38,6 +38,8 @@ struct Runtime {
     events: mpsc::UnboundedSender<ClientEvent>,
     /// The user filter the writer applies (rebuilt on a reload, sent when it differs).
     filter: UserFilter,
+    /// `[storage] retention` for the retention task (live on reload).
+    retention: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 impl Runtime {
@@ -91,6 +93,7 @@ impl Runtime {
             self.writer.set_filter(filter.clone());
             self.filter = filter;
         }
+        self.retention.send_if_modified(|r| std::mem::replace(r, self.cfg.live.storage.retention) != *r);
         for key in &p.needs_restart {
             tracing::warn!(
                 "`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)"
@@ -113,7 +116,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
 
     // Reading starts before the database answers: the writer holds rows (memory, then the
     // spool) until the migration below has succeeded; until then the store refuses writes.
-    let store = PgStore::connect_lazy(&cfg.startup.database)?;
+    let store = Backend::connect_lazy(&cfg.startup.database)?;
+    if let Backend::Sqlite(s) = &store {
+        let path = shell_quoted(&s.absolute_path().display().to_string());
+        tracing::info!(
+            "storing chat in the SQLite file {path}; look at it with: sqlite3 {path} \"SELECT * FROM v_last_messages LIMIT 20\""
+        );
+    }
     // Its own task, and a future that resolves only on failure: success must not win the main
     // `select!` below, which would cancel (and so forget) a reload being debounced.
     let migration = tokio::spawn({
@@ -147,7 +156,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     let spool_dir = &cfg.startup.spool_dir;
     // In force before the first row, a previous run's spool included.
     let filter = user_filter(&cfg.live);
-    let writer = writer::spawn_filtered(Arc::new(store.clone()), spool_dir, cfg.live.batch.clone(), filter.clone())
+    let writer = writer::spawn_filtered(store.as_store(), spool_dir, cfg.live.batch.clone(), filter.clone())
         .with_context(|| format!("cannot open the spool directory {} (batch.spool_dir)", spool_dir.display()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let views = Arc::new(RwLock::new(BTreeMap::new()));
@@ -163,7 +172,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     // Ours for the run: installed before the first account starts, its records closed in `stop`.
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     transport::install(connections.clone());
-    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, filter };
+    let (retention, retention_rx) = tokio::sync::watch::channel(cfg.live.storage.retention);
+    tokio::spawn(expire_old_rows(store.clone(), retention_rx, writer.stats.clone()));
+    let mut rt = Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, retention, filter };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }
@@ -285,7 +296,7 @@ async fn stop(
 /// refused, timeout, DNS failure, the server starting up), logged in those words. Anything else
 /// (wrong password, missing role, a migration's SQL error …) ends the wait with one line that
 /// says what to do.
-pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
+pub async fn migrate_with_retry(store: &Backend) -> anyhow::Result<()> {
     let what = store.target();
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0u32;
@@ -309,6 +320,59 @@ pub async fn migrate_with_retry(store: &PgStore) -> anyhow::Result<()> {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// How often retention looks for rows past `[storage] retention`.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// The retention task: while a retention is set, deletes older rows at start and every
+/// [`RETENTION_EVERY`] (at once when a reload changes it), logging and counting what went.
+async fn expire_old_rows(
+    store: Backend,
+    mut retention: tokio::sync::watch::Receiver<Option<Duration>>,
+    stats: Arc<writer::WriterStats>,
+) {
+    while store.schema_ready().is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expiring = store.as_store();
+    loop {
+        let keep = *retention.borrow_and_update();
+        let text = crate::config::StorageConfig { retention: keep }.retention_text();
+        let mut wait = RETENTION_EVERY;
+        if let Some(keep) = keep {
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            match expiring.expire_before(cutoff).await {
+                Ok(e) if e.total() > 0 => {
+                    stats.expired.fetch_add(e.total(), std::sync::atomic::Ordering::Relaxed);
+                    let per: Vec<String> = e.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                    tracing::info!(
+                        "retention: deleted {} rows older than {text} (before {cutoff}): {}",
+                        e.total(),
+                        per.join(", ")
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("retention: deleting old rows failed ({}); trying again in 30s", e.one_line());
+                    wait = Duration::from_secs(30);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = retention.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// `s` as one shell word, for a command line a person can paste.
+fn shell_quoted(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -10,17 +10,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::metrics::Observed;
-use crate::store::postgres::PgStore;
+use crate::store::Backend;
 
 #[derive(Clone)]
 struct AppState {
     observed: Observed,
-    store: PgStore,
+    store: Backend,
 }
 
 /// Binds `addr` and serves until the process ends. Binding errors are returned (a port in
 /// use is a start-up error, not a silent absence of health checks).
-pub async fn serve(addr: SocketAddr, observed: Observed, store: PgStore) -> anyhow::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, observed: Observed, store: Backend) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ({e}); set [http] listen / HTTP_LISTEN to a free address, or \"off\"")
     })?;
@@ -43,8 +43,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if let Err(why) = s.store.schema_ready() {
         problems.push(format!("database not ready: {why}"));
     } else {
-        let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(s.store.pool())).await;
-        if !matches!(ping, Ok(Ok(_))) {
+        if !s.store.ping(Duration::from_secs(2)).await {
             problems.push("database unreachable".to_string());
         }
     }

@@ -9,7 +9,9 @@ use tracing_subscriber::prelude::*;
 use twitch_chat_logger::app::{self, Outcome};
 use twitch_chat_logger::config::{self, env::process_env, render::render, LogConfig, LogFormat};
 use twitch_chat_logger::http;
+use twitch_chat_logger::store::copy::{copy, CopyOptions};
 use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
+use twitch_chat_logger::store::{sqlite, Backend};
 
 // Many small allocations from several threads (twitch-irc's parse, our rows): glibc's malloc
 // spent over 40% of the logger's CPU under load; mimalloc does not.
@@ -60,6 +62,24 @@ enum Command {
         /// The health listener's address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<String>,
+    },
+    /// Copy every row of the logger's SQLite file into PostgreSQL (migrated first), e.g. when
+    /// moving from the file to a server. Run it again to resume an interrupted copy: rows
+    /// already copied are not copied twice. Does not read the config file.
+    Copy {
+        /// The SQLite file: sqlite://PATH (e.g. sqlite://data/chat.db).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/NAME. Default:
+        /// $DATABASE_URL (which keeps the password off the command line).
+        #[arg(long)]
+        to: Option<String>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=50_000))]
+        chunk_rows: i64,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 3, hide = true)]
+        progress_secs: u64,
     },
 }
 
@@ -125,6 +145,9 @@ async fn main() -> ExitCode {
     if let Some(Command::Healthcheck { listen }) = &cli.command {
         return healthcheck(listen.as_deref(), cli.config.as_deref()).await;
     }
+    if let Some(Command::Copy { from, to, chunk_rows, progress_secs }) = &cli.command {
+        return copy_command(from, to.as_deref(), *chunk_rows, *progress_secs).await;
+    }
     let cfg = match config::locate(cli.config.as_deref(), &process_env)
         .and_then(|path| config::load(path.as_deref(), &process_env))
     {
@@ -143,11 +166,11 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Healthcheck { .. } => unreachable!("answered before the config is loaded"),
+        Command::Healthcheck { .. } | Command::Copy { .. } => unreachable!("answered before the config is loaded"),
         Command::Migrate => {
             init_logging(&cfg.startup.log);
             let result = async {
-                let store = PgStore::connect_lazy(&cfg.startup.database)?;
+                let store = Backend::connect_lazy(&cfg.startup.database)?;
                 app::migrate_with_retry(&store).await
             }
             .await;
@@ -242,6 +265,28 @@ async fn purge_user(cfg: &config::Config, user: &str, channel: Option<&str>, dry
 
 /// `check --connect`: logs in to the database once and says whether the schema is current.
 async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
+    if let config::DatabaseConfig::Sqlite(path) = db {
+        let store = sqlite::SqliteStore::open_lazy(path);
+        let shown = store.absolute_path();
+        return match store.probe().await {
+            Ok((version, applied)) => {
+                let total = sqlite::MIGRATOR.iter().count();
+                let state = if !path.exists() {
+                    "does not exist yet (the logger creates it at start-up)".to_string()
+                } else if applied >= total {
+                    "schema up to date".to_string()
+                } else {
+                    format!("{applied} of {total} migrations applied (the logger applies the rest at start-up)")
+                };
+                println!("# OK: SQLite file {} (SQLite {version}): {state}", shown.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("database: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let store = match PgStore::connect_lazy(db) {
         Ok(s) => s,
         Err(e) => {
@@ -262,6 +307,50 @@ async fn check_connect(db: &config::DatabaseConfig) -> ExitCode {
         }
         Err(e) => {
             eprintln!("database {}: {e}", store.target());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `copy`: every row of a SQLite file into PostgreSQL. Progress goes to stderr; the target's
+/// password is never printed.
+async fn copy_command(from: &str, to: Option<&str>, chunk_rows: i64, progress_secs: u64) -> ExitCode {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").try_init();
+    let path = match config::validate::sqlite_path(from) {
+        Some(Ok(p)) => p,
+        Some(Err(why)) => {
+            eprintln!("--from: {why}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("--from: `{from}` is not a SQLite URL; write sqlite://PATH, e.g. sqlite://data/chat.db");
+            return ExitCode::from(2);
+        }
+    };
+    let to =
+        match to.map(str::to_string).or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| !v.trim().is_empty())) {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => secrecy::SecretString::from(u),
+            Some(_) => {
+                eprintln!(
+                    "--to: must start with postgres:// or postgresql:// (value hidden because it may hold a password)"
+                );
+                return ExitCode::from(2);
+            }
+            None => {
+                eprintln!("--to: no target; give --to postgres://USER:PASSWORD@HOST:PORT/NAME or set DATABASE_URL");
+                return ExitCode::from(2);
+            }
+        };
+    let opts = CopyOptions { chunk_rows, progress_every: std::time::Duration::from_secs(progress_secs) };
+    match copy(&path, to, &opts, &mut |line| eprintln!("{line}")).await {
+        Ok(summary) => {
+            let copied: u64 = summary.tables.iter().map(|(_, c, _)| c).sum();
+            let skipped: u64 = summary.tables.iter().map(|(_, _, s)| s).sum();
+            eprintln!("copy: done: {copied} rows copied, {skipped} were already there");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("copy: {e}");
             ExitCode::FAILURE
         }
     }

@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
     pub accounts: BTreeMap<String, AccountFile>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupFile>,
@@ -66,6 +68,13 @@ pub struct DatabaseFile {
     pub user: Option<Spanned<String>>,
     pub password: Option<SecretString>,
     pub password_file: Option<Spanned<PathBuf>>,
+}
+
+/// `[storage]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub retention: Option<Spanned<String>>,
 }
 
 /// `[batch]`
@@ -206,6 +215,7 @@ const BATCH: &[(&str, Ty)] = &[
     ("shutdown_timeout", Ty::Str),
     ("durable_within", Ty::Str),
 ];
+const STORAGE: &[(&str, Ty)] = &[("retention", Ty::Str)];
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
@@ -230,6 +240,7 @@ const ROOT: &[(&str, Ty)] = &[
     ("reload", Ty::Table(RELOAD)),
     ("http", Ty::Table(HTTP)),
     ("log", Ty::Table(LOG)),
+    ("storage", Ty::Table(STORAGE)),
     ("accounts", Ty::Named(ACCOUNT)),
     ("groups", Ty::Named(GROUP)),
     ("filters", Ty::Table(FILTERS)),

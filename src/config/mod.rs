@@ -26,6 +26,10 @@ pub use crate::twitch::auth::{AuthEndpoint, RefreshCredentials, DEFAULT_AUTH_URL
 /// Where rows wait on disk by default (`batch.spool_dir`), under the working directory.
 pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
 
+/// The embedded SQLite file used when a config file sets no database (`sqlite://data/chat.db`),
+/// under the working directory.
+pub const DEFAULT_SQLITE_PATH: &str = "data/chat.db";
+
 /// The default file looked for under the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/config.toml";
 
@@ -93,6 +97,31 @@ pub struct LiveConfig {
     pub batch: BatchConfig,
     /// `[filters]`: users whose rows are not stored, in every channel.
     pub filters: FiltersConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: what the store keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `retention`: rows older than this are deleted (in bounded chunks, on a timer). `None`:
+    /// kept forever (the default).
+    pub retention: Option<Duration>,
+}
+
+impl StorageConfig {
+    /// The retention as the config writes it: `"90d"`, `"36h"`, or `"forever"`.
+    pub fn retention_text(&self) -> String {
+        match self.retention {
+            None => "forever".into(),
+            Some(d) if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 => {
+                format!("{}d", d.as_secs() / 86_400)
+            }
+            Some(d) if d.as_secs().is_multiple_of(3_600) && d.subsec_nanos() == 0 => {
+                format!("{}h", d.as_secs() / 3_600)
+            }
+            Some(d) => duration::format_duration(d),
+        }
+    }
 }
 
 impl LiveConfig {
@@ -191,6 +220,10 @@ pub enum DatabaseConfig {
     Url(SecretString),
     /// `host`, `port`, `name`, `user`, `password`.
     Fields { host: String, port: u16, name: String, user: String, password: Option<SecretString> },
+    /// The embedded SQLite file: `database.url = "sqlite://PATH"` (or `sqlite:PATH`), or no
+    /// database set anywhere while a config file is used. A relative path is from the working
+    /// directory.
+    Sqlite(PathBuf),
 }
 
 impl PartialEq for DatabaseConfig {
@@ -204,6 +237,7 @@ impl PartialEq for DatabaseConfig {
                 (host, port, name, user) == (h2, p2, n2, u2)
                     && password.as_ref().map(|p| p.expose_secret()) == pw2.as_ref().map(|p| p.expose_secret())
             }
+            (Self::Sqlite(a), Self::Sqlite(b)) => a == b,
             _ => false,
         }
     }

@@ -38,6 +38,12 @@ pub fn render(cfg: &Config) -> String {
             let pw = if password.is_some() { "\"[redacted]\"" } else { "(none)" };
             let _ = writeln!(out, "password = {pw}{}", src("database.password"));
         }
+        DatabaseConfig::Sqlite(path) => {
+            // A file path holds no secret.
+            let from = src("database.url");
+            let note = if from.is_empty() { "  # the embedded SQLite file".to_string() } else { from };
+            let _ = writeln!(out, "url = \"sqlite://{}\"{note}", path.display());
+        }
     }
     let b = &cfg.live.batch;
     let _ = writeln!(
@@ -51,6 +57,8 @@ pub fn render(cfg: &Config) -> String {
         format_duration(b.shutdown_timeout),
         format_duration(b.durable_within)
     );
+    let retention = cfg.live.storage.retention_text();
+    let _ = writeln!(out, "\n[storage]\nretention = \"{retention}\"");
     let _ = writeln!(
         out,
         "\n[reload]\nmode = \"{}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",

@@ -553,3 +553,111 @@ fn a_misplaced_or_misspelt_filter_key_is_named_with_its_home() {
     let p = problems("[accounts.a]\nopt_out_users = [\"x\"]\n", &[("DATABASE_URL", "postgres://h/db")]);
     assert!(p[0].contains("key `accounts.a.opt_out_users`"), "{p:?}");
 }
+
+#[test]
+fn a_config_file_with_no_database_anywhere_stores_in_data_chat_db() {
+    let (cfg, _d) = load_text("[batch]\nmax_rows = 10\n", &[]);
+    assert_eq!(cfg.unwrap().startup.database, DatabaseConfig::Sqlite(PathBuf::from("data/chat.db")));
+    // Any one database key, in the file or from the original's variables, means PostgreSQL.
+    for (text, env) in [
+        ("[database]\nhost = \"db\"\n", vec![]),
+        ("[database]\nport = 5433\n", vec![]),
+        ("", vec![("POSTGRES_PASSWORD", "pw")]),
+        ("", vec![("POSTGRES_HOST", "db")]),
+        ("", vec![("DATABASE_URL", "postgres://u@h/db")]),
+    ] {
+        let (cfg, _d) = load_text(text, &env);
+        let db = cfg.unwrap().startup.database;
+        assert!(!matches!(db, DatabaseConfig::Sqlite(_)), "{text:?} {env:?} gave {db:?}");
+    }
+}
+
+#[test]
+fn env_only_mode_stays_postgresql() {
+    let env = env_of(&[
+        ("TWITCH_USERNAME", "bot"),
+        ("TWITCH_OAUTH_TOKEN", "oauth:x"),
+        ("TWITCH_CHANNELS", "a"),
+        ("POSTGRES_HOST", "h"),
+        ("POSTGRES_PORT", "5432"),
+        ("POSTGRES_DB", "d"),
+        ("POSTGRES_USER", "u"),
+        ("POSTGRES_PASSWORD", "p"),
+    ]);
+    let cfg = load(None, &env).unwrap();
+    assert!(matches!(cfg.startup.database, DatabaseConfig::Fields { .. }));
+    // Without the variables it still asks for them rather than falling back to a file.
+    let err = load(None, &env_of(&[("TWITCH_USERNAME", "bot")])).unwrap_err().to_string();
+    assert!(err.contains("POSTGRES_HOST"), "{err}");
+}
+
+#[test]
+fn sqlite_urls_name_a_file_relative_to_the_working_directory_or_absolute() {
+    for (url, path) in [
+        ("sqlite://data/chat.db", "data/chat.db"),
+        ("sqlite:chat.db", "chat.db"),
+        ("sqlite:///var/lib/twitch/chat.db", "/var/lib/twitch/chat.db"),
+    ] {
+        let (cfg, _d) = load_text(&format!("[database]\nurl = \"{url}\"\n"), &[]);
+        assert_eq!(cfg.unwrap().startup.database, DatabaseConfig::Sqlite(PathBuf::from(path)), "{url}");
+    }
+    for (url, says) in [
+        ("sqlite://", "names no file"),
+        ("sqlite::memory:", "not a file the rows would survive in"),
+        ("sqlite://data/chat.db?mode=ro", "options after `?`"),
+        ("sqlite://data/", "names a directory"),
+    ] {
+        let p = problems(&format!("[database]\nurl = \"{url}\"\n"), &[]);
+        assert!(p.len() == 1 && p[0].contains("database.url") && p[0].contains(says), "{url}: {p:?}");
+        assert!(p[0].contains("sqlite://data/chat.db"), "says how to write it: {p:?}");
+    }
+    // DATABASE_URL may name a file too; `check` prints the path (no secret in it).
+    let (cfg, _d) = load_text("", &[("DATABASE_URL", "sqlite:///tmp/x.db")]);
+    let shown = render::render(&cfg.unwrap());
+    assert!(shown.contains("url = \"sqlite:///tmp/x.db\"  # from DATABASE_URL"), "{shown}");
+}
+
+#[test]
+fn retention_is_days_or_hours_on_sqlite_and_refused_on_postgresql() {
+    let (cfg, _d) = load_text("[storage]\nretention = \"90d\"\n", &[]);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.live.storage.retention, Some(Duration::from_secs(90 * 86_400)));
+    assert!(render::render(&cfg).contains("[storage]\nretention = \"90d\""));
+    let (cfg, _d) = load_text("[storage]\nretention = \"36h\"\n", &[]);
+    assert_eq!(cfg.unwrap().live.storage.retention, Some(Duration::from_secs(36 * 3600)));
+    let (cfg, _d) = load_text("[storage]\nretention = \"forever\"\n", &[]);
+    assert_eq!(cfg.unwrap().live.storage.retention, None);
+    let (cfg, _d) = load_text("", &[]);
+    assert_eq!(cfg.unwrap().live.storage.retention, None, "kept forever by default");
+    for bad in ["90", "10m", "-1d", "ninety days", "40000d"] {
+        let p = problems(&format!("[storage]\nretention = \"{bad}\"\n"), &[]);
+        assert!(
+            p.len() == 1 && p[0].starts_with("line 2: key `storage.retention`") && p[0].contains("\"90d\""),
+            "{bad}: {p:?}"
+        );
+    }
+    let p = problems("[storage]\nretention = \"90d\"\n", &[("DATABASE_URL", "postgres://u@h/db")]);
+    assert!(p.len() == 1 && p[0].contains("SQLite store only") && p[0].contains("#15"), "{p:?}");
+}
+
+#[test]
+fn retention_edits_are_live_not_a_restart() {
+    let (a, _d) = load_text("", &[]);
+    let (b, _e) = load_text("[storage]\nretention = \"30d\"\n", &[]);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.startup.changed_keys(&b.startup).is_empty());
+    assert_ne!(a.live, b.live);
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_sqlite_url_is_read_without_panicking_and_a_plain_path_comes_back_as_written(
+        path in "[a-zA-Z0-9_./ -]{1,40}[a-z0-9]",
+        junk in "\\PC{0,40}",
+    ) {
+        let got = validate::sqlite_path(&format!("sqlite://{path}"));
+        proptest::prop_assert_eq!(got, Some(Ok(PathBuf::from(&path))));
+        let _ = validate::sqlite_path(&format!("sqlite:{junk}"));
+        proptest::prop_assert!(validate::sqlite_path(&junk).is_none() || junk.starts_with("sqlite:"));
+    }
+}

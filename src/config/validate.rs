@@ -15,7 +15,7 @@ use validator::{Validate, ValidationErrors};
 use super::duration::{format_duration, parse_duration, parse_rate, Rate};
 use super::file::{
     self, line_col, AccountFile, BatchFile, DatabaseFile, FileConfig, FiltersFile, GroupFile, HttpFile, Int, LogFile,
-    ReloadFile, TwitchFile,
+    ReloadFile, StorageFile, TwitchFile,
 };
 use super::login::{normalize_login, parse_user_entry, UserEntry};
 use super::*;
@@ -34,7 +34,8 @@ pub fn validate(
     let reload = reload(&mut cx, &file.reload);
     let http = http(&mut cx, &file.http);
     let log = log(&mut cx, &file.log);
-    let database = database(&mut cx, &file.database);
+    let database = database(&mut cx, &file.database, matches!(origin, Origin::File(_)));
+    let storage = storage(&mut cx, &file.storage, database.as_ref());
     let accounts: BTreeMap<_, _> =
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
     let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
@@ -47,7 +48,7 @@ pub fn validate(
     Some(Config {
         origin,
         startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir },
-        live: LiveConfig { accounts, groups, batch, filters },
+        live: LiveConfig { accounts, groups, batch, filters, storage },
         env_overrides: overrides,
     })
 }
@@ -302,15 +303,35 @@ fn bare_word_not_a_level(filter: &str) -> Option<&str> {
     })
 }
 
-fn database(cx: &mut Ctx<'_>, d: &DatabaseFile) -> Option<DatabaseConfig> {
+fn database(cx: &mut Ctx<'_>, d: &DatabaseFile, has_file: bool) -> Option<DatabaseConfig> {
     cx.report_invalid("database", d.validate());
+    let nothing_set = d.url.is_none()
+        && d.host.is_none()
+        && d.port.is_none()
+        && d.name.is_none()
+        && d.user.is_none()
+        && d.password.is_none()
+        && d.password_file.is_none();
+    // Env-only mode always names a PostgreSQL server (its variables are required).
+    if nothing_set && has_file {
+        return Some(DatabaseConfig::Sqlite(PathBuf::from(DEFAULT_SQLITE_PATH)));
+    }
     if let Some(url) = &d.url {
         let u = url.expose_secret();
+        if let Some(path) = sqlite_path(u) {
+            return match path {
+                Ok(p) => Some(DatabaseConfig::Sqlite(p)),
+                Err(why) => {
+                    cx.problem("database.url", None, why);
+                    None
+                }
+            };
+        }
         if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
             cx.problem(
                 "database.url",
                 None,
-                "must start with postgres:// or postgresql:// (value hidden because it may hold a password)",
+                "must start with postgres:// or postgresql:// (a server), or sqlite:// (a file, e.g. sqlite://data/chat.db) (value hidden because it may hold a password)",
             );
             return None;
         }
@@ -355,6 +376,60 @@ fn database(cx: &mut Ctx<'_>, d: &DatabaseFile) -> Option<DatabaseConfig> {
         user: text(&d.user, "postgres"),
         password,
     })
+}
+
+/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (`None`: not a SQLite URL). PATH is
+/// taken as written, relative to the working directory unless it starts with `/`
+/// (`sqlite:///var/lib/chat.db`). Options (`?mode=…`) and in-memory databases are refused:
+/// the logger sets its own, and rows in memory would be lost at exit.
+pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let example =
+        "write e.g. sqlite://data/chat.db (relative to the working directory) or sqlite:///var/lib/twitch/chat.db";
+    Some(if rest.trim().is_empty() {
+        Err(format!("`{url}` names no file; {example}"))
+    } else if rest.contains(['?', '#']) {
+        Err(format!("`{url}` has options after `?` or `#`; the logger sets its own (WAL, busy timeout): {example}"))
+    } else if rest == ":memory:" || rest.starts_with("file:") {
+        Err(format!("`{url}` is not a file the rows would survive in; {example}"))
+    } else if rest.ends_with('/') {
+        Err(format!("`{url}` names a directory; add a file name, {example}"))
+    } else {
+        Ok(PathBuf::from(rest))
+    })
+}
+
+/// `[storage]`. Retention needs a store that can expire rows in chunks: the SQLite file.
+fn storage(cx: &mut Ctx<'_>, s: &StorageFile, database: Option<&DatabaseConfig>) -> StorageConfig {
+    let Some(v) = &s.retention else { return StorageConfig::default() };
+    let text = v.get_ref().trim();
+    if text == "forever" {
+        return StorageConfig::default();
+    }
+    let parsed = match text.strip_suffix('d') {
+        Some(days) => days.trim().parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0).map(|d| d * 86_400.0),
+        None => parse_duration(text).ok().map(|d| d.as_secs_f64()),
+    };
+    let retention = match parsed {
+        Some(secs) if (3600.0..=36_500.0 * 86_400.0).contains(&secs) => Duration::from_secs_f64(secs),
+        _ => {
+            cx.problem(
+                "storage.retention",
+                Some(v.span()),
+                format!("`{text}` is not a retention; write a number of days or hours from 1h to 36500d, e.g. \"90d\" or \"36h\", or \"forever\" (the default)"),
+            );
+            return StorageConfig::default();
+        }
+    };
+    if database.is_some_and(|d| !matches!(d, DatabaseConfig::Sqlite(_))) {
+        cx.problem(
+            "storage.retention",
+            Some(v.span()),
+            "works with the SQLite store only for now (PostgreSQL will drop old partitions, issue #15); remove it, or delete old rows on PostgreSQL with DELETE … WHERE sent_at < now() - interval '90 days'",
+        );
+        return StorageConfig::default();
+    }
+    StorageConfig { retention: Some(retention) }
 }
 
 fn account(cx: &mut Ctx<'_>, name: &str, a: &AccountFile) -> AccountConfig {
@@ -701,7 +776,7 @@ accounts = []
 
     #[test]
     fn cross_key_and_range_checks_keep_their_words() {
-        let expected = vec!["line 3: key `batch.queue_capacity`: (100) is smaller than batch.max_rows (500); the queue must hold at least one batch", "line 2: key `batch.max_rows`: must be between 1 and 50000", "line 3: key `batch.queue_capacity`: must be between 1 and 10000000", "line 4: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 3: key `batch.durable_within`: (2s) must be longer than batch.flush_interval (2s): rows wait up to flush_interval in memory before their first write", "key `database.url`: must start with postgres:// or postgresql:// (value hidden because it may hold a password)", "line 2: key `batch.flush_interval`: `5ms` is out of range; use a value from 10ms to 10m", "line 4: key `database.port`: must be a port number from 1 to 65535", "line 2: key `reload.debounce`: `-1s` does not start with a number; write e.g. \"1.5s\"", "line 4: key `accounts.x.join_rate`: `0/10s` allows nothing; both sides must be above 0"];
+        let expected = vec!["line 3: key `batch.queue_capacity`: (100) is smaller than batch.max_rows (500); the queue must hold at least one batch", "line 2: key `batch.max_rows`: must be between 1 and 50000", "line 3: key `batch.queue_capacity`: must be between 1 and 10000000", "line 4: key `batch.spool_max_bytes`: must be at least 1048576 (1 MiB)", "line 3: key `batch.durable_within`: (2s) must be longer than batch.flush_interval (2s): rows wait up to flush_interval in memory before their first write", "key `database.url`: must start with postgres:// or postgresql:// (a server), or sqlite:// (a file, e.g. sqlite://data/chat.db) (value hidden because it may hold a password)", "line 2: key `batch.flush_interval`: `5ms` is out of range; use a value from 10ms to 10m", "line 4: key `database.port`: must be a port number from 1 to 65535", "line 2: key `reload.debounce`: `-1s` does not start with a number; write e.g. \"1.5s\"", "line 4: key `accounts.x.join_rate`: `0/10s` allows nothing; both sides must be above 0"];
         let mut all = problems("[batch]\nmax_rows = 500\nqueue_capacity = 100\n", &[]);
         all.extend(problems("[batch]\nmax_rows = 50001\nqueue_capacity = 10000001\nspool_max_bytes = -1\n", &[]));
         all.extend(problems("[batch]\nflush_interval = \"2s\"\ndurable_within = \"2s\"\n", &[]));
@@ -730,7 +805,7 @@ accounts = []
     fn check_renders_modes_and_formats_by_their_names() {
         let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         let out = render(&load(text, &[]).unwrap());
-        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[storage]\nretention = \"forever\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         assert_eq!(out, expected);
         let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
         let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());

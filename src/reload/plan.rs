@@ -201,6 +201,7 @@ mod tests {
         let live = LiveConfig {
             batch: BatchConfig::default(),
             filters: Default::default(),
+            storage: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()

@@ -1,15 +1,22 @@
 //! Where rows go: the [`Store`] seam, the shared batch [`writer`] and its on-disk [`spool`],
-//! and the PostgreSQL implementation ([`postgres`]). The rows themselves are [`crate::record`]'s.
+//! and its two implementations, [`postgres`] and the embedded [`sqlite`] file ([`Backend`]
+//! picks one from the config). [`copy`] moves a file's rows to PostgreSQL. The rows themselves
+//! are [`crate::record`]'s.
 //!
-//! SQL lives only in `postgres`; the writer knows batches, not tables, so that an SQLite store
-//! or time-partitioned tables can come in behind the same trait.
+//! SQL lives only in the backends (and `copy`, which speaks both); the writer knows batches,
+//! not tables, and never learns which backend it talks to.
 
+pub mod copy;
 pub mod postgres;
 pub mod purge;
 pub mod spool;
+pub mod sqlite;
 pub mod writer;
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
+use crate::config::DatabaseConfig;
 
 pub use crate::record::{invalid_reason, ChannelNotice, ChatEvent, ChatMessage, Record};
 
@@ -153,4 +160,114 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps a row the database refused, with the reason, where a person can look at it.
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError>;
+
+    /// Deletes rows older than `cutoff` (`[storage] retention`), in bounded chunks so that
+    /// writes go on in between; returns what was deleted. Stores that cannot expire rows keep
+    /// everything (the config refuses the key for them).
+    async fn expire_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<Expired, StoreError> {
+        let _ = cutoff;
+        Ok(Expired::default())
+    }
+}
+
+/// Rows a retention pass deleted, per table.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// `(table, rows deleted)`, tables with none left out.
+    pub tables: Vec<(&'static str, u64)>,
+    /// Delete transactions it took (each holds the write lock for one chunk only).
+    pub transactions: u32,
+}
+
+impl Expired {
+    /// Rows deleted over all tables.
+    pub fn total(&self) -> u64 {
+        self.tables.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Why the database cannot be used at start-up, as one line that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    /// Waiting may fix it: connection refused, timeout, DNS failure, the server starting up,
+    /// a file another program keeps locked.
+    #[error("{0}")]
+    Transient(String),
+    /// Waiting will not fix it (wrong password, missing role, a migration's SQL error, a schema
+    /// that differs from what the logger writes, a path that is a directory or not a SQLite
+    /// file). The text names the problem and the fix; the database's message is part of it,
+    /// so there is no separate source.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// The store the config names, with what start-up, `/readyz` and `check` need of it; the
+/// writer gets it only as a `dyn Store`.
+#[derive(Clone)]
+// One per process, cloned a few times at start-up: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    Postgres(postgres::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Backend {
+    /// The store for `cfg`, not yet connected: writes wait for [`Backend::migrate`].
+    pub fn connect_lazy(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            DatabaseConfig::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open_lazy(path)),
+            _ => Backend::Postgres(postgres::PgStore::connect_lazy(cfg)?),
+        })
+    }
+
+    /// Applies migrations and opens the store for writing.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Backend::Postgres(s) => s.migrate().await,
+            Backend::Sqlite(s) => s.migrate().await,
+        }
+    }
+
+    /// Where the rows go, for log lines (never a password).
+    pub fn target(&self) -> String {
+        match self {
+            Backend::Postgres(s) => s.target(),
+            Backend::Sqlite(s) => format!("sqlite://{}", s.path().display()),
+        }
+    }
+
+    /// `Ok` once migrations have succeeded; else why not yet (for `/readyz`).
+    pub fn schema_ready(&self) -> Result<(), String> {
+        match self {
+            Backend::Postgres(s) => s.schema_ready(),
+            Backend::Sqlite(s) => s.schema_ready(),
+        }
+    }
+
+    /// Records why the schema is not ready yet (shown by `/readyz`).
+    pub fn set_not_ready(&self, why: &str) {
+        match self {
+            Backend::Postgres(s) => s.set_not_ready(why),
+            Backend::Sqlite(s) => s.set_not_ready(why),
+        }
+    }
+
+    /// Whether the database answers a trivial query within `timeout` (for `/readyz`).
+    pub async fn ping(&self, timeout: std::time::Duration) -> bool {
+        let answered = match self {
+            Backend::Postgres(s) => {
+                tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(s.pool())).await.map(|r| r.is_ok())
+            }
+            Backend::Sqlite(s) => tokio::time::timeout(timeout, s.ping()).await,
+        };
+        answered == Ok(true)
+    }
+
+    /// The writer's view of it.
+    pub fn as_store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Postgres(s) => Arc::new(s.clone()),
+            Backend::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
 }

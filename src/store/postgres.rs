@@ -30,6 +30,9 @@ const MIGRATION_LOCK: i64 = 0x7463_6c5f_6d69_6772; // "tcl_migr"
 /// password with `@`, `/`, `:` or `%` needs no escaping.
 pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let opts = match cfg {
+        DatabaseConfig::Sqlite(path) => {
+            anyhow::bail!("the database is the SQLite file {}, not a PostgreSQL server", path.display())
+        }
         DatabaseConfig::Url(url) => PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
             anyhow::anyhow!("database.url / DATABASE_URL is not a valid postgres:// URL (value hidden because it may hold a password)")
         })?,
@@ -61,18 +64,7 @@ fn db_name(o: &PgConnectOptions) -> &str {
     o.get_database().unwrap_or(o.get_username())
 }
 
-/// Why the database cannot be used, as one line that says what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DbError {
-    /// Waiting may fix it: connection refused, timeout, DNS failure, the server starting up.
-    #[error("{0}")]
-    Transient(String),
-    /// Waiting will not fix it (wrong password, missing role, a migration's SQL error, a schema
-    /// that differs from what the logger writes). The text names the problem and the fix; the
-    /// server's message is part of it, so there is no separate source.
-    #[error("{0}")]
-    Fatal(String),
-}
+pub use super::DbError;
 
 /// Until migrations have succeeded the store refuses to write (the writer keeps the rows in
 /// memory and the spool), so that reading can start before the database answers.

@@ -57,6 +57,8 @@ pub struct WriterStats {
     pub notices_stored: AtomicU64,
     /// Events newly stored (one already stored, or a ROOMSTATE changing nothing, is not counted).
     pub events_stored: AtomicU64,
+    /// Rows deleted by `[storage] retention` (counted by the retention task, shown with these).
+    pub expired: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
     /// Failed write attempts (each later retried).

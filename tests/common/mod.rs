@@ -2,6 +2,7 @@
 //! started (or `DATABASE_URL`), the fake Twitch server, and the real logger binary.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod cluster;
 pub mod fake_twitch;
 
