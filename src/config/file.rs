@@ -75,6 +75,7 @@ pub struct DatabaseFile {
 #[serde(deny_unknown_fields)]
 pub struct StorageFile {
     pub retention: Option<Spanned<String>>,
+    pub partition: Option<Spanned<String>>,
 }
 
 /// `[batch]`
@@ -215,7 +216,7 @@ const BATCH: &[(&str, Ty)] = &[
     ("shutdown_timeout", Ty::Str),
     ("durable_within", Ty::Str),
 ];
-const STORAGE: &[(&str, Ty)] = &[("retention", Ty::Str)];
+const STORAGE: &[(&str, Ty)] = &[("retention", Ty::Str), ("partition", Ty::Str)];
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];

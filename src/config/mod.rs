@@ -106,6 +106,32 @@ pub struct StorageConfig {
     /// `retention`: rows older than this are deleted (in bounded chunks, on a timer). `None`:
     /// kept forever (the default).
     pub retention: Option<Duration>,
+    /// `partition`: the time range of one PostgreSQL partition. Live: a reload changes the
+    /// partitions made from then on (existing ones keep their range).
+    pub partition: PartitionInterval,
+}
+
+/// `[storage] partition`: how much time one PostgreSQL partition of `chat_messages` and
+/// `chat_events` holds. Retention drops whole partitions, so it is also retention's step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PartitionInterval {
+    /// `"1 day"` (the default): at 10 million messages a day a partition and its indexes stay a
+    /// few GB, the current day's indexes stay in memory, and `retention = "90d"` keeps at most
+    /// one day more than asked.
+    #[default]
+    Day,
+    /// `"1 month"`: 12 partitions a year, for small loggers (under ~100,000 messages a day).
+    Month,
+}
+
+impl PartitionInterval {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionInterval::Day => "1 day",
+            PartitionInterval::Month => "1 month",
+        }
+    }
 }
 
 impl StorageConfig {

@@ -59,6 +59,7 @@ pub fn render(cfg: &Config) -> String {
     );
     let retention = cfg.live.storage.retention_text();
     let _ = writeln!(out, "\n[storage]\nretention = \"{retention}\"");
+    let _ = writeln!(out, "partition = \"{}\"", cfg.live.storage.partition.as_str());
     let _ = writeln!(
         out,
         "\n[reload]\nmode = \"{}\"\npoll_interval = \"{}\"\ndebounce = \"{}\"",

@@ -35,7 +35,7 @@ pub fn validate(
     let http = http(&mut cx, &file.http);
     let log = log(&mut cx, &file.log);
     let database = database(&mut cx, &file.database, matches!(origin, Origin::File(_)));
-    let storage = storage(&mut cx, &file.storage, database.as_ref());
+    let storage = storage(&mut cx, &file.storage);
     let accounts: BTreeMap<_, _> =
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
     let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
@@ -399,12 +399,29 @@ pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
     })
 }
 
-/// `[storage]`. Retention needs a store that can expire rows in chunks: the SQLite file.
-fn storage(cx: &mut Ctx<'_>, s: &StorageFile, database: Option<&DatabaseConfig>) -> StorageConfig {
-    let Some(v) = &s.retention else { return StorageConfig::default() };
+/// `[storage]`. Retention works on both stores: SQLite deletes in chunks, PostgreSQL drops
+/// whole time partitions (see `store::pg_partition`).
+fn storage(cx: &mut Ctx<'_>, s: &StorageFile) -> StorageConfig {
+    let partition = match s.partition.as_ref().map(|v| (v, v.get_ref().split_whitespace().collect::<Vec<_>>().join(" "))) {
+        None => PartitionInterval::default(),
+        Some((_, t)) if t == "1 day" || t == "day" => PartitionInterval::Day,
+        Some((_, t)) if t == "1 month" || t == "month" => PartitionInterval::Month,
+        Some((v, _)) => {
+            cx.problem(
+                "storage.partition",
+                Some(v.span()),
+                format!(
+                    "`{}` is not a partition interval; write \"1 day\" (the default) or \"1 month\"",
+                    v.get_ref()
+                ),
+            );
+            PartitionInterval::default()
+        }
+    };
+    let Some(v) = &s.retention else { return StorageConfig { partition, ..StorageConfig::default() } };
     let text = v.get_ref().trim();
     if text == "forever" {
-        return StorageConfig::default();
+        return StorageConfig { partition, ..StorageConfig::default() };
     }
     let parsed = match text.strip_suffix('d') {
         Some(days) => days.trim().parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0).map(|d| d * 86_400.0),
@@ -418,18 +435,10 @@ fn storage(cx: &mut Ctx<'_>, s: &StorageFile, database: Option<&DatabaseConfig>)
                 Some(v.span()),
                 format!("`{text}` is not a retention; write a number of days or hours from 1h to 36500d, e.g. \"90d\" or \"36h\", or \"forever\" (the default)"),
             );
-            return StorageConfig::default();
+            return StorageConfig { partition, ..StorageConfig::default() };
         }
     };
-    if database.is_some_and(|d| !matches!(d, DatabaseConfig::Sqlite(_))) {
-        cx.problem(
-            "storage.retention",
-            Some(v.span()),
-            "works with the SQLite store only for now (PostgreSQL will drop old partitions, issue #15); remove it, or delete old rows on PostgreSQL with DELETE … WHERE sent_at < now() - interval '90 days'",
-        );
-        return StorageConfig::default();
-    }
-    StorageConfig { retention: Some(retention) }
+    StorageConfig { retention: Some(retention), partition }
 }
 
 fn account(cx: &mut Ctx<'_>, name: &str, a: &AccountFile) -> AccountConfig {
