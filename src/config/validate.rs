@@ -402,7 +402,11 @@ pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
 /// `[storage]`. Retention works on both stores: SQLite deletes in chunks, PostgreSQL drops
 /// whole time partitions (see `store::pg_partition`).
 fn storage(cx: &mut Ctx<'_>, s: &StorageFile) -> StorageConfig {
-    let partition = match s.partition.as_ref().map(|v| (v, v.get_ref().split_whitespace().collect::<Vec<_>>().join(" "))) {
+    let partition = match s
+        .partition
+        .as_ref()
+        .map(|v| (v, v.get_ref().split_whitespace().collect::<Vec<_>>().join(" ")))
+    {
         None => PartitionInterval::default(),
         Some((_, t)) if t == "1 day" || t == "day" => PartitionInterval::Day,
         Some((_, t)) if t == "1 month" || t == "month" => PartitionInterval::Month,
@@ -410,10 +414,7 @@ fn storage(cx: &mut Ctx<'_>, s: &StorageFile) -> StorageConfig {
             cx.problem(
                 "storage.partition",
                 Some(v.span()),
-                format!(
-                    "`{}` is not a partition interval; write \"1 day\" (the default) or \"1 month\"",
-                    v.get_ref()
-                ),
+                format!("`{}` is not a partition interval; write \"1 day\" (the default) or \"1 month\"", v.get_ref()),
             );
             PartitionInterval::default()
         }

@@ -247,9 +247,10 @@ pub async fn expire_before(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Retai
                     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")))
                         .execute(&mut *tx)
                         .await?;
-                    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{}\"", p.name)))
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    let rows: i64 =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{}\"", p.name)))
+                            .fetch_one(&mut *tx)
+                            .await?;
                     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE \"{}\"", p.name))).execute(&mut *tx).await?;
                     tx.commit().await?;
                     out.dropped.push(Dropped { table, partition: p.name, rows: rows as u64 });
@@ -346,13 +347,8 @@ async fn convert(
     chunk_rows: i64,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<Converted, sqlx::Error> {
-    let done = |rows, partitions| Converted {
-        table,
-        rows,
-        partitions,
-        pause: std::time::Duration::ZERO,
-        converted: false,
-    };
+    let done =
+        |rows, partitions| Converted { table, rows, partitions, pause: std::time::Duration::ZERO, converted: false };
     if to_regclass(conn, table).await?.is_none() {
         return Ok(done(0, 0));
     }
@@ -365,9 +361,10 @@ async fn convert(
     if !resumed {
         create_shadow(conn, table, part, interval).await?;
     }
-    let mut copied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COALESCE(max(id), 0) FROM \"{part}\"")))
-        .fetch_one(&mut *conn)
-        .await?;
+    let mut copied: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COALESCE(max(id), 0) FROM \"{part}\"")))
+            .fetch_one(&mut *conn)
+            .await?;
     if resumed {
         progress(format!("{table}: resuming an interrupted run after id {copied}"));
     }
@@ -403,10 +400,7 @@ async fn convert(
     }
     let (rows, pause) = swap(conn, table, part, copied, chunk_rows).await?;
     let n = partitions(conn, table).await?.len();
-    progress(format!(
-        "{table}: partitioned: {rows} rows in {n} partitions; inserts paused {} ms",
-        pause.as_millis()
-    ));
+    progress(format!("{table}: partitioned: {rows} rows in {n} partitions; inserts paused {} ms", pause.as_millis()));
     Ok(Converted { table, rows, partitions: n, pause, converted: true })
 }
 
@@ -517,11 +511,12 @@ async fn build_indexes(conn: &mut PgConnection, table: &str, part: &str) -> Resu
     .bind(table)
     .fetch_all(&mut *conn)
     .await?;
-    let not_null: bool =
-        sqlx::query_scalar("SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'sent_at'")
-            .bind(table)
-            .fetch_one(&mut *conn)
-            .await?;
+    let not_null: bool = sqlx::query_scalar(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'sent_at'",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await?;
     for r in rows {
         let name: String = r.get("name");
         let def: String = r.get("def");
@@ -606,8 +601,10 @@ async fn swap(
     for (name, _) in views.iter().rev() {
         sql.push_str(&format!("DROP VIEW {name};"));
     }
-    if let Some(seq) =
-        sqlx::query_scalar::<_, Option<String>>("SELECT pg_get_serial_sequence($1, 'id')").bind(table).fetch_one(&mut *tx).await?
+    if let Some(seq) = sqlx::query_scalar::<_, Option<String>>("SELECT pg_get_serial_sequence($1, 'id')")
+        .bind(table)
+        .fetch_one(&mut *tx)
+        .await?
     {
         sql.push_str(&format!("ALTER SEQUENCE {seq} OWNED BY \"{part}\".id;"));
     }
@@ -628,8 +625,9 @@ async fn swap(
         }
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-    let rows: i64 =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{table}\""))).fetch_one(&mut *tx).await?;
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{table}\"")))
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
     let pause = locked.elapsed();
     Ok((rows as u64, pause))
@@ -660,10 +658,8 @@ async fn creation_order(
         let mut i = 0;
         while i < left.len() {
             let name = &left[i].0;
-            let ready = edges
-                .iter()
-                .filter(|(v, _)| v == name)
-                .all(|(_, u)| !left.iter().any(|(l, _)| l == u) || u == name);
+            let ready =
+                edges.iter().filter(|(v, _)| v == name).all(|(_, u)| !left.iter().any(|(l, _)| l == u) || u == name);
             if ready {
                 out.push(left.remove(i));
             } else {
@@ -698,14 +694,16 @@ mod tests {
     fn a_range_partly_covered_after_the_interval_changed_is_filled_around_what_exists() {
         let p = |f: &str, t: &str| Partition { name: String::new(), from: Some(at(f)), to: Some(at(t)) };
         // Daily partitions for the 1st and 2nd exist; a month is asked for.
-        let existing = [p("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"), p("2026-12-02T00:00:00Z", "2026-12-03T00:00:00Z")];
+        let existing =
+            [p("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"), p("2026-12-02T00:00:00Z", "2026-12-03T00:00:00Z")];
         let gaps = uncovered(&existing, at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"));
         assert_eq!(gaps, vec![(at("2026-12-03T00:00:00Z"), at("2027-01-01T00:00:00Z"))]);
         // A month exists; days inside it are covered.
         let existing = [p("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z")];
         assert!(uncovered(&existing, at("2026-12-05T00:00:00Z"), at("2026-12-06T00:00:00Z")).is_empty());
         // A hole in the middle.
-        let existing = [p("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"), p("2026-12-03T00:00:00Z", "2026-12-04T00:00:00Z")];
+        let existing =
+            [p("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"), p("2026-12-03T00:00:00Z", "2026-12-04T00:00:00Z")];
         let gaps = uncovered(&existing, at("2026-12-01T00:00:00Z"), at("2026-12-05T00:00:00Z"));
         assert_eq!(
             gaps,

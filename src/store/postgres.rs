@@ -17,6 +17,9 @@ use crate::config::{DatabaseConfig, PartitionInterval};
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// [`PgStore`]'s shape before it was read.
+const SHAPE_UNKNOWN: u8 = u8::MAX;
+
 /// The first migration: before it is recorded, the database may be the original logger's.
 const FIRST_MIGRATION: i64 = 20261129000001;
 /// Longest wait for a connection at start-up: a server that accepts TCP but never answers
@@ -94,7 +97,13 @@ impl PgStore {
     pub fn new(pool: PgPool) -> Self {
         let opts = (*pool.connect_options()).clone();
         let gate = Gate { open: AtomicBool::new(true), why: Mutex::new(String::new()) };
-        PgStore { pool, opts, gate: Arc::new(gate), shape: Arc::default(), partition: Arc::default() }
+        PgStore {
+            pool,
+            opts,
+            gate: Arc::new(gate),
+            shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
+            partition: Arc::default(),
+        }
     }
 
     /// Makes a pool (connections are opened lazily and re-opened after failures). Writes wait
@@ -106,7 +115,13 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(opts.clone());
         let gate = Gate { open: AtomicBool::new(false), why: Mutex::new("not connected yet".to_string()) };
-        Ok(PgStore { pool, opts, gate: Arc::new(gate), shape: Arc::default(), partition: Arc::default() })
+        Ok(PgStore {
+            pool,
+            opts,
+            gate: Arc::new(gate),
+            shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
+            partition: Arc::default(),
+        })
     }
 
     /// The pool, for migrations and health checks.
@@ -172,9 +187,9 @@ impl PgStore {
         Ok(shape)
     }
 
-    /// Which tables were partitioned when last read.
-    pub fn shape(&self) -> Shape {
-        Shape::from_bits(self.shape.load(Ordering::Acquire))
+    /// Which tables were partitioned when last read; `None` before the first read.
+    pub fn shape(&self) -> Option<Shape> {
+        Some(self.shape.load(Ordering::Acquire)).filter(|b| *b != SHAPE_UNKNOWN).map(Shape::from_bits)
     }
 
     /// Sets `[storage] partition` (start-up and reload): partitions made from now on use it.
@@ -836,7 +851,15 @@ impl PgStore {
         self.gate()?;
         let mut conn =
             self.pool.acquire().await.map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
-        match Self::write_tx(&mut conn, ms, ns, es, self.shape()).await {
+        let shape = match self.shape() {
+            Some(s) => s,
+            // A store made with `new` on a database migrated elsewhere: read once.
+            None => pg_partition::shape(&mut conn)
+                .await
+                .map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?,
+        };
+        self.shape.store(shape.bits(), Ordering::Release);
+        match Self::write_tx(&mut conn, ms, ns, es, shape).await {
             Ok(report) => Ok(report),
             Err(Failure::Decided(e)) => {
                 if conflict_target_gone(&e) {
@@ -1029,7 +1052,12 @@ impl Store for PgStore {
         let unavailable = |e: sqlx::Error| StoreError::Unavailable(WriteFailure::Driver(e).into());
         let r = pg_partition::expire_before(&self.pool, cutoff).await.map_err(unavailable)?;
         for p in &r.dropped {
-            tracing::info!("retention: dropped partition {} of {} ({} rows, all older than {cutoff})", p.partition, p.table, p.rows);
+            tracing::info!(
+                "retention: dropped partition {} of {} ({} rows, all older than {cutoff})",
+                p.partition,
+                p.table,
+                p.rows
+            );
         }
         if !r.unpartitioned.is_empty() {
             tracing::warn!(
