@@ -139,7 +139,7 @@ async fn with_old_partitions(db: &TestDb) {
          INSERT INTO chat_messages (message_id, channel, username, text, sent_at)
          SELECT 'older-' || i, 'chan', 'u', 'old', '2026-01-02 12:00:00+00' FROM generate_series(1, 2) i;
          INSERT INTO chat_messages (message_id, channel, username, text, sent_at) VALUES ('bogus', 'chan', 'u', 'old', '1970-01-01 00:00:00+00');
-         INSERT INTO channel_notices (channel, message, received_at) VALUES ('chan', 'old notice', '2026-01-01 00:00:00+00');",
+         INSERT INTO channel_notices (channel, message, notice_at, received_at) VALUES ('chan', 'old notice', '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00');",
     )
     .execute(&db.pool)
     .await

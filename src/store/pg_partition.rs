@@ -220,7 +220,7 @@ pub struct Dropped {
 pub struct Retained {
     /// Whole partitions dropped (every row older than the cutoff).
     pub dropped: Vec<Dropped>,
-    /// Rows deleted per table from default partitions and `channel_notices`.
+    /// Rows deleted per table from default partitions, `channel_notices` and `dead_letters`.
     pub deleted: Vec<(&'static str, u64)>,
     /// Tables not partitioned, which retention leaves alone (see `migrate --partition`).
     pub unpartitioned: Vec<&'static str>,
@@ -229,8 +229,8 @@ pub struct Retained {
 }
 
 /// Retention: drops every partition whose whole range is older than `cutoff`, deletes older
-/// rows from the default partitions (a row without `sent_at` is never older) and from
-/// `channel_notices`, in chunks. An unpartitioned table is left alone and reported: a `DELETE`
+/// rows from the default partitions (a row without `sent_at` is never older), from
+/// `channel_notices` and from `dead_letters`, in chunks. An unpartitioned table is left alone and reported: a `DELETE`
 /// of months of rows would bloat it for hours.
 pub async fn expire_before(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Retained, sqlx::Error> {
     let mut conn = pool.acquire().await?;
@@ -265,9 +265,12 @@ pub async fn expire_before(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Retai
             }
         }
     }
-    let n = delete_chunks(&mut conn, "channel_notices", "received_at", cutoff, &mut out.transactions).await?;
-    if n > 0 {
-        out.deleted.push(("channel_notices", n));
+    // As on SQLite: notices by their time, dead letters by when they failed.
+    for (table, column) in [("channel_notices", "notice_at"), ("dead_letters", "failed_at")] {
+        let n = delete_chunks(&mut conn, table, column, cutoff, &mut out.transactions).await?;
+        if n > 0 {
+            out.deleted.push((table, n));
+        }
     }
     Ok(out)
 }
