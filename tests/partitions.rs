@@ -448,14 +448,35 @@ async fn migrate_partition_interrupted_half_way_resumes_and_keeps_every_row_once
 
 #[tokio::test]
 async fn migrate_partition_while_a_writer_inserts_loses_nothing_and_pauses_it_briefly() {
+    migrate_beside_a_writer(100_000).await;
+}
+
+/// The pause on a big table, for the README: `PAUSE_ROWS=5000000 ./scripts/test.sh --test
+/// partitions -- --ignored --nocapture pause_on_a_big_table`.
+#[tokio::test]
+#[ignore]
+async fn pause_on_a_big_table() {
+    let rows = std::env::var("PAUSE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
+    migrate_beside_a_writer(rows).await;
+}
+
+/// `bulk` rows of realistic width (over the last 30 days), then `migrate --partition` while a
+/// writer stores 50 rows every 10 ms, retrying a failed batch as the logger does.
+async fn migrate_beside_a_writer(bulk: i64) {
     let (db, _) = fresh_unpartitioned().await;
-    sqlx::raw_sql(
-        "INSERT INTO chat_messages (message_id, channel, username, text, sent_at)
-         SELECT 'bulk-' || i, 'chan', 'u', 'bulk', now() - (i || ' seconds')::interval FROM generate_series(1, 100000) i",
+    let t = Instant::now();
+    sqlx::query(
+        "INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, display_name, text, badges, color, emotes, sent_at, received_at)
+         SELECT md5(i::text)::uuid::text, 'chan' || (i % 500), '123456', (i % 50000)::text, 'viewer' || (i % 50000), 'Viewer' || (i % 50000),
+                'Kappa that play was something else, gg ' || i, '{\"subscriber\": 12}', '#1E90FF', '25:0-4',
+                now() - ((i % 2592000) || ' seconds')::interval, now()
+         FROM generate_series(1, $1) i",
     )
+    .bind(bulk)
     .execute(&db.pool)
     .await
     .unwrap();
+    eprintln!("filled {bulk} rows in {:?}", t.elapsed());
     PgStore::new(db.pool.clone()).migrate().await.unwrap();
     let store = PgStore::new(db.pool.clone());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -485,15 +506,17 @@ async fn migrate_partition_while_a_writer_inserts_loses_nothing_and_pauses_it_br
     });
     tokio::time::sleep(SEC / 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = migrate_partition(&db, dir.path(), 5_000).output().unwrap();
+    let t = Instant::now();
+    let out = migrate_partition(&db, dir.path(), 20_000).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    eprintln!("migrate --partition took {:?}", t.elapsed());
     tokio::time::sleep(SEC / 2).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (written, worst, sent) = writer.await.unwrap();
     assert_eq!(written as usize, sent, "every live row stored once");
     assert_eq!(db.count("SELECT count(*) FROM chat_messages WHERE message_id LIKE 'live-%'").await as usize, sent);
-    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await as usize, 105_000 + sent);
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await as usize, 5_000 + bulk as usize + sent);
     assert!(worst < 5 * SEC, "a write waited {worst:?}");
     eprintln!("live rows {sent}, longest write {worst:?}; {err}");
 }
