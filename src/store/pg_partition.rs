@@ -401,7 +401,25 @@ async fn convert(
             break;
         }
     }
-    let (rows, pause) = swap(conn, table, part, copied, chunk_rows).await?;
+    // A long query on the table keeps the lock from us: wait out a few tries, copying meanwhile.
+    let mut tries = 0;
+    let pause = loop {
+        match swap(conn, table, part, copied, chunk_rows).await {
+            Err(e) if lock_busy(&e) && tries < LOCK_TRIES => {
+                tries += 1;
+                progress(format!("{table}: the table is busy (a long query holds it); trying again"));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let upto = fence(conn, table).await?;
+                while copied < upto {
+                    copied = copy_chunk(conn, table, part, copied, upto, chunk_rows).await?;
+                }
+            }
+            r => break r?,
+        }
+    };
+    let rows = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{table}\"")))
+        .fetch_one(&mut *conn)
+        .await? as u64;
     let n = partitions(conn, table).await?.len();
     progress(format!("{table}: partitioned: {rows} rows in {n} partitions; inserts paused {} ms", pause.as_millis()));
     Ok(Converted { table, rows, partitions: n, pause, converted: true })
@@ -414,7 +432,27 @@ async fn to_regclass(conn: &mut PgConnection, name: &str) -> Result<Option<Strin
 /// Every id at or below the returned one is committed (or rolled back): the SHARE lock waits
 /// for the transactions inserting into `table`, and blocks new ones only while it reads.
 async fn fence(conn: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
+    let mut tries = 0;
+    loop {
+        match fence_once(conn, table).await {
+            Err(e) if lock_busy(&e) && tries < LOCK_TRIES => tries += 1,
+            r => return r,
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Lock attempts before giving up (each waits at most [`LOCK_TIMEOUT`], inserts queued behind).
+const LOCK_TRIES: u32 = 20;
+
+/// 55P03: the lock was not had within `lock_timeout` (a long query on the table).
+fn lock_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+async fn fence_once(conn: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))).execute(&mut *tx).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("LOCK TABLE \"{table}\" IN SHARE MODE"))).execute(&mut *tx).await?;
     let max: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COALESCE(max(id), 0) FROM \"{table}\"")))
         .fetch_one(&mut *tx)
@@ -547,17 +585,17 @@ async fn build_indexes(conn: &mut PgConnection, table: &str, part: &str) -> Resu
     Ok(())
 }
 
-/// The pause: the last rows, then `part` takes `table`'s place. Returns the rows and how long
-/// the lock was held.
+/// The pause: the last rows, then `part` takes `table`'s place. Returns how long inserts
+/// waited (from asking for the lock to commit).
 async fn swap(
     conn: &mut PgConnection,
     table: &str,
     part: &str,
     copied: i64,
     chunk_rows: i64,
-) -> Result<(u64, std::time::Duration), sqlx::Error> {
+) -> Result<std::time::Duration, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'").execute(&mut *tx).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))).execute(&mut *tx).await?;
     let locked = Instant::now();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("LOCK TABLE \"{table}\" IN ACCESS EXCLUSIVE MODE")))
         .execute(&mut *tx)
@@ -628,12 +666,8 @@ async fn swap(
         }
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{table}\"")))
-        .fetch_one(&mut *tx)
-        .await?;
     tx.commit().await?;
-    let pause = locked.elapsed();
-    Ok((rows as u64, pause))
+    Ok(locked.elapsed())
 }
 
 /// `views` ordered so that each comes after the views it reads.
