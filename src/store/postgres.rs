@@ -173,8 +173,11 @@ impl PgStore {
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         result?;
         self.detect_shape().await.map_err(|e| self.explain(&e))?;
-        // Without them rows still go in (to the default partition): a failure only warns.
-        self.keep_partitions_ahead().await;
+        // Without them rows still go in (to the default partition): a failure only warns, and
+        // a server that stops answering here does not keep writes closed.
+        if tokio::time::timeout(Duration::from_secs(30), self.keep_partitions_ahead()).await.is_err() {
+            tracing::warn!("partitions: making the next partitions took over 30 s; rows go to the default partition meanwhile, trying again within the hour");
+        }
         self.gate.open.store(true, Ordering::Release);
         Ok(())
     }
