@@ -9,6 +9,12 @@
 //!   `cargo bench --bench e2e -- --store sqlite --messages 200000`), against the SQLite-only
 //!   limit (the same rows through the store's insert in 5000-row transactions, same file
 //!   settings and indexes), with the logger's CPU per message and the file size per million.
+//!   --table partitioned|unpartitioned|both (both): the flood into time-partitioned tables (a
+//!   fresh database) and into unpartitioned ones (as a database from before #15), with the size
+//!   on disk per million messages of each.
+//!   --queries: instead, fills a partitioned database with --query-rows rows (10,000,000) by
+//!   `generate_series` over 30 days and prints `EXPLAIN ANALYZE` (plan and time) of "the last
+//!   hour of one channel" and "one user's last 100 messages".
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -21,6 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use twitch_chat_logger::config::PartitionInterval;
+use twitch_chat_logger::store::pg_partition;
 use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
 use twitch_chat_logger::store::{Batch, ChatMessage};
 
@@ -58,6 +66,15 @@ struct Args {
     /// to compare against.
     #[arg(long)]
     logger: Option<std::path::PathBuf>,
+    /// The flood into partitioned tables, unpartitioned ones, or both.
+    #[arg(long, default_value = "both", value_parser = ["partitioned", "unpartitioned", "both"])]
+    table: String,
+    /// Only the query timings at --query-rows rows (see the module doc).
+    #[arg(long)]
+    queries: bool,
+    /// Rows for --queries.
+    #[arg(long, default_value_t = 10_000_000)]
+    query_rows: i64,
 }
 
 fn args() -> Option<Args> {
@@ -151,8 +168,39 @@ async fn fresh_db(admin: &str, name: &str) -> (PgPool, String) {
     let mut url = url::Url::parse(admin).unwrap();
     url.set_path(name);
     let pool = PgPoolOptions::new().max_connections(4).connect(url.as_str()).await.unwrap();
-    MIGRATOR.run(&pool).await.unwrap();
+    if !PARTITIONED.load(Ordering::Relaxed) {
+        // As a database from before partitions: the partitioning migration leaves a table that
+        // holds a row alone (this one, sent in 2000, not counted).
+        let old = sqlx::migrate::Migrator::with_migrations(
+            MIGRATOR.iter().filter(|m| m.version < 20261130000600).cloned().collect(),
+        );
+        old.run(&pool).await.unwrap();
+        sqlx::query("INSERT INTO chat_messages (message_id, channel, username, text, sent_at) VALUES ($1, 'x', 'x', 'x', '2000-01-01')").bind(SENTINEL)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The partitions made ahead, as the logger's start-up does.
+    PgStore::new(pool.clone()).migrate().await.unwrap();
     (pool, url.to_string())
+}
+
+/// Whether the databases made from here on are partitioned (`--table`).
+static PARTITIONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The row that keeps an unpartitioned database unpartitioned.
+const SENTINEL: &str = "bench-unpartitioned";
+
+/// Bytes of a table with its indexes (over all partitions).
+async fn table_bytes(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+         WHERE c.oid = $1::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
@@ -183,7 +231,12 @@ fn rss_now(pid: u32) -> u64 {
 }
 
 async fn count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM chat_messages").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM chat_messages WHERE message_id <> '{SENTINEL}'"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// p50 and p99 of commit time − sent time, in ms (needs track_commit_timestamp = on).
@@ -330,7 +383,8 @@ async fn baseline(admin: &str, all: &[ChatMessage]) -> f64 {
                 .push_bind(m.sent_at)
                 .push_bind(m.received_at);
         });
-        qb.push(" ON CONFLICT (message_id) DO NOTHING");
+        // No conflict target: the same text on a partitioned table (key (message_id, sent_at)).
+        qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&pool).await.unwrap();
     }
     all.len() as f64 / t0.elapsed().as_secs_f64()
@@ -410,21 +464,28 @@ async fn flood(a: &Args, admin: &str) {
     let rate = stored as f64 / took.as_secs_f64();
     let cpu_us = (cpu1 - cpu0) * 1e6 / stored.max(1) as f64;
     let lat = latency(&pool).await;
-    let (raw_bytes, table_bytes): (Option<f64>, i64) = sqlx::query_as(
+    let (raw_bytes, row_bytes): (Option<f64>, i64) = sqlx::query_as(
         "SELECT avg(octet_length(raw))::float8, pg_total_relation_size('chat_messages') FROM chat_messages",
     )
     .fetch_one(&pool)
     .await
     .unwrap_or((None, 0));
     drop(logger);
+    sqlx::query("VACUUM ANALYZE chat_messages").execute(&pool).await.unwrap();
+    let per_million = table_bytes(&pool, "chat_messages").await as f64 / stored.max(1) as f64 * 1e6;
     println!("server sent {n} lines in {:.2} s", sent_in.as_secs_f64());
+    println!(
+        "on disk:           {:>10.0} MiB per million messages (table + indexes, {} bytes a row)",
+        per_million / (1 << 20) as f64,
+        (per_million / 1e6).round()
+    );
     println!("end to end:        {rate:>10.0} msg/s  ({stored} stored in {:.2} s)", took.as_secs_f64());
     println!("messages lost:     {:>10}", n - stored.min(n));
     println!("logger CPU:        {cpu_us:>10.2} µs/msg ({:.1} s CPU)", cpu1 - cpu0);
     println!("logger peak RSS:   {:>10.1} MiB", hwm as f64 / 1024.0);
     println!(
         "table size:        {:>10.1} B/row (chat_messages with indexes), raw lines {:.1} B/row",
-        table_bytes as f64 / stored.max(1) as f64,
+        row_bytes as f64 / stored.max(1) as f64,
         raw_bytes.unwrap_or(0.0)
     );
     if let Some((p50, p99)) = lat {
@@ -508,8 +569,19 @@ async fn main() {
     }
     let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench.sh starts a throwaway PostgreSQL)");
     let _: Option<DateTime<Utc>> = None;
+    if a.queries {
+        queries(&a, &admin).await;
+        return;
+    }
     if a.mode == "flood" || a.mode == "both" {
-        flood(&a, &admin).await;
+        for (label, partitioned) in [("partitioned", true), ("unpartitioned", false)] {
+            if a.table == label || a.table == "both" {
+                PARTITIONED.store(partitioned, Ordering::Relaxed);
+                println!("-- tables: {label}");
+                flood(&a, &admin).await;
+            }
+        }
+        PARTITIONED.store(true, Ordering::Relaxed);
     }
     if a.mode == "quiet" || a.mode == "both" {
         quiet(&a, &admin).await;
@@ -608,4 +680,82 @@ async fn flood_sqlite(a: &Args) {
     let limit = n as f64 / t0.elapsed().as_secs_f64();
     println!("SQLite-only limit: {limit:>10.0} rows/s (5000-row transactions, same settings and indexes)");
     println!("ratio end-to-end / SQLite-only limit: {:.2} (target ≥ 0.6)", rate / limit);
+}
+
+/// `--queries`: a partitioned database filled with `query_rows` rows over 30 days (500
+/// channels, 50,000 users), then each query's plan and time by `EXPLAIN ANALYZE`.
+async fn queries(a: &Args, admin: &str) {
+    let n = a.query_rows;
+    println!("== queries at {n} rows (partitioned by day, 30 days, 500 channels, 50,000 users)");
+    let (pool, _) = fresh_db(admin, "bench_queries").await;
+    let t0 = Instant::now();
+    // Partitions for the 30 days first, as the logger would have made them day by day.
+    let mut conn = pool.acquire().await.unwrap();
+    for d in 0..31 {
+        pg_partition::ensure_ahead(&pool, PartitionInterval::Day, Utc::now() - chrono::Duration::days(d))
+            .await
+            .unwrap();
+    }
+    let chunk = 1_000_000i64;
+    let mut done = 0;
+    while done < n {
+        let k = chunk.min(n - done);
+        sqlx::query(
+            "INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, display_name, text, badges, color,
+                 is_subscriber, emotes, first_msg, sent_at, received_at)
+             SELECT md5(i::text)::uuid::text, 'chan' || (i % 500), (100000 + i % 500)::text, (i % 50000)::text,
+                    'viewer' || (i % 50000), 'Viewer' || (i % 50000), 'Kappa that play was something else, gg ' || i,
+                    '{\"subscriber\": 12}', '#1E90FF', true, '25:0-4', false,
+                    now() - (((i * 7919) % ($3::bigint)) * interval '1 second' * (2592000.0 / $3)),
+                    now()
+             FROM generate_series($1::bigint, $2::bigint) i",
+        )
+        .bind(done + 1)
+        .bind(done + k)
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        done += k;
+        println!("  filled {done} rows ({:.0} s)", t0.elapsed().as_secs_f64());
+    }
+    sqlx::query("VACUUM ANALYZE chat_messages").execute(&mut *conn).await.unwrap();
+    let bytes = table_bytes(&pool, "chat_messages").await;
+    println!(
+        "filled in {:.0} s; on disk {:.0} MiB ({:.0} MiB per million messages, table + indexes)",
+        t0.elapsed().as_secs_f64(),
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / n as f64 * 1e6 / (1 << 20) as f64
+    );
+    for (what, sql) in [
+        (
+            "last hour of one channel",
+            "SELECT * FROM chat_messages WHERE channel = 'chan42' AND sent_at > now() - interval '1 hour' ORDER BY sent_at",
+        ),
+        (
+            "one user's last 100 messages",
+            "SELECT * FROM chat_messages WHERE user_id = '4242' ORDER BY sent_at DESC LIMIT 100",
+        ),
+    ] {
+        // Once to warm the cache as a running logger's database is, then measured.
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut *conn).await.unwrap();
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}")))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        println!("-- {what}: {sql}");
+        for l in &plan {
+            println!("   {l}");
+        }
+        let total: f64 = plan
+            .iter()
+            .filter_map(|l| {
+                let t = l.trim();
+                t.strip_prefix("Planning Time: ").or_else(|| t.strip_prefix("Execution Time: "))
+            })
+            .filter_map(|t| t.trim_end_matches(" ms").parse::<f64>().ok())
+            .sum();
+        println!("{what}: {total:.1} ms planning + execution (target < 50 ms)");
+    }
 }

@@ -42,6 +42,8 @@ struct Runtime {
     filter: UserFilter,
     /// `[storage] retention` for the retention task (live on reload).
     retention: tokio::sync::watch::Sender<Option<Duration>>,
+    /// The store, for `[storage] partition` on reload (PostgreSQL).
+    store: Backend,
 }
 
 impl Runtime {
@@ -99,7 +101,12 @@ impl Runtime {
         if p.cluster.is_some() {
             tracing::info!("{}", self.cfg.live.shard_summary());
         }
-        self.retention.send_if_modified(|r| std::mem::replace(r, self.cfg.live.retention.keep) != *r);
+        self.retention.send_if_modified(|r| std::mem::replace(r, self.cfg.live.storage.retention) != *r);
+        if let Backend::Postgres(pg) = &self.store {
+            pg.set_partition_interval(self.cfg.live.storage.partition);
+            let pg = pg.clone();
+            tokio::spawn(async move { pg.keep_partitions_ahead().await });
+        }
         for key in &p.needs_restart {
             tracing::warn!(
                 "`{key}` changed in the config file; it takes effect after a restart (the rest of the edit is applied)"
@@ -123,6 +130,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     // Reading starts before the database answers: the writer holds rows (memory, then the
     // spool) until the migration below has succeeded; until then the store refuses writes.
     let store = Backend::connect_lazy(&cfg.startup.database)?;
+    if let Backend::Postgres(pg) = &store {
+        pg.set_partition_interval(cfg.live.storage.partition);
+        tokio::spawn(pg.clone().keep_partitions_ahead_every(PARTITIONS_EVERY));
+    }
     if let Backend::Sqlite(s) = &store {
         let path = shell_quoted(&s.absolute_path().display().to_string());
         tracing::info!(
@@ -192,10 +203,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
     let connections = transport::TransportContext::new(cfg.startup.twitch.server.clone(), Some(writer.sender.clone()));
     connections.keep_raw_lines(cfg.startup.storage.raw_lines);
     transport::install(connections.clone());
-    let (retention, retention_rx) = tokio::sync::watch::channel(cfg.live.retention.keep);
+    let (retention, retention_rx) = tokio::sync::watch::channel(cfg.live.storage.retention);
     tokio::spawn(expire_old_rows(store.clone(), retention_rx, writer.stats.clone()));
     let mut rt =
-        Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx, filter, retention };
+        Runtime { cfg, accounts: BTreeMap::new(), views, writer, events: events_tx, live_tx, filter, retention, store };
     for name in rt.cfg.live.accounts.keys().cloned().collect::<Vec<_>>() {
         rt.start_account(&name);
     }
@@ -351,6 +362,9 @@ pub async fn migrate_with_retry(store: &Backend) -> anyhow::Result<()> {
     }
 }
 
+/// How often the partitions ahead are checked (PostgreSQL).
+const PARTITIONS_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often retention looks for rows past `[storage] retention`.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -367,16 +381,22 @@ async fn expire_old_rows(
     let expiring = store.as_store();
     loop {
         let keep = *retention.borrow_and_update();
-        let text = crate::config::RetentionConfig { keep }.text();
+        let text = crate::config::LiveStorage { retention: keep, ..Default::default() }.retention_text();
         let mut wait = RETENTION_EVERY;
         if let Some(keep) = keep {
             let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
             match expiring.expire_before(cutoff).await {
-                Ok(e) if e.total() > 0 => {
+                Ok(e) if e.total() > 0 || !e.partitions.is_empty() => {
                     stats.expired.fetch_add(e.total(), std::sync::atomic::Ordering::Relaxed);
+                    stats.partitions_dropped.fetch_add(e.partitions.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let per: Vec<String> = e.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                    let dropped = if e.partitions.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; dropped partitions {}", e.partitions.join(", "))
+                    };
                     tracing::info!(
-                        "retention: deleted {} rows older than {text} (before {cutoff}): {}",
+                        "retention: deleted {} rows older than {text} (before {cutoff}): {}{dropped}",
                         e.total(),
                         per.join(", ")
                     );

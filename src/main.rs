@@ -35,7 +35,16 @@ enum Command {
     /// Log chat (the default).
     Run,
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Also partition chat_messages and chat_events by time if they are not yet (a database
+        /// made by the original logger or by an older version). Safe while loggers write to it:
+        /// inserts pause for the final swap only. Interrupted, run it again to resume.
+        #[arg(long)]
+        partition: bool,
+        /// Rows copied per transaction by --partition.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(i64).range(100..=1_000_000))]
+        chunk_rows: i64,
+    },
     /// Validate the config and environment, print the effective config (secrets redacted).
     Check {
         /// Also log in to the database once (no retry; nothing is created or migrated).
@@ -167,11 +176,21 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck { .. } | Command::Copy { .. } => unreachable!("answered before the config is loaded"),
-        Command::Migrate => {
+        Command::Migrate { partition, chunk_rows } => {
             init_logging(&cfg.startup.log);
             let result = async {
                 let store = Backend::connect_lazy(&cfg.startup.database)?;
-                app::migrate_with_retry(&store).await
+                if let Backend::Postgres(pg) = &store {
+                    pg.set_partition_interval(cfg.live.storage.partition);
+                }
+                app::migrate_with_retry(&store).await?;
+                match (&store, partition) {
+                    (_, false) => Ok(()),
+                    (Backend::Postgres(pg), true) => pg.partition_existing(chunk_rows, &mut |line| eprintln!("{line}")).await,
+                    (Backend::Sqlite(_), true) => Err(anyhow::anyhow!(
+                        "--partition: time partitions are PostgreSQL's; the SQLite file needs none (retention deletes in chunks there)"
+                    )),
+                }
             }
             .await;
             match result {

@@ -142,6 +142,7 @@ impl prometheus_client::collector::Collector for Observed {
             ("duplicates_skipped", "Messages already stored (same message_id), skipped", &s.duplicates),
             ("batches_flushed", "Batches committed", &s.batches),
             ("expired_rows", "Rows deleted by [storage] retention (older than it)", &s.expired),
+            ("dropped_partitions", "PostgreSQL partitions dropped by [storage] retention", &s.partitions_dropped),
             ("write_failures", "Failed write attempts (each retried)", &s.failed_attempts),
             ("spooled_rows", "Rows written to the on-disk spool", &s.spooled),
             ("replayed_rows", "Rows written to the database from the spool", &s.replayed),

@@ -171,6 +171,7 @@ pub struct LogFile {
 pub struct StorageFile {
     pub raw_lines: Option<Spanned<bool>>,
     pub retention: Option<Spanned<String>>,
+    pub partition: Option<Spanned<String>>,
 }
 
 /// `[accounts.NAME]`
@@ -236,7 +237,7 @@ const BATCH: &[(&str, Ty)] = &[
 const RELOAD: &[(&str, Ty)] = &[("mode", Ty::Str), ("poll_interval", Ty::Str), ("debounce", Ty::Str)];
 const HTTP: &[(&str, Ty)] = &[("listen", Ty::Str), ("api", Ty::Bool)];
 const LOG: &[(&str, Ty)] = &[("level", Ty::Str), ("format", Ty::Str)];
-const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool), ("retention", Ty::Str)];
+const STORAGE: &[(&str, Ty)] = &[("raw_lines", Ty::Bool), ("retention", Ty::Str), ("partition", Ty::Str)];
 const ACCOUNT: &[(&str, Ty)] = &[
     ("username", Ty::Str),
     ("oauth_token", Ty::Secret),

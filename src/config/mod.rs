@@ -104,22 +104,48 @@ pub struct LiveConfig {
     pub filters: FiltersConfig,
     /// `[cluster]`: which of the configured channels this instance logs.
     pub cluster: ClusterConfig,
-    /// `[storage] retention` (the live part of `[storage]`).
-    pub retention: RetentionConfig,
+    /// The live part of `[storage]` (`raw_lines` is a start-up setting: `StartupConfig`).
+    pub storage: LiveStorage,
 }
 
-/// `[storage] retention`: how long the store keeps rows.
+/// `[storage] retention` and `partition`: how long the store keeps rows, and in what slices.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionConfig {
-    /// Rows older than this are deleted (in bounded chunks, on a timer). `None`: kept forever
-    /// (the default).
-    pub keep: Option<Duration>,
+pub struct LiveStorage {
+    /// `retention`: rows older than this are deleted (in bounded chunks, on a timer). `None`:
+    /// kept forever (the default).
+    pub retention: Option<Duration>,
+    /// `partition`: the time range of one PostgreSQL partition. Live: a reload changes the
+    /// partitions made from then on (existing ones keep their range).
+    pub partition: PartitionInterval,
 }
 
-impl RetentionConfig {
+/// `[storage] partition`: how much time one PostgreSQL partition of `chat_messages` and
+/// `chat_events` holds. Retention drops whole partitions, so it is also retention's step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PartitionInterval {
+    /// `"1 day"` (the default): at 10 million messages a day a partition and its indexes stay a
+    /// few GB, the current day's indexes stay in memory, and `retention = "90d"` keeps at most
+    /// one day more than asked.
+    #[default]
+    Day,
+    /// `"1 month"`: 12 partitions a year, for small loggers (under ~100,000 messages a day).
+    Month,
+}
+
+impl PartitionInterval {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionInterval::Day => "1 day",
+            PartitionInterval::Month => "1 month",
+        }
+    }
+}
+
+impl LiveStorage {
     /// The retention as the config writes it: `"90d"`, `"36h"`, or `"forever"`.
-    pub fn text(&self) -> String {
-        match self.keep {
+    pub fn retention_text(&self) -> String {
+        match self.retention {
             None => "forever".into(),
             Some(d) if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 => {
                 format!("{}d", d.as_secs() / 86_400)

@@ -69,7 +69,8 @@ pub fn render(cfg: &Config) -> String {
     let _ = writeln!(out, "api = {}", cfg.startup.http.api);
     let _ = writeln!(out, "\n[log]\nlevel = \"{}\"\nformat = \"{}\"", cfg.startup.log.level, cfg.startup.log.format);
     let _ = writeln!(out, "\n[storage]\nraw_lines = {}", cfg.startup.storage.raw_lines);
-    let _ = writeln!(out, "retention = \"{}\"", cfg.live.retention.text());
+    let _ = writeln!(out, "retention = \"{}\"", cfg.live.storage.retention_text());
+    let _ = writeln!(out, "partition = \"{}\"", cfg.live.storage.partition.as_str());
     for (name, a) in &cfg.live.accounts {
         let _ = writeln!(out, "\n[accounts.{name}]");
         match &a.credentials {

@@ -738,17 +738,17 @@ fn sqlite_urls_name_a_file_relative_to_the_working_directory_or_absolute() {
 }
 
 #[test]
-fn retention_is_days_or_hours_on_sqlite_and_refused_on_postgresql() {
+fn retention_is_days_or_hours_on_both_stores() {
     let (cfg, _d) = load_text("[storage]\nretention = \"90d\"\n", &[]);
     let cfg = cfg.unwrap();
-    assert_eq!(cfg.live.retention.keep, Some(Duration::from_secs(90 * 86_400)));
+    assert_eq!(cfg.live.storage.retention, Some(Duration::from_secs(90 * 86_400)));
     assert!(render::render(&cfg).contains("[storage]\nraw_lines = false\nretention = \"90d\""));
     let (cfg, _d) = load_text("[storage]\nretention = \"36h\"\n", &[]);
-    assert_eq!(cfg.unwrap().live.retention.keep, Some(Duration::from_secs(36 * 3600)));
+    assert_eq!(cfg.unwrap().live.storage.retention, Some(Duration::from_secs(36 * 3600)));
     let (cfg, _d) = load_text("[storage]\nretention = \"forever\"\n", &[]);
-    assert_eq!(cfg.unwrap().live.retention.keep, None);
+    assert_eq!(cfg.unwrap().live.storage.retention, None);
     let (cfg, _d) = load_text("", &[]);
-    assert_eq!(cfg.unwrap().live.retention.keep, None, "kept forever by default");
+    assert_eq!(cfg.unwrap().live.storage.retention, None, "kept forever by default");
     for bad in ["90", "10m", "-1d", "ninety days", "40000d"] {
         let p = problems(&format!("[storage]\nretention = \"{bad}\"\n"), &[]);
         assert!(
@@ -756,8 +756,9 @@ fn retention_is_days_or_hours_on_sqlite_and_refused_on_postgresql() {
             "{bad}: {p:?}"
         );
     }
-    let p = problems("[storage]\nretention = \"90d\"\n", &[("DATABASE_URL", "postgres://u@h/db")]);
-    assert!(p.len() == 1 && p[0].contains("SQLite store only") && p[0].contains("#15"), "{p:?}");
+    // PostgreSQL drops whole partitions instead (issue #15).
+    let (cfg, _d) = load_text("[storage]\nretention = \"90d\"\n", &[("DATABASE_URL", "postgres://u@h/db")]);
+    assert_eq!(cfg.unwrap().live.storage.retention, Some(Duration::from_secs(90 * 86_400)));
 }
 
 #[test]
@@ -796,4 +797,49 @@ fn storage_raw_lines_is_off_unless_set_true_needs_a_restart_and_refuses_a_string
     assert!(p.iter().any(|p| p.contains("storage.raw_lines") && p.contains("true or false")), "{p:?}");
     let p = problems(&format!("{FULL}\n[storage]\nraw_line = true\n"), &[]);
     assert!(p.iter().any(|p| p.contains("did you mean `raw_lines`")), "{p:?}");
+}
+
+#[test]
+fn the_partition_interval_is_a_day_by_default_or_a_month_and_anything_else_is_named_with_its_line() {
+    let pg = [("DATABASE_URL", "postgres://u@h/db")];
+    let (cfg, _d) = load_text("", &pg);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.live.storage.partition, PartitionInterval::Day);
+    assert!(render::render(&cfg).contains("retention = \"forever\"\npartition = \"1 day\"\n"));
+    for (text, want) in [
+        ("1 month", PartitionInterval::Month),
+        (" 1  day ", PartitionInterval::Day),
+        ("month", PartitionInterval::Month),
+    ] {
+        let (cfg, _d) = load_text(&format!("[storage]\npartition = \"{text}\"\n"), &pg);
+        assert_eq!(cfg.unwrap().live.storage.partition, want, "{text}");
+    }
+    for bad in ["1 week", "2 days", "daily", ""] {
+        let p = problems(&format!("[storage]\npartition = \"{bad}\"\n"), &pg);
+        assert!(
+            p.len() == 1
+                && p[0].starts_with("line 2")
+                && p[0].contains("storage.partition")
+                && p[0].contains("\"1 month\""),
+            "{bad}: {p:?}"
+        );
+    }
+    // Live: a reload applies it, no restart.
+    let (a, _d) = load_text("", &pg);
+    let (b, _e) = load_text("[storage]\npartition = \"1 month\"\n", &pg);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.startup.changed_keys(&b.startup).is_empty());
+    assert_ne!(a.live, b.live);
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_partition_text_loads_or_is_one_problem_never_a_panic(text in "\\PC{0,20}") {
+        let pg = [("DATABASE_URL", "postgres://u@h/db")];
+        let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+        let p = problems(&format!("[storage]\npartition = \"{escaped}\"\n"), &pg);
+        let normal = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let valid = ["1 day", "day", "1 month", "month"].contains(&normal.as_str());
+        proptest::prop_assert_eq!(p.is_empty(), valid, "{:?} {:?}", text, p);
+    }
 }

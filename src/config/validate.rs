@@ -36,7 +36,7 @@ pub fn validate(
     let log = log(&mut cx, &file.log);
     let storage = StorageConfig { raw_lines: file.storage.raw_lines.as_ref().is_some_and(|r| *r.get_ref()) };
     let database = database(&mut cx, &file.database, matches!(origin, Origin::File(_)));
-    let retention = retention(&mut cx, &file.storage, database.as_ref());
+    let live_storage = live_storage(&mut cx, &file.storage);
     let accounts: BTreeMap<_, _> =
         file.accounts.iter().map(|(name, a)| (name.clone(), account(&mut cx, name, a))).collect();
     let groups = file.groups.iter().map(|(name, g)| (name.clone(), group(&mut cx, name, g, &accounts))).collect();
@@ -50,7 +50,7 @@ pub fn validate(
     Some(Config {
         origin,
         startup: StartupConfig { twitch, database: database?, reload, http, log, spool_dir, storage },
-        live: LiveConfig { accounts, groups, batch, filters, cluster, retention },
+        live: LiveConfig { accounts, groups, batch, filters, cluster, storage: live_storage },
         env_overrides: overrides,
     })
 }
@@ -427,12 +427,30 @@ pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
     })
 }
 
-/// `[storage] retention`. It needs a store that can expire rows in chunks: the SQLite file.
-fn retention(cx: &mut Ctx<'_>, s: &StorageFile, database: Option<&DatabaseConfig>) -> RetentionConfig {
-    let Some(v) = &s.retention else { return RetentionConfig::default() };
+/// `[storage]`'s live part. Retention works on both stores: SQLite deletes in chunks, PostgreSQL drops
+/// whole time partitions (see `store::pg_partition`).
+fn live_storage(cx: &mut Ctx<'_>, s: &StorageFile) -> LiveStorage {
+    let partition = match s
+        .partition
+        .as_ref()
+        .map(|v| (v, v.get_ref().split_whitespace().collect::<Vec<_>>().join(" ")))
+    {
+        None => PartitionInterval::default(),
+        Some((_, t)) if t == "1 day" || t == "day" => PartitionInterval::Day,
+        Some((_, t)) if t == "1 month" || t == "month" => PartitionInterval::Month,
+        Some((v, _)) => {
+            cx.problem(
+                "storage.partition",
+                Some(v.span()),
+                format!("`{}` is not a partition interval; write \"1 day\" (the default) or \"1 month\"", v.get_ref()),
+            );
+            PartitionInterval::default()
+        }
+    };
+    let Some(v) = &s.retention else { return LiveStorage { partition, ..LiveStorage::default() } };
     let text = v.get_ref().trim();
     if text == "forever" {
-        return RetentionConfig::default();
+        return LiveStorage { partition, ..LiveStorage::default() };
     }
     let parsed = match text.strip_suffix('d') {
         Some(days) => days.trim().parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0).map(|d| d * 86_400.0),
@@ -446,18 +464,10 @@ fn retention(cx: &mut Ctx<'_>, s: &StorageFile, database: Option<&DatabaseConfig
                 Some(v.span()),
                 format!("`{text}` is not a retention; write a number of days or hours from 1h to 36500d, e.g. \"90d\" or \"36h\", or \"forever\" (the default)"),
             );
-            return RetentionConfig::default();
+            return LiveStorage { partition, ..LiveStorage::default() };
         }
     };
-    if database.is_some_and(|d| !matches!(d, DatabaseConfig::Sqlite(_))) {
-        cx.problem(
-            "storage.retention",
-            Some(v.span()),
-            "works with the SQLite store only for now (PostgreSQL will drop old partitions, issue #15); remove it, or delete old rows on PostgreSQL with DELETE … WHERE sent_at < now() - interval '90 days'",
-        );
-        return RetentionConfig::default();
-    }
-    RetentionConfig { keep: Some(retention) }
+    LiveStorage { retention: Some(retention), partition }
 }
 
 fn account(cx: &mut Ctx<'_>, name: &str, a: &AccountFile) -> AccountConfig {
@@ -833,7 +843,7 @@ accounts = []
     fn check_renders_modes_and_formats_by_their_names() {
         let text = "[reload]\nmode = \"poll\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[database]\nurl = \"postgres://u:SECRETPW@h/db\"\n[accounts.a]\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         let out = render(&load(text, &[]).unwrap());
-        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\napi = true\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[storage]\nraw_lines = false\nretention = \"forever\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
+        let expected = "# effective configuration: file c.toml + environment\n\n[twitch]\nserver = \"ircs://irc.chat.twitch.tv:6697\"\nauth_url = \"https://id.twitch.tv/oauth2\"\ntoken_dir = \"data/tokens\"\n\n[database]\nurl = \"[redacted]\"\n\n[batch]\nmax_rows = 100\nflush_interval = \"1500ms\"\nqueue_capacity = 100000\nspool_dir = \"data/spool\"\nspool_max_bytes = 1073741824\nshutdown_timeout = \"10s\"\ndurable_within = \"5s\"\n\n[reload]\nmode = \"poll\"\npoll_interval = \"1s\"\ndebounce = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:8080\"\napi = true\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\n[storage]\nraw_lines = false\nretention = \"forever\"\npartition = \"1 day\"\n\n[accounts.a]\n# anonymous (read-only, no token)\njoin_rate = \"20/10s\"\n# joins 1 channel(s)\n\n[groups.g]\naccounts = [\"a\"]\nchannels = [\"x\"]\n";
         assert_eq!(out, expected);
         let text = "[reload]\nmode = \"off\"\n[log]\nformat = \"text\"\n";
         let out = render(&load(text, &[("DATABASE_URL", "postgres://h/db")]).unwrap());

@@ -211,7 +211,7 @@ mod tests {
             batch: BatchConfig::default(),
             filters: Default::default(),
             cluster: Default::default(),
-            retention: Default::default(),
+            storage: Default::default(),
             accounts: accounts.iter().map(|(n, t)| (n.to_string(), account(*t))).collect(),
             groups: groups
                 .iter()

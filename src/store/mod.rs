@@ -7,6 +7,7 @@
 //! not tables, and never learns which backend it talks to.
 
 pub mod copy;
+pub mod pg_partition;
 pub mod pg_read;
 pub mod postgres;
 pub mod purge;
@@ -179,6 +180,9 @@ pub struct Expired {
     pub tables: Vec<(&'static str, u64)>,
     /// Delete transactions it took (each holds the write lock for one chunk only).
     pub transactions: u32,
+    /// Whole partitions dropped (PostgreSQL), as `table.partition (N rows)`; their rows are
+    /// counted in `tables` too.
+    pub partitions: Vec<String>,
 }
 
 impl Expired {

@@ -6,15 +6,19 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Batch, ChannelNotice, ChatEvent, ChatMessage, Record, Store, StoreError, WriteReport};
-use crate::config::DatabaseConfig;
+use super::pg_partition::{self, Shape};
+use super::{Batch, ChannelNotice, ChatEvent, ChatMessage, Expired, Record, Store, StoreError, WriteReport};
+use crate::config::{DatabaseConfig, PartitionInterval};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// [`PgStore`]'s shape before it was read.
+const SHAPE_UNKNOWN: u8 = u8::MAX;
 
 /// The first migration: before it is recorded, the database may be the original logger's.
 const FIRST_MIGRATION: i64 = 20261129000001;
@@ -81,6 +85,11 @@ pub struct PgStore {
     pool: PgPool,
     opts: PgConnectOptions,
     gate: Arc<Gate>,
+    /// Which tables are partitioned ([`Shape::bits`]): read after migrating, and again when an
+    /// insert's `ON CONFLICT` target no longer matches (`migrate --partition` swapped a table).
+    shape: Arc<AtomicU8>,
+    /// `[storage] partition`, for the partitions made ahead.
+    partition: Arc<Mutex<PartitionInterval>>,
 }
 
 impl PgStore {
@@ -88,7 +97,13 @@ impl PgStore {
     pub fn new(pool: PgPool) -> Self {
         let opts = (*pool.connect_options()).clone();
         let gate = Gate { open: AtomicBool::new(true), why: Mutex::new(String::new()) };
-        PgStore { pool, opts, gate: Arc::new(gate) }
+        PgStore {
+            pool,
+            opts,
+            gate: Arc::new(gate),
+            shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
+            partition: Arc::default(),
+        }
     }
 
     /// Makes a pool (connections are opened lazily and re-opened after failures). Writes wait
@@ -100,7 +115,13 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(opts.clone());
         let gate = Gate { open: AtomicBool::new(false), why: Mutex::new("not connected yet".to_string()) };
-        Ok(PgStore { pool, opts, gate: Arc::new(gate) })
+        Ok(PgStore {
+            pool,
+            opts,
+            gate: Arc::new(gate),
+            shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
+            partition: Arc::default(),
+        })
     }
 
     /// The pool, for migrations and health checks.
@@ -156,8 +177,87 @@ impl PgStore {
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         result?;
+        self.detect_shape().await.map_err(|e| self.explain(&e))?;
+        // Without them rows still go in (to the default partition): a failure only warns, and
+        // a server that stops answering here does not keep writes closed.
+        if tokio::time::timeout(Duration::from_secs(30), self.keep_partitions_ahead()).await.is_err() {
+            tracing::warn!("partitions: making the next partitions took over 30 s; rows go to the default partition meanwhile, trying again within the hour");
+        }
         self.gate.open.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Reads which tables are partitioned, for the inserts' `ON CONFLICT` target.
+    pub async fn detect_shape(&self) -> Result<Shape, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let shape = pg_partition::shape(&mut conn).await?;
+        self.shape.store(shape.bits(), Ordering::Release);
+        Ok(shape)
+    }
+
+    /// Which tables were partitioned when last read; `None` before the first read.
+    pub fn shape(&self) -> Option<Shape> {
+        Some(self.shape.load(Ordering::Acquire)).filter(|b| *b != SHAPE_UNKNOWN).map(Shape::from_bits)
+    }
+
+    /// Sets `[storage] partition` (start-up and reload): partitions made from now on use it.
+    pub fn set_partition_interval(&self, interval: PartitionInterval) {
+        *self.partition.lock().expect("partition lock") = interval;
+    }
+
+    /// `migrate --partition`: partitions every time-series table that is not yet, keeping its
+    /// rows, while loggers may write to it (see [`pg_partition::partition_table`]).
+    pub async fn partition_existing(
+        &self,
+        chunk_rows: i64,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> anyhow::Result<()> {
+        let interval = *self.partition.lock().expect("partition lock");
+        let mut conn = connect(&self.opts).await.map_err(|e| self.explain(&e))?;
+        sqlx::query("SET client_min_messages = warning").execute(&mut conn).await?;
+        for (table, _) in pg_partition::TABLES {
+            let done = pg_partition::partition_table(&mut conn, table, interval, chunk_rows, progress)
+                .await
+                .map_err(|e| anyhow::anyhow!("partitioning {table} failed: {} — nothing is lost: the table is as it was; run the command again to resume", self.explain(&e)))?;
+            if done.converted {
+                progress(format!(
+                    "{table}: done: {} rows, {} partitions, inserts paused {} ms",
+                    done.rows,
+                    done.partitions,
+                    done.pause.as_millis()
+                ));
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        self.detect_shape().await?;
+        self.keep_partitions_ahead().await;
+        Ok(())
+    }
+
+    /// [`PgStore::keep_partitions_ahead`] once the schema is ready, then every `every`.
+    pub async fn keep_partitions_ahead_every(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if self.schema_ready().is_ok() {
+                self.keep_partitions_ahead().await;
+            }
+        }
+    }
+
+    /// Makes the current and next partitions where missing; logs what it made, and a failure
+    /// (rows outside every partition go to the default one meanwhile, nothing fails).
+    pub async fn keep_partitions_ahead(&self) -> Vec<String> {
+        let interval = *self.partition.lock().expect("partition lock");
+        match pg_partition::ensure_ahead(&self.pool, interval, chrono::Utc::now()).await {
+            Ok(made) => made,
+            Err(e) => {
+                tracing::warn!(
+                    "partitions: making the next {} partitions failed ({e}); rows go to the default partition meanwhile, trying again later",
+                    interval.as_str()
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// Connects and logs in once, without retrying or creating anything (`check --connect`).
@@ -579,10 +679,14 @@ async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
     for (table, col) in
         [("chat_messages", "message_id"), ("channel_notices", "notice_key"), ("chat_events", "event_key")]
     {
+        // A partitioned table's key is (col, sent_at): the partition key must be in it.
         let unique: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
-               AND i.indexprs IS NULL AND a.attname = $2)",
+             JOIN pg_class c ON c.oid = i.indrelid
+             LEFT JOIN pg_attribute a1 ON a1.attrelid = i.indrelid AND a1.attnum = i.indkey[1]
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+               AND i.indexprs IS NULL AND a.attname = $2
+               AND CASE WHEN c.relkind = 'p' THEN i.indnatts = 2 AND a1.attname = 'sent_at' ELSE i.indnatts = 1 END)",
         )
         .bind(table)
         .bind(col)
@@ -590,7 +694,7 @@ async fn schema_problems(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
         .await?;
         if !unique && !problems.iter().any(|p| p.starts_with(&format!("table {table} "))) {
             problems.push(format!(
-                "{table} has no unique index on ({col}) alone, which the logger's ON CONFLICT needs (CREATE UNIQUE INDEX ON {table} ({col}))"
+                "{table} has no unique index on ({col}) alone (partitioned: on ({col}, sent_at)), which the logger's ON CONFLICT needs (CREATE UNIQUE INDEX ON {table} ({col}), or ({col}, sent_at) when partitioned)"
             ));
         }
     }
@@ -722,6 +826,26 @@ FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $
     AS x(c, m, t, r, tg, na, k, rw)
 ON CONFLICT (notice_key) DO NOTHING";
 
+/// The inserts for partitioned tables: a partitioned table's unique key holds the partition
+/// key, so the dedupe key is `(message_id, sent_at)` / `(event_key, sent_at)`. Two copies of
+/// one line carry the same `tmi-sent-ts`, so they still collide.
+struct PartitionedSql {
+    messages: String,
+    events: String,
+    roomstate: String,
+}
+
+static PARTITIONED_SQL: std::sync::LazyLock<PartitionedSql> = std::sync::LazyLock::new(|| {
+    let msg = |s: &str| s.replace("ON CONFLICT (message_id)", "ON CONFLICT (message_id, sent_at)");
+    let ev = |s: &str| s.replace("ON CONFLICT (event_key)", "ON CONFLICT (event_key, sent_at)");
+    PartitionedSql { messages: msg(INSERT_MESSAGES), events: ev(INSERT_EVENTS), roomstate: ev(INSERT_ROOMSTATE) }
+});
+
+/// 42P10: no unique index matches the `ON CONFLICT` target (the table's shape changed).
+fn conflict_target_gone(e: &StoreError) -> bool {
+    e.cause().downcast_ref::<WriteFailure>().and_then(|f| f.sql_state()).as_deref() == Some("42P10")
+}
+
 /// Batches at least this large are written on two connections at once: PostgreSQL spends
 /// most of the time per row on its side, so a second backend nearly doubles throughput.
 const PARALLEL_MIN: usize = 1000;
@@ -737,9 +861,23 @@ impl PgStore {
         self.gate()?;
         let mut conn =
             self.pool.acquire().await.map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
-        match Self::write_tx(&mut conn, ms, ns, es).await {
+        let shape = match self.shape() {
+            Some(s) => s,
+            // A store made with `new` on a database migrated elsewhere: read once.
+            None => pg_partition::shape(&mut conn)
+                .await
+                .map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?,
+        };
+        self.shape.store(shape.bits(), Ordering::Release);
+        match Self::write_tx(&mut conn, ms, ns, es, shape).await {
             Ok(report) => Ok(report),
-            Err(Failure::Decided(e)) => Err(e),
+            Err(Failure::Decided(e)) => {
+                if conflict_target_gone(&e) {
+                    // The table was partitioned (or back) under us: the retry uses the new key.
+                    let _ = self.detect_shape().await;
+                }
+                Err(e)
+            }
             Err(Failure::Undecided(failure)) => Err(probe(&mut conn, failure).await),
         }
     }
@@ -750,6 +888,7 @@ impl PgStore {
         ms: &[ChatMessage],
         ns: &[ChannelNotice],
         es: &[ChatEvent],
+        shape: Shape,
     ) -> Result<WriteReport, Failure> {
         let mut tx = conn.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
@@ -766,7 +905,7 @@ impl PgStore {
                     ms.iter().map(|m| m.$f.as_deref()).collect::<Vec<_>>()
                 };
             }
-            let done = sqlx::query(INSERT_MESSAGES)
+            let done = sqlx::query(if shape.messages { &PARTITIONED_SQL.messages } else { INSERT_MESSAGES })
                 .bind(col!(str message_id))
                 .bind(col!(str channel))
                 .bind(col!(opt room_id))
@@ -813,7 +952,7 @@ impl PgStore {
                 .map_err(classify)?;
             report.notices_inserted = done.rows_affected();
         }
-        report.events_inserted = Self::write_events(&mut tx, es).await?;
+        report.events_inserted = Self::write_events(&mut tx, es, shape).await?;
         tx.commit().await.map_err(classify)?;
         Ok(report)
     }
@@ -828,7 +967,7 @@ impl PgStore {
 
     /// Events, in `tx`: all but ROOMSTATE in one statement, each ROOMSTATE (rare: one per
     /// JOIN or mode change) on its own, in the order read, since each depends on the last.
-    async fn write_events(tx: &mut PgConnection, es: &[ChatEvent]) -> Result<u64, Failure> {
+    async fn write_events(tx: &mut PgConnection, es: &[ChatEvent], shape: Shape) -> Result<u64, Failure> {
         let (rooms, others): (Vec<&ChatEvent>, Vec<&ChatEvent>) = es.iter().partition(|e| e.kind == "roomstate");
         let mut inserted = 0;
         if !others.is_empty() {
@@ -843,7 +982,7 @@ impl PgStore {
                     others.iter().map(|e| e.$f.as_deref()).collect::<Vec<_>>()
                 };
             }
-            let done = sqlx::query(INSERT_EVENTS)
+            let done = sqlx::query(if shape.events { &PARTITIONED_SQL.events } else { INSERT_EVENTS })
                 .bind(col!(str event_key))
                 .bind(col!(str kind))
                 .bind(col!(opt msg_id))
@@ -879,7 +1018,7 @@ impl PgStore {
         }
         for e in rooms {
             sqlx::query(LOCK_ROOM).bind(&e.channel).execute(&mut *tx).await.map_err(classify)?;
-            let done = sqlx::query(INSERT_ROOMSTATE)
+            let done = sqlx::query(if shape.events { &PARTITIONED_SQL.roomstate } else { INSERT_ROOMSTATE })
                 .bind(&e.event_key)
                 .bind(&e.channel)
                 .bind(e.room_id.as_deref())
@@ -915,6 +1054,38 @@ impl Store for PgStore {
             (Err(e @ StoreError::Unavailable(_)), _) | (_, Err(e @ StoreError::Unavailable(_))) => Err(e),
             (Err(e), _) | (_, Err(e)) => Err(e),
         }
+    }
+
+    /// Drops whole partitions older than `cutoff` (and deletes older rows of the default
+    /// partitions and of `channel_notices` in chunks); see [`pg_partition::expire_before`].
+    async fn expire_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<Expired, StoreError> {
+        self.gate()?;
+        let unavailable = |e: sqlx::Error| StoreError::Unavailable(WriteFailure::Driver(e).into());
+        let r = pg_partition::expire_before(&self.pool, cutoff).await.map_err(unavailable)?;
+        for p in &r.dropped {
+            tracing::info!(
+                "retention: dropped partition {} of {} ({} rows, all older than {cutoff})",
+                p.partition,
+                p.table,
+                p.rows
+            );
+        }
+        if !r.unpartitioned.is_empty() {
+            tracing::warn!(
+                "retention: {} not partitioned, so no rows were deleted from it (a DELETE of months of rows would bloat it for hours); partition it with `twitch-chat-logger migrate --partition`",
+                r.unpartitioned.join(" and ")
+            );
+        }
+        let mut tables: Vec<(&'static str, u64)> = Vec::new();
+        for (t, n) in r.dropped.iter().map(|p| (p.table, p.rows)).chain(r.deleted.iter().copied()) {
+            match tables.iter_mut().find(|(x, _)| *x == t) {
+                Some((_, m)) => *m += n,
+                None => tables.push((t, n)),
+            }
+        }
+        tables.retain(|(_, n)| *n > 0);
+        let partitions = r.dropped.iter().map(|p| format!("{} ({} rows)", p.partition, p.rows)).collect();
+        Ok(Expired { tables, transactions: r.transactions, partitions })
     }
 
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {

@@ -59,6 +59,8 @@ pub struct WriterStats {
     pub events_stored: AtomicU64,
     /// Rows deleted by `[storage] retention` (counted by the retention task, shown with these).
     pub expired: AtomicU64,
+    /// Whole PostgreSQL partitions dropped by `[storage] retention` (retention task).
+    pub partitions_dropped: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
     /// Failed write attempts (each later retried).

@@ -603,7 +603,8 @@ impl Drain {
                 }
             }
         }
-        if let Some(rec) = convert::to_record(msg, received_at) {
+        if let Some(mut rec) = convert::to_record(msg, received_at) {
+            super::sent_time::settle(&mut rec);
             match &rec {
                 Record::Message(_) => self.login_state.messages.fetch_add(1, Relaxed),
                 Record::Notice(_) => self.stats.notices.fetch_add(1, Relaxed),

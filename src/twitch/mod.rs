@@ -7,4 +7,5 @@ pub mod auth;
 pub mod chatline;
 pub mod client;
 pub mod convert;
+pub mod sent_time;
 pub mod transport;

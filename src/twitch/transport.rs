@@ -728,8 +728,10 @@ async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>, ctx: &Tr
             if let Some(l) = link.get() {
                 l.state.messages.fetch_add(1, Relaxed);
             }
+            let mut row = Record::Message(row);
+            super::sent_time::settle(&mut row);
             // Bounded: when the writer's queue is full this waits, and so does the socket.
-            Some(sink.send(Record::Message(row)).await.is_ok())
+            Some(sink.send(row).await.is_ok())
         }
         Chat::Refused(why) => {
             ctx.report_bad_line(BadLine::ChatRefused, why, line);
