@@ -257,16 +257,35 @@ async fn a_users_history_and_a_channels_moderation_last_week_are_index_scans() {
     ];
     for (what, sql, index) in queries {
         let p = plan(&db, sql).await;
-        assert!(!p.contains("Seq Scan"), "{what}: {p}");
+        // On a partitioned table the planner may read a partition of a few rows whole; every
+        // partition that holds the data must be read through an index.
+        let big_seq_scan = p.lines().filter(|l| l.contains("Seq Scan")).any(|l| {
+            let rows = l.split("rows=").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
+            rows.is_none_or(|n| n > 10)
+        });
+        assert!(!big_seq_scan, "{what}: {p}");
         if what.starts_with("moderation") {
             // Every row of the week is wanted: a bitmap scan of the partial index is as good.
             assert!(
-                p.contains(&format!("Index Scan on {index}")) || p.contains(&format!("Index Scan using {index}")),
+                p.contains(&format!("Index Scan on {index}"))
+                    || p.contains(&format!("Index Scan using {index}"))
+                    || p.contains("Index Scan on chat_events_")
+                    || p.contains("Index Scan using chat_events_"),
                 "{what}: {p}"
             );
         } else {
-            assert!(p.contains(&format!("Index Scan using {index}")), "{what}: {p}");
-            assert!(!p.contains("Sort"), "{what}: newest first straight from the index: {p}");
+            // A partitioned table (new databases) merges each partition's copy of the index,
+            // already in order: a Merge Append of index scans, never a Sort node.
+            let scans: Vec<&str> = p.lines().map(|l| l.trim_start().trim_start_matches("->").trim_start()).collect();
+            let sorted = scans.iter().any(|l| l.starts_with("Sort  (") || l.starts_with("Incremental Sort"));
+            assert!(!sorted, "{what}: newest first straight from the index: {p}");
+            let by_index = p.contains(&format!("Index Scan using {index}"))
+                || (p.contains("Merge Append")
+                    && scans
+                        .iter()
+                        .filter(|l| l.contains(" Scan ") && !l.starts_with("Seq Scan"))
+                        .all(|l| l.starts_with("Index Scan using")));
+            assert!(by_index, "{what}: {p}");
         }
     }
 }
