@@ -185,17 +185,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Outcome> {
             reloads: reloader.as_ref().map_or_else(Default::default, |r| r.stats.clone()),
         };
         // The API reads on a pool of its own: a slow reader never holds a writer's connection.
-        let api = match (cfg.startup.http.api, store.log_reader()) {
-            (true, Some(reader)) => Some(http::api::Api::new(reader, live_rx)),
-            (true, None) => {
-                tracing::warn!(
-                    "the log API is not available on {}; set [http] api = false to silence this",
-                    store.target()
-                );
-                None
-            }
-            (false, _) => None,
-        };
+        let api = cfg.startup.http.api.then(|| http::api::Api::new(store.log_reader(), live_rx));
         let bound = http::serve(addr, observed, store.clone(), api).await?;
         tracing::info!("health and metrics on http://{bound} (/healthz, /readyz, /metrics)");
     }

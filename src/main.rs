@@ -235,7 +235,7 @@ async fn purge_user(cfg: &config::Config, user: &str, channel: Option<&str>, dry
             return ExitCode::from(2);
         }
     };
-    let store = match PgStore::connect_lazy(&cfg.startup.database) {
+    let store = match Backend::connect_lazy(&cfg.startup.database) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("database: {e}");
@@ -247,16 +247,22 @@ async fn purge_user(cfg: &config::Config, user: &str, channel: Option<&str>, dry
         UserEntry::Id(i) => (format!("user id {i}"), cfg.live.filters.opt_out_users.ids.contains(i)),
     };
     let place = channel.as_ref().map_or("every channel".to_string(), |c| format!("#{c}"));
-    let result = purge::purge_user(
-        store.pool(),
-        USER_TABLES,
-        &who,
-        channel.as_deref(),
-        dry_run,
-        PURGE_CHUNK,
-        |table, so_far| eprintln!("{table}: {so_far} rows deleted so far"),
-    )
-    .await;
+    let report = |table: &str, so_far: u64| eprintln!("{table}: {so_far} rows deleted so far");
+    let result = match &store {
+        Backend::Postgres(s) => {
+            purge::purge_user(s.pool(), USER_TABLES, &who, channel.as_deref(), dry_run, PURGE_CHUNK, report).await
+        }
+        Backend::Sqlite(s) => {
+            let pool = match purge::sqlite_pool(s.path()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("database: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            purge::purge_user_sqlite(&pool, USER_TABLES, &who, channel.as_deref(), dry_run, PURGE_CHUNK, report).await
+        }
+    };
     match result {
         Ok(done) => {
             let verb = if dry_run { "would be deleted (dry run: nothing was deleted)" } else { "deleted" };

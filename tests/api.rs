@@ -1,10 +1,12 @@
 //! The justlog-compatible log API, end to end: the real binary logs lines from the fake Twitch
-//! server into a real PostgreSQL, and every route is read back over HTTP. Expected bodies are
-//! written out by hand.
+//! server into a real database, and every route is read back over HTTP. Expected bodies are
+//! written out by hand. Each scenario is written once and `for_both_stores!` runs it on
+//! PostgreSQL and on a SQLite file; tests of one store's reader (plans, pool) name it.
 
 mod common;
 
 use chrono::{Datelike, Utc};
+use common::backends::TestStore;
 use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,7 +73,7 @@ const JUNE_FIRST: i64 = 1_717_200_000;
 ///   `/me waves` at 2024-06-02 09:00; carl (999) now "right now".
 /// - other: ivy at 2024-06-01 10:00 "elsewhere".
 struct Logged {
-    db: TestDb,
+    db: TestStore,
     fake: FakeTwitch,
     logger: Logger,
     addr: String,
@@ -86,10 +88,10 @@ fn config(fake: &str, extra: &str) -> String {
     )
 }
 
-async fn logged(extra: &str) -> Logged {
-    let (db, fake) = (TestDb::new().await, FakeTwitch::start().await);
+async fn logged(db: TestStore, extra: &str) -> Logged {
+    let fake = FakeTwitch::start().await;
     let (dir, path) = config_dir(&config(&fake.url(), extra));
-    let logger = Logger::spawn(file_mode(&path, &db.url));
+    let logger = Logger::spawn(file_mode(&path, &db.url()));
     let addr = http_addr(&logger).await;
     fake.wait_for("joined", 15 * SEC, |f| {
         let j = f.joined_by(ANON);
@@ -114,9 +116,8 @@ async fn logged(extra: &str) -> Logged {
     Logged { db, fake, logger, addr, path, _dir: dir, fake_url }
 }
 
-#[tokio::test]
-async fn a_users_month_is_served_as_text_json_and_raw_with_the_month_boundary_in_utc() {
-    let l = logged("").await;
+async fn a_users_month_is_served_as_text_json_and_raw_with_the_month_boundary_in_utc(store: TestStore) {
+    let l = logged(store, "").await;
     let june = req(&l.addr, "/channel/chan/user/ivy/2024/6").await;
     assert_eq!((june.code, june.body.as_str()), (200, "[2024-6-1 00:00:00] #chan ivy: first of june\n"));
     assert_eq!(june.header("content-type"), "text/plain; charset=utf-8");
@@ -149,9 +150,8 @@ async fn a_users_month_is_served_as_text_json_and_raw_with_the_month_boundary_in
     assert_eq!(req(&l.addr, "/channel/chan/user/ivy/2024/6?type=raw").await.body, raw_reply.body);
 }
 
-#[tokio::test]
-async fn a_channels_day_lists_every_user_oldest_first_or_reversed_and_actions_keep_their_text() {
-    let l = logged("").await;
+async fn a_channels_day_lists_every_user_oldest_first_or_reversed_and_actions_keep_their_text(store: TestStore) {
+    let l = logged(store, "").await;
     let day = req(&l.addr, "/channel/chan/2024/6/1").await;
     assert_eq!(day.code, 200);
     assert_eq!(day.body, "[2024-6-1 00:00:00] #chan ivy: first of june\n[2024-6-1 12:00:00] #chan bob: hi ivy\n");
@@ -168,9 +168,8 @@ async fn a_channels_day_lists_every_user_oldest_first_or_reversed_and_actions_ke
     assert!(!day.body.contains("last of may") && !day.body.contains("elsewhere"));
 }
 
-#[tokio::test]
-async fn userid_routes_return_both_logins_of_a_renamed_user() {
-    let l = logged("").await;
+async fn userid_routes_return_both_logins_of_a_renamed_user(store: TestStore) {
+    let l = logged(store, "").await;
     let by_id = req(&l.addr, "/channel/chan/userid/777/2024/6").await;
     assert_eq!(
         by_id.body,
@@ -184,9 +183,8 @@ async fn userid_routes_return_both_logins_of_a_renamed_user() {
     assert_eq!(list.body, r#"{"availableLogs":[{"month":"6","year":"2024"},{"month":"5","year":"2024"}]}"#);
 }
 
-#[tokio::test]
-async fn channels_and_lists_are_newest_first_with_unpadded_strings() {
-    let l = logged("").await;
+async fn channels_and_lists_are_newest_first_with_unpadded_strings(store: TestStore) {
+    let l = logged(store, "").await;
     let ch = req(&l.addr, "/channels").await;
     assert_eq!(ch.body, r#"{"channels":[{"name":"chan","userID":"12345"},{"name":"other","userID":"999"}]}"#);
     let months = req(&l.addr, "/list?channel=chan&user=ivy").await;
@@ -205,9 +203,8 @@ async fn channels_and_lists_are_newest_first_with_unpadded_strings() {
     assert_eq!(req(&l.addr, "/list?channel=chan&user=a&userid=1").await.code, 400);
 }
 
-#[tokio::test]
-async fn routes_without_a_date_redirect_to_the_latest_month_or_today_keeping_the_query() {
-    let l = logged("").await;
+async fn routes_without_a_date_redirect_to_the_latest_month_or_today_keeping_the_query(store: TestStore) {
+    let l = logged(store, "").await;
     let r = req(&l.addr, "/channel/chan/user/ivy?json").await;
     assert_eq!((r.code, r.header("location")), (302, "/channel/chan/user/ivy/2024/6?json"));
     let r = req(&l.addr, "/channelid/12345/userid/777").await;
@@ -219,9 +216,8 @@ async fn routes_without_a_date_redirect_to_the_latest_month_or_today_keeping_the
     assert_eq!(req(&l.addr, "/channel/chan/user/nobody").await.code, 404);
 }
 
-#[tokio::test]
-async fn from_and_to_select_a_range_in_unix_seconds_up_to_31_days() {
-    let l = logged("").await;
+async fn from_and_to_select_a_range_in_unix_seconds_up_to_31_days(store: TestStore) {
+    let l = logged(store, "").await;
     let r = req(&l.addr, &format!("/channel/chan/user/ivy?from={MAY_LAST}&to={JUNE_FIRST}")).await;
     assert_eq!(r.body, "[2024-5-31 23:59:59] #chan ivy: last of may\n[2024-6-1 00:00:00] #chan ivy: first of june\n");
     let r = req(&l.addr, &format!("/channel/chan?from={MAY_LAST}&to={}", JUNE_FIRST + 12 * 3600)).await;
@@ -233,9 +229,8 @@ async fn from_and_to_select_a_range_in_unix_seconds_up_to_31_days() {
     assert_eq!(req(&l.addr, "/channel/chan?from=x&to=4").await.code, 400);
 }
 
-#[tokio::test]
-async fn random_serves_one_line_of_the_user_or_the_channel() {
-    let l = logged("").await;
+async fn random_serves_one_line_of_the_user_or_the_channel(store: TestStore) {
+    let l = logged(store, "").await;
     for _ in 0..5 {
         let r = req(&l.addr, "/channel/chan/user/bob/random").await;
         assert_eq!(r.code, 200);
@@ -254,9 +249,8 @@ async fn random_serves_one_line_of_the_user_or_the_channel() {
     // The other channel's one message: random serves chat messages only.
 }
 
-#[tokio::test]
-async fn cors_nosniff_and_caching_past_months_but_not_the_current_one() {
-    let l = logged("").await;
+async fn cors_nosniff_and_caching_past_months_but_not_the_current_one(store: TestStore) {
+    let l = logged(store, "").await;
     let past = req(&l.addr, "/channel/chan/user/ivy/2024/5").await;
     assert_eq!(past.header("access-control-allow-origin"), "*");
     assert_eq!(past.header("x-content-type-options"), "nosniff");
@@ -286,9 +280,8 @@ async fn cors_nosniff_and_caching_past_months_but_not_the_current_one() {
     assert_eq!((missing.code, missing.header("access-control-allow-origin")), (404, "*"));
 }
 
-#[tokio::test]
-async fn unknown_channels_users_and_empty_periods_are_404_with_a_reason() {
-    let l = logged("").await;
+async fn unknown_channels_users_and_empty_periods_are_404_with_a_reason(store: TestStore) {
+    let l = logged(store, "").await;
     let cases = [
         ("/channel/nochan/2024/6/1", "no logs for this channel in this period\n"),
         ("/channel/chan/2023/6/1", "no logs for this channel in this period\n"),
@@ -304,9 +297,8 @@ async fn unknown_channels_users_and_empty_periods_are_404_with_a_reason() {
     }
 }
 
-#[tokio::test]
-async fn hostile_paths_and_parameters_get_400_or_404_never_500_and_the_logger_keeps_logging() {
-    let l = logged("").await;
+async fn hostile_paths_and_parameters_get_400_or_404_never_500_and_the_logger_keeps_logging(store: TestStore) {
+    let l = logged(store, "").await;
     let long = "a".repeat(10_000);
     let hostile: Vec<Vec<u8>> = vec![
         b"/channel/../../etc/passwd".to_vec(),
@@ -342,9 +334,8 @@ async fn hostile_paths_and_parameters_get_400_or_404_never_500_and_the_logger_ke
     assert_eq!(req(&l.addr, "/channel/chan/user/dan/2024/6").await.code, 200);
 }
 
-#[tokio::test]
-async fn the_page_is_served_from_the_binary_and_api_false_turns_every_route_off() {
-    let l = logged("").await;
+async fn the_page_is_served_from_the_binary_and_api_false_turns_every_route_off(store: TestStore) {
+    let l = logged(store, "").await;
     let page = req(&l.addr, "/").await;
     assert_eq!(page.code, 200);
     assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
@@ -352,7 +343,7 @@ async fn the_page_is_served_from_the_binary_and_api_false_turns_every_route_off(
     assert!(!page.body.contains("http://") && !page.body.contains("https://"), "the page loads nothing from elsewhere");
     drop(l);
 
-    let off = logged("[http]\napi = false\n").await;
+    let off = logged(TestStore::sqlite().await, "[http]\napi = false\n").await;
     for path in ["/", "/channels", "/channel/chan/2024/6/1", "/list?channel=chan"] {
         assert_eq!(req(&off.addr, path).await.code, 404, "{path}");
     }
@@ -422,9 +413,8 @@ async fn every_api_query_is_an_index_scan_on_a_large_table() {
 /// Lines stored before a user opted out are never served once the config names them: a reload
 /// takes effect at once, by login or by user id, on every route (user logs 403, channel logs
 /// and random without their lines).
-#[tokio::test]
-async fn a_user_who_opts_out_by_reload_is_refused_with_403_and_left_out_of_channel_logs() {
-    let l = logged("").await;
+async fn a_user_who_opts_out_by_reload_is_refused_with_403_and_left_out_of_channel_logs(store: TestStore) {
+    let l = logged(store, "").await;
     assert_eq!(req(&l.addr, "/channel/chan/user/bob/2024/6").await.code, 200);
     std::fs::write(&l.path, config(&l.fake_url, "[filters]\nopt_out_users = [\"Bob\", \"777\"]\n")).unwrap();
     l.logger.wait_log("config reloaded", 10 * SEC).await;
@@ -542,7 +532,7 @@ async fn the_web_page_shows_a_users_lines_and_a_day_newest_first_in_a_real_brows
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("chromedriver not found: install Debian's browser with `apt-get install -y chromium chromium-driver` (scripts/test.sh does this itself when run as root)");
-    let l = logged("").await;
+    let l = logged(TestStore::sqlite().await, "").await;
     l.fake.to_channel(
         "chan",
         &chat(
@@ -695,22 +685,98 @@ async fn the_readers_pool_is_small_read_only_and_times_statements_out() {
     assert!(slow.is_err() && started.elapsed() < 10 * SEC, "a 30 s statement ran {:?}", started.elapsed());
 }
 
+/// The SQLite reader's statements on 200,000 messages and 40,000 events in 20 channels after
+/// ANALYZE: `EXPLAIN QUERY PLAN` shows every read of chat_messages and chat_events as an index
+/// SEARCH, never a SCAN of the table or of a whole index.
+#[tokio::test]
+async fn every_sqlite_api_query_is_an_index_search_on_a_large_file() {
+    use twitch_chat_logger::store::read::Order;
+    use twitch_chat_logger::store::sqlite_read::sql;
+    let store = TestStore::sqlite().await;
+    store
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+             INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, text, sent_at)
+             SELECT 'm' || i, 'c' || (i % 20), (i % 20), (i % 5000), 'u' || (i % 5000), 'hello ' || i,
+                    strftime('%Y-%m-%dT%H:%M:%f000Z', '2024-01-01', '+' || i || ' minutes') FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             INSERT INTO chat_events (event_key, kind, msg_id, channel, room_id, user_id, login, system_msg, sent_at)
+             SELECT 'e' || i, CASE i % 3 WHEN 0 THEN 'usernotice' WHEN 1 THEN 'clearchat' ELSE 'roomstate' END, 'sub',
+                    'c' || (i % 20), (i % 20), (i % 5000), 'u' || (i % 5000), 'x subscribed',
+                    strftime('%Y-%m-%dT%H:%M:%f000Z', '2024-01-01', '+' || (i * 5) || ' minutes') FROM n;
+             ANALYZE;",
+        )
+        .await;
+    let TestStore::Sqlite { pool, .. } = &store else { unreachable!() };
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (sql::user_months("username", "login"), vec!["c7", "u7", "1200"]),
+        (sql::user_months("user_id", "user_id"), vec!["c7", "7", "1200"]),
+        (sql::channel_days(), vec!["c7", "3660"]),
+        (sql::user_lines("username", "login", Order::OldestFirst), vec!["c7", "u7", "2024-02", "2024-03", "50001"]),
+        (sql::user_lines("user_id", "user_id", Order::NewestFirst), vec!["c7", "7", "2024-02", "2024-03", "50001"]),
+        (sql::channel_lines(Order::OldestFirst), vec!["c7", "2024-02", "2024-03", "50001"]),
+        (sql::channel_lines(Order::NewestFirst), vec!["c7", "2024-02", "2024-03", "50001"]),
+        (sql::edge(None, Order::OldestFirst), vec!["c7"]),
+        (sql::edge(Some("username"), Order::NewestFirst), vec!["c7", "u7"]),
+        (sql::from(Some("user_id")), vec!["c7", "7", "2024-02"]),
+        (sql::ROOM_ID.to_string(), vec!["c7"]),
+    ];
+    for (i, (stmt, args)) in cases.iter().enumerate() {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {stmt}")));
+        for a in args {
+            q = q.bind(*a);
+        }
+        let plan: Vec<String> =
+            q.fetch_all(pool).await.unwrap().iter().map(|r| sqlx::Row::get::<String, _>(r, "detail")).collect();
+        let plan = plan.join("\n");
+        let reads: Vec<&str> =
+            plan.lines().filter(|l| l.contains("chat_messages") || l.contains("chat_events")).collect();
+        assert!(!reads.is_empty(), "statement {i} reads no table:\n{plan}");
+        for l in reads {
+            assert!(l.starts_with("SEARCH ") && l.contains("USING"), "statement {i} scans:\n{plan}\n{stmt}");
+        }
+    }
+}
+
+/// The SQLite reader's connections are its own: at most 4, read-only, and a statement that
+/// runs past 5 s is interrupted (503), after which the pool still answers.
+#[tokio::test]
+async fn the_sqlite_readers_pool_is_small_read_only_and_interrupts_long_statements() {
+    use twitch_chat_logger::store::read::ReadError;
+    use twitch_chat_logger::store::sqlite_read::SqliteReader;
+    let store = TestStore::sqlite().await;
+    let TestStore::Sqlite { path, .. } = &store else { unreachable!() };
+    let reader = SqliteReader::connect_lazy(path);
+    assert_eq!(reader.pool().options().get_max_connections(), 4);
+    let write = sqlx::query("INSERT INTO dead_letters (kind, payload, error) VALUES ('x', 'y', 'z')")
+        .execute(reader.pool())
+        .await;
+    let err = write.expect_err("a write through the reader's pool");
+    assert!(err.to_string().contains("readonly"), "{err}");
+    let started = std::time::Instant::now();
+    let slow = reader
+        .bounded_scalar("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n")
+        .await;
+    let took = started.elapsed();
+    assert!(matches!(slow, Err(ReadError::Timeout(_))), "{slow:?}");
+    assert!(took >= 5 * SEC && took < 6 * SEC, "interrupted after {took:?}");
+    assert_eq!(reader.bounded_scalar("SELECT count(*) FROM chat_messages").await.unwrap(), 0);
+}
+
 /// Six clients reading a 200,000-line day over and over (more than the reader's 4
 /// connections) while chat arrives: every line is stored within the writer's bound, and every
 /// reader gets its log or a 503, never a hang.
 #[tokio::test]
 async fn readers_hammering_a_large_day_never_delay_the_writer() {
-    let l = logged("").await;
-    sqlx::query(
+    let l = logged(TestStore::postgres().await, "").await;
+    l.db.execute(
         "INSERT INTO chat_messages (message_id, channel, room_id, user_id, username, text, badges, sent_at)
          SELECT gen_random_uuid()::text, 'chan', '12345', (i % 500)::text, 'u' || (i % 500), 'filler ' || i, '{}',
                 timestamptz '2024-07-01' + i * interval '400 ms'
-         FROM generate_series(1, 200000) i",
+         FROM generate_series(1, 200000) i;
+         ANALYZE chat_messages",
     )
-    .execute(&l.db.pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE chat_messages").execute(&l.db.pool).await.unwrap();
+    .await;
     for format in [""] {
         let t = std::time::Instant::now();
         let one = req(&l.addr, &format!("/channel/chan/2024/7/1{format}")).await;
@@ -768,9 +834,8 @@ const JUNE_THIRD_6H: i64 = 1_717_394_400;
 /// Subs, timeouts and bans come through the real pipeline into the logs: USERNOTICE (type 4)
 /// and CLEARCHAT (type 2) lines carry Twitch's system text, in the channel's day and in the
 /// logs of the user they are about (by login and by id).
-#[tokio::test]
-async fn subs_timeouts_and_bans_are_served_with_their_system_text_in_channel_and_user_logs() {
-    let l = logged("").await;
+async fn subs_timeouts_and_bans_are_served_with_their_system_text_in_channel_and_user_logs(store: TestStore) {
+    let l = logged(store, "").await;
     let resub = format!(
         "@badge-info=subscriber/2;badges=subscriber/0;color=#0000FF;display-name=Kim;emotes=;flags=;id={};login=kim;mod=0;msg-id=resub;msg-param-cumulative-months=2;msg-param-months=0;msg-param-should-share-streak=0;msg-param-sub-plan-name=Channel\\sSubscription;msg-param-sub-plan=1000;room-id=12345;subscriber=1;system-msg=Kim\\ssubscribed\\sat\\sTier\\s1.\\sThey've\\ssubscribed\\sfor\\s2\\smonths!;tmi-sent-ts={}000;user-id=555;user-type= :tmi.twitch.tv USERNOTICE #chan :still here",
         msg_uuid("kim-resub"),
@@ -852,25 +917,23 @@ async fn subs_timeouts_and_bans_are_served_with_their_system_text_in_channel_and
 
 /// A database that fails every read: each request gets a 503 with a reason (never a 500), and
 /// a client retrying in a loop costs one log line per 10 s, not one per request.
-#[tokio::test]
-async fn a_failing_database_answers_503_and_logs_once_however_many_requests() {
-    let l = logged("").await;
-    sqlx::query("ALTER TABLE chat_events RENAME TO chat_events_away").execute(&l.db.pool).await.unwrap();
+async fn a_failing_database_answers_503_and_logs_once_however_many_requests(store: TestStore) {
+    let l = logged(store, "").await;
+    l.db.execute("ALTER TABLE chat_events RENAME TO chat_events_away").await;
     for _ in 0..50 {
         let r = req(&l.addr, "/channel/chan/2024/6/1").await;
         assert_eq!((r.code, r.body.as_str()), (503, "the log database is not answering; try again shortly\n"));
     }
     let logged_lines = l.logger.log_text().lines().filter(|x| x.contains("log API:")).count();
     assert_eq!(logged_lines, 1, "{}", l.logger.log_text());
-    sqlx::query("ALTER TABLE chat_events_away RENAME TO chat_events").execute(&l.db.pool).await.unwrap();
+    l.db.execute("ALTER TABLE chat_events_away RENAME TO chat_events").await;
     assert_eq!(req(&l.addr, "/channel/chan/2024/6/1").await.code, 200);
 }
 
 /// With `[storage] raw_lines = true` the raw form is each line exactly as Twitch sent it
 /// (tags the logger does not store, such as `flags` and `turbo`, included).
-#[tokio::test]
-async fn with_raw_lines_on_the_raw_form_is_the_line_as_received() {
-    let l = logged("[storage]\nraw_lines = true\n").await;
+async fn with_raw_lines_on_the_raw_form_is_the_line_as_received(store: TestStore) {
+    let l = logged(store, "[storage]\nraw_lines = true\n").await;
     let line = chat("chan", "12345", "exact", "zoe", "Zoe", "31", "exact; words", JUNE_FIRST + 5);
     let timeout = format!(
         "@ban-duration=5;room-id=12345;target-user-id=31;tmi-sent-ts={}000 :tmi.twitch.tv CLEARCHAT #chan :zoe",
@@ -887,3 +950,21 @@ async fn with_raw_lines_on_the_raw_form_is_the_line_as_received() {
         serde_json::from_str(&req(&l.addr, "/channel/chan/user/zoe/2024/6?json").await.body).unwrap();
     assert_eq!(json["messages"][0]["raw"], line);
 }
+
+for_both_stores!(
+    a_users_month_is_served_as_text_json_and_raw_with_the_month_boundary_in_utc,
+    a_channels_day_lists_every_user_oldest_first_or_reversed_and_actions_keep_their_text,
+    userid_routes_return_both_logins_of_a_renamed_user,
+    channels_and_lists_are_newest_first_with_unpadded_strings,
+    routes_without_a_date_redirect_to_the_latest_month_or_today_keeping_the_query,
+    from_and_to_select_a_range_in_unix_seconds_up_to_31_days,
+    random_serves_one_line_of_the_user_or_the_channel,
+    cors_nosniff_and_caching_past_months_but_not_the_current_one,
+    unknown_channels_users_and_empty_periods_are_404_with_a_reason,
+    hostile_paths_and_parameters_get_400_or_404_never_500_and_the_logger_keeps_logging,
+    the_page_is_served_from_the_binary_and_api_false_turns_every_route_off,
+    a_user_who_opts_out_by_reload_is_refused_with_403_and_left_out_of_channel_logs,
+    subs_timeouts_and_bans_are_served_with_their_system_text_in_channel_and_user_logs,
+    a_failing_database_answers_503_and_logs_once_however_many_requests,
+    with_raw_lines_on_the_raw_form_is_the_line_as_received,
+);

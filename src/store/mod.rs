@@ -14,6 +14,7 @@ pub mod purge;
 pub mod read;
 pub mod spool;
 pub mod sqlite;
+pub mod sqlite_read;
 pub mod writer;
 
 use async_trait::async_trait;
@@ -235,11 +236,11 @@ impl Backend {
     }
 
     /// The log API's reader, on a pool of its own so a slow reader never holds the writer's
-    /// connection. `None`: this backend has no reader yet.
-    pub fn log_reader(&self) -> Option<std::sync::Arc<dyn read::LogReader>> {
+    /// connection.
+    pub fn log_reader(&self) -> std::sync::Arc<dyn read::LogReader> {
         match self {
-            Backend::Postgres(s) => Some(std::sync::Arc::new(pg_read::PgReader::connect_lazy(s.connect_options()))),
-            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => std::sync::Arc::new(pg_read::PgReader::connect_lazy(s.connect_options())),
+            Backend::Sqlite(s) => std::sync::Arc::new(sqlite_read::SqliteReader::connect_lazy(s.path())),
         }
     }
 

@@ -1,6 +1,9 @@
-//! `purge-user`: deletes one user's stored rows from PostgreSQL in small transactions, so it
-//! is safe while the logger writes: each chunk locks at most [`PURGE_CHUNK`] rows for a moment,
-//! never the table (inserts go on), and an interrupted purge has committed what it did.
+//! `purge-user`: deletes one user's stored rows in small transactions, so it is safe while the
+//! logger writes, and an interrupted purge has committed what it did. On PostgreSQL each chunk
+//! locks at most [`PURGE_CHUNK`] rows for a moment, never the table (inserts go on). On SQLite
+//! (one writer at a time) each chunk's rows are found first by a read, which never blocks the
+//! logger in WAL mode, then deleted by rowid in one short `BEGIN IMMEDIATE` transaction; the
+//! logger's writer waits out that lock (its busy timeout) or retries.
 
 use sqlx::postgres::PgPool;
 use sqlx::AssertSqlSafe;
@@ -131,4 +134,111 @@ pub async fn purge_user(
         out.push(Purged { table: t.table, rows, chunks, missing: false });
     }
     Ok(out)
+}
+
+/// [`purge_user`] on a SQLite file: the same tables, semantics, output and chunk size. `pool`
+/// writes to the file (one connection is enough: [`sqlite_pool`]).
+pub async fn purge_user_sqlite(
+    pool: &sqlx::SqlitePool,
+    tables: &[UserTable],
+    who: &UserEntry,
+    channel: Option<&str>,
+    dry_run: bool,
+    chunk: i64,
+    mut progress: impl FnMut(&'static str, u64),
+) -> Result<Vec<Purged>, PurgeError> {
+    let key = match who {
+        UserEntry::Login(l) => l.as_str(),
+        UserEntry::Id(i) => i.as_str(),
+    };
+    let mut out = Vec::new();
+    for t in tables {
+        let fail = |deleted| move |source| PurgeError { table: t.table, deleted, source };
+        let exists: bool =
+            sqlx::query_scalar("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+                .bind(t.table)
+                .fetch_one(pool)
+                .await
+                .map_err(fail(0))?;
+        if !exists {
+            out.push(Purged { table: t.table, rows: 0, chunks: 0, missing: true });
+            continue;
+        }
+        // ?1 the login or id, ?2 the channel or NULL; a channel given goes first so that the
+        // (channel, user, time) indexes serve it.
+        let users = condition(t, who).replace("$2::text", "?2").replace('$', "?");
+        let cond = match channel {
+            Some(_) => format!("{} = ?2 AND {users}", t.channel),
+            None => users,
+        };
+        if dry_run {
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {} WHERE {cond}", t.table)))
+                .bind(key)
+                .bind(channel)
+                .fetch_one(pool)
+                .await
+                .map_err(fail(0))?;
+            out.push(Purged { table: t.table, rows: n as u64, chunks: 0, missing: false });
+            continue;
+        }
+        // Rowids in order from where the last chunk ended: one pass over the matches in all.
+        let find = format!(
+            "SELECT json_group_array(rowid), max(rowid) FROM (SELECT rowid FROM {t} WHERE {cond} AND rowid > ?3 ORDER BY rowid LIMIT ?4)",
+            t = t.table
+        );
+        // The condition again: a row is only ever deleted if it is still the user's.
+        let delete =
+            format!("DELETE FROM {t} WHERE rowid IN (SELECT value FROM json_each(?3)) AND {cond}", t = t.table);
+        let (mut rows, mut chunks, mut after) = (0u64, 0u64, 0i64);
+        loop {
+            let (ids, last): (String, Option<i64>) = sqlx::query_as(AssertSqlSafe(find.clone()))
+                .bind(key)
+                .bind(channel)
+                .bind(after)
+                .bind(chunk.max(1))
+                .fetch_one(pool)
+                .await
+                .map_err(fail(rows))?;
+            let Some(last) = last else { break };
+            after = last;
+            let mut conn = pool.acquire().await.map_err(fail(rows))?;
+            let done = async {
+                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                let r = sqlx::query(AssertSqlSafe(delete.clone()))
+                    .bind(key)
+                    .bind(channel)
+                    .bind(&ids)
+                    .execute(&mut *conn)
+                    .await;
+                match r {
+                    Ok(r) => {
+                        sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                        Ok(r.rows_affected())
+                    }
+                    Err(e) => {
+                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                        Err(e)
+                    }
+                }
+            }
+            .await
+            .map_err(fail(rows))?;
+            if done > 0 {
+                rows += done;
+                chunks += 1;
+                progress(t.table, rows);
+            }
+        }
+        out.push(Purged { table: t.table, rows, chunks, missing: false });
+    }
+    Ok(out)
+}
+
+/// One writing connection on an existing SQLite file, for [`purge_user_sqlite`]: it waits up
+/// to the store's busy timeout for the logger's write lock; it never creates the file.
+pub async fn sqlite_pool(path: &std::path::Path) -> Result<sqlx::SqlitePool, super::DbError> {
+    super::sqlite::SqliteStore::open_existing(path).await?;
+    Ok(sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(super::sqlite::connect_options(path).create_if_missing(false)))
 }

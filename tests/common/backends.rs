@@ -109,6 +109,16 @@ impl TestStore {
         }
     }
 
+    /// Runs one statement both dialects read alike (e.g. `ALTER TABLE … RENAME TO …`).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            TestStore::Postgres(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
+            TestStore::Sqlite { pool, .. } => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        }
+        .unwrap();
+    }
+
     /// Every row of `table` without `id`, in `id` order, as JSON objects in one shape for both
     /// stores: timestamps as RFC 3339 in UTC with microseconds, JSON columns as JSON.
     pub async fn rows(&self, table: &str) -> Vec<Value> {
