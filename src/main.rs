@@ -145,11 +145,26 @@ async fn healthcheck(listen: Option<&str>, config: Option<&std::path::Path>) -> 
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // SIGHUP's default action ends the process: until the reloader listens (a `systemctl
-    // reload` right after start), a HUP is ignored instead. Tokio's handler stays once set.
-    let _early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // reload` right after start), a HUP is ignored instead. Tokio's handler stays once set, so
+    // it is set on a one-thread runtime before the main runtime starts its threads: there is
+    // no moment with threads running and the default action in place.
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() {
+        rt.block_on(async {
+            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        });
+    }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { listen }) = &cli.command {
         return healthcheck(listen.as_deref(), cli.config.as_deref()).await;
