@@ -11,6 +11,7 @@ RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY src src
 COPY benches benches
 COPY migrations migrations
+COPY migrations_sqlite migrations_sqlite
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim

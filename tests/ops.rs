@@ -227,3 +227,36 @@ fn in_docker_the_spool_and_the_renewed_tokens_land_on_the_writable_data_volume()
         assert!(Path::new(default).starts_with("data"), "{default} resolves inside /app/data");
     }
 }
+
+/// The image build compiles every directory a macro reads at compile time (a migration set
+/// missing from the image broke `docker build` once: the SQLite migrations).
+#[test]
+fn the_dockerfile_copies_every_directory_the_build_reads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut read = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for part in text.split("migrate!(\"./").skip(1) {
+                    read.insert(part.split(['"', '/']).next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(read.len() >= 2, "both migration sets are found: {read:?}");
+    for dir in &read {
+        assert!(copied.contains(&dir.as_str()), "the Dockerfile does not COPY {dir}/ (the build reads it): {copied:?}");
+    }
+}
