@@ -35,6 +35,16 @@ for f in examples/*; do
       out=$(cd "$work/empty" && env -i PATH="$PATH" "${vars[@]}" "$bin" check 2>&1) || { echo "$f:"; echo "$out"; exit 1; }
       echo "$out" | grep -q "environment only" || { echo "$f: not checked in env-only mode"; echo "$out"; exit 1; }
       ;;
+    */kubernetes)
+      # The ConfigMap's config.toml (the indented block under `config.toml: |`), checked as pod
+      # logger-0 would run it (tests/kubernetes.rs checks every pod with the real env).
+      awk '/config.toml: \|/{on=1; next} on && /^[^ ]/{on=0} on{sub(/^    /, ""); print}' \
+        "$f/configmap.yaml" >"$work/k8s.toml"
+      [ -s "$work/k8s.toml" ] || { echo "$f: no config.toml in configmap.yaml"; exit 1; }
+      out=$(HOSTNAME=logger-0 DATABASE_URL=postgres://u@db/twitch "$bin" check --config "$work/k8s.toml" 2>&1) \
+        || { echo "$f:"; echo "$out"; exit 1; }
+      echo "$out" | grep -q "shard 1/3" || { echo "$f: pod logger-0 is not shard 1/3"; echo "$out"; exit 1; }
+      ;;
     *)
       echo "$f: an example check-release.sh does not know how to check"
       exit 1
