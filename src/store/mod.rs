@@ -153,4 +153,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps a row the database refused, with the reason, where a person can look at it.
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError>;
+
+    /// How many batches the writer may have written at once (each in its own transaction,
+    /// committing in any order). 1 keeps one write at a time.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
 }

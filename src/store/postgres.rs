@@ -727,6 +727,9 @@ ON CONFLICT (notice_key) DO NOTHING";
 /// most of the time per row on its side, so a second backend nearly doubles throughput.
 const PARALLEL_MIN: usize = 1000;
 
+/// Batches the writer may have in flight: one commits while the next is sent.
+const IN_FLIGHT: usize = 2;
+
 impl PgStore {
     /// One transaction: messages (deduplicated on `message_id`) and notices.
     async fn write_part(
@@ -940,6 +943,11 @@ impl Store for PgStore {
                 Failure::Undecided(failure) => StoreError::Unavailable(failure.into()),
             })?;
         Ok(())
+    }
+
+    /// Two batches at once: with [`PARALLEL_MIN`]'s split, four connections (the pool's size).
+    fn max_in_flight(&self) -> usize {
+        IN_FLIGHT
     }
 }
 

@@ -556,9 +556,70 @@ fn drop_filtered(jobs: &mut VecDeque<Job>, filter: &UserFilter, stats: &WriterSt
     });
 }
 
+/// A memory batch's write running beside others: whether it holds notices or events (those
+/// are written one batch at a time, in order), and how it ended.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, Flushed)> + Send>>;
+
 async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: watch::Receiver<BatchConfig>) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let max_in_flight = store.max_in_flight().max(1);
     let mut replay: Option<(u64, VecDeque<Record>)> = None;
-    while let Some((batch, source)) = next_batch(&shared, &mut settings, &mut replay).await {
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // A batch with notices or events is in flight: the next such batch waits for it (a
+    // ROOMSTATE is merged onto the last one stored, so their order matters).
+    let mut ordered_busy = false;
+    let mut gave_up = false;
+    let done = |(ordered, outcome): (bool, Flushed), ordered_busy: &mut bool, gave_up: &mut bool| {
+        if ordered {
+            *ordered_busy = false;
+        }
+        if matches!(outcome, Flushed::GaveUp) {
+            *gave_up = true;
+        }
+    };
+    loop {
+        // Spool replays go one at a time, behind every write in flight (they are newer rows,
+        // or rows a spill put back in front).
+        let serial = replay.is_some() || shared.lock().spooling;
+        let room = !gave_up && in_flight.len() < max_in_flight && (in_flight.is_empty() || !serial);
+        let next = tokio::select! {
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                done(r, &mut ordered_busy, &mut gave_up);
+                continue;
+            }
+            next = next_batch(&shared, &mut settings, &mut replay), if room => next,
+            else => break,
+        };
+        let Some((batch, source)) = next else {
+            if in_flight.is_empty() {
+                break;
+            }
+            // Writes still running may spill: look again once they are done.
+            while let Some(r) = in_flight.next().await {
+                done(r, &mut ordered_busy, &mut gave_up);
+            }
+            continue;
+        };
+        let ordered = !batch.notices.is_empty() || !batch.events.is_empty();
+        let wait_all = matches!(source, Source::Spool(_));
+        while (wait_all && !in_flight.is_empty()) || (ordered && ordered_busy) {
+            let Some(r) = in_flight.next().await else { break };
+            done(r, &mut ordered_busy, &mut gave_up);
+        }
+        if let Source::Memory(_) = source {
+            // Its own task-free future: a full batch starts at once, beside the last one.
+            ordered_busy |= ordered;
+            let (store, shared) = (store.clone(), shared.clone());
+            in_flight.push(Box::pin(async move {
+                let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
+                let mut refused = Refused::default();
+                let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused).await;
+                refused.log();
+                (ordered, outcome)
+            }));
+            continue;
+        }
         let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
         let mut refused = Refused::default();
         let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused).await;
@@ -577,7 +638,7 @@ async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: wa
                 }
             }
             Flushed::Spilled => {}
-            Flushed::GaveUp => break,
+            Flushed::GaveUp => gave_up = true,
         }
     }
     let st = shared.lock();
@@ -956,12 +1017,44 @@ mod tests {
         delay_ms: AtomicU64,
         /// The dead-letter table refuses everything (dropped, or no grant).
         no_dead_letters: std::sync::atomic::AtomicBool,
+        /// `max_in_flight` (0: the trait's default).
+        in_flight: usize,
+        /// Writes running now, and the most at once.
+        running: AtomicU64,
+        peak: AtomicU64,
+        /// Writes holding events or notices running now, and the most at once.
+        ordered_running: AtomicU64,
+        ordered_peak: AtomicU64,
+        /// A batch holding this message id fails this many times more (connection refused).
+        fail_batch_with: Mutex<Option<(String, u64)>>,
+        /// Event keys in the order they were stored.
+        events: Mutex<Vec<String>>,
+    }
+
+    /// Counts a write as running until dropped.
+    struct Running<'a>(&'a AtomicU64);
+
+    impl<'a> Running<'a> {
+        fn start(now: &'a AtomicU64, peak: &AtomicU64) -> Self {
+            let n = now.fetch_add(1, Relaxed) + 1;
+            peak.fetch_max(n, Relaxed);
+            Running(now)
+        }
+    }
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
     }
 
     #[async_trait]
     impl Store for Fake {
         async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
             self.seen.lock().unwrap().extend(batch.messages.iter().map(|m| m.message_id.clone()));
+            let _running = Running::start(&self.running, &self.peak);
+            let _ordered = (!batch.events.is_empty() || !batch.notices.is_empty())
+                .then(|| Running::start(&self.ordered_running, &self.ordered_peak));
             if self.hang.load(Relaxed) {
                 std::future::pending::<()>().await;
             }
@@ -972,6 +1065,12 @@ mod tests {
             if self.fail_next.load(Relaxed) > 0 {
                 self.fail_next.fetch_sub(1, Relaxed);
                 return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            if let Some((id, left)) = self.fail_batch_with.lock().unwrap().as_mut() {
+                if *left > 0 && batch.messages.iter().any(|m| &m.message_id == id) {
+                    *left -= 1;
+                    return Err(StoreError::Unavailable("connection reset".into()));
+                }
             }
             let reject = self.reject.lock().unwrap().clone();
             if batch.messages.iter().any(|m| reject.contains(&m.message_id)) {
@@ -987,7 +1086,22 @@ mod tests {
                     report.messages_inserted += 1;
                 }
             }
+            let mut events = self.events.lock().unwrap();
+            for e in &batch.events {
+                if !events.contains(&e.event_key) {
+                    events.push(e.event_key.clone());
+                    report.events_inserted += 1;
+                }
+            }
             Ok(report)
+        }
+
+        fn max_in_flight(&self) -> usize {
+            if self.in_flight == 0 {
+                1
+            } else {
+                self.in_flight
+            }
         }
 
         async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
@@ -1529,5 +1643,143 @@ mod tests {
         got.sort();
         assert_eq!(got, ids(0..10));
         assert_eq!(w.finish().await.lost, 0);
+    }
+
+    /// A CLEARCHAT-like event with key `e{i}`.
+    fn event(i: u128) -> Record {
+        Record::Event(crate::record::ChatEvent {
+            event_key: format!("e{i}"),
+            kind: "clearchat".into(),
+            channel: "chan".into(),
+            sent_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            ..Default::default()
+        })
+    }
+
+    fn pipelined(delay_ms: u64) -> Arc<Fake> {
+        let fake = Fake { in_flight: 2, ..Default::default() };
+        fake.delay_ms.store(delay_ms, Relaxed);
+        Arc::new(fake)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_out_at_once_while_the_previous_one_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(40);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(10)).await;
+        send(&w, 100..200).await;
+        // One at a time, the second batch would commit at 80 ms; side by side, by 50 ms.
+        run_for(Duration::from_millis(41)).await;
+        assert_eq!(fake.stored().len(), 200, "both full batches committed within one write time");
+        assert_eq!(fake.peak.load(Relaxed), 2);
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_writes_at_once_than_the_store_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(40);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        for k in 0..10 {
+            send(&w, k * 100..(k + 1) * 100).await;
+            run_for(Duration::from_millis(5)).await;
+        }
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.stored().len(), 1000);
+        assert_eq!(fake.peak.load(Relaxed), 2, "two in flight, never three");
+        let one = Arc::new(Fake::default());
+        one.delay_ms.store(40, Relaxed);
+        let dir2 = tempfile::tempdir().unwrap();
+        let w1 = spawn(one.clone(), dir2.path(), cfg(dir2.path())).unwrap();
+        send(&w1, 0..300).await;
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(one.stored().len(), 300);
+        assert_eq!(one.peak.load(Relaxed), 1, "a store that does not say otherwise gets one write at a time");
+        w.finish().await;
+        w1.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_batch_failing_while_a_newer_one_commits_is_retried_and_every_row_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(20);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(0), 3));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..300).await;
+        run_for(Duration::from_millis(100)).await;
+        // The newer batches went in while the first one was still failing.
+        let stored = fake.stored();
+        assert!(stored.starts_with(&ids(100..200)), "newer batch first: {:?}", &stored[..3]);
+        assert!(!stored.contains(&id(0)));
+        run_for(Duration::from_secs(2)).await;
+        let mut stored = fake.stored();
+        stored.sort();
+        assert_eq!(stored, ids(0..300), "every row, once");
+        assert_eq!(w.stats.messages_stored.load(Relaxed), 300);
+        assert_eq!(w.stats.failed_attempts.load(Relaxed), 3);
+        assert_eq!(w.stats.spooled.load(Relaxed), 0, "retried in memory, no spill");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_batches_that_both_fail_past_spill_after_go_to_the_spool_and_are_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(10);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        fake.fail_next.store(1_000_000, Relaxed);
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..250).await;
+        // Spilled after SPILL_AFTER (at the next retry) or at `durable_within`'s spill age.
+        run_for(Duration::from_secs(5)).await;
+        assert!(w.stats.spooled.load(Relaxed) >= 250, "all on disk: {}", w.stats.spooled.load(Relaxed));
+        assert!(fake.stored().is_empty());
+        fake.fail_next.store(0, Relaxed);
+        send(&w, 250..260).await;
+        run_for(Duration::from_secs(10)).await;
+        let mut stored = fake.stored();
+        stored.sort();
+        assert_eq!(stored, ids(0..260), "every row once, spilled or not");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_with_events_are_written_one_at_a_time_in_the_order_read_even_when_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(30);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(0), 2));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        for k in 0..6u128 {
+            // Each full batch: 99 messages and one event.
+            send(&w, k * 100..k * 100 + 99).await;
+            w.sender.send(event(k)).await.unwrap();
+            run_for(Duration::from_millis(2)).await;
+        }
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(fake.ordered_peak.load(Relaxed), 1, "never two event batches at once");
+        assert_eq!(*fake.events.lock().unwrap(), (0..6).map(|k| format!("e{k}")).collect::<Vec<_>>());
+        assert_eq!(fake.stored().len(), 6 * 99);
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_every_write_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(300);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..230).await;
+        run_for(Duration::from_millis(5)).await;
+        let f = w.finish().await;
+        assert_eq!(fake.stored().len(), 230);
+        assert_eq!((f.stored, f.lost, f.spooled), (230, 0, 0));
     }
 }
