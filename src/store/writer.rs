@@ -822,6 +822,10 @@ async fn write_out(
             drop_filtered(jobs, &now, &shared.stats);
             filter = now;
         }
+        if spilled_by_older() {
+            // On disk behind the older rows: written from there, in order, not ahead of them.
+            return Flushed::Spilled;
+        }
         let Some(job) = jobs.front() else { break };
         let started = Instant::now();
         let result = {
@@ -1816,5 +1820,26 @@ mod tests {
         let f = w.finish().await;
         assert_eq!(fake.stored().len(), 230);
         assert_eq!((f.stored, f.lost, f.spooled), (230, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_an_older_spill_took_to_disk_is_not_written_ahead_of_it_when_the_database_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.fail_next.store(1_000_000, Relaxed);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        // The older batch spills (taking the newer one with it); the database is back at once,
+        // before the newer batch's next retry.
+        while w.stats.spooled.load(Relaxed) == 0 {
+            run_for(Duration::from_millis(1)).await;
+        }
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(fake.stored(), ids(0..200), "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
     }
 }
