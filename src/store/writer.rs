@@ -604,7 +604,11 @@ async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: wa
     loop {
         // Spool replays go one at a time, behind every write in flight (they are newer rows,
         // or rows a spill put back in front).
-        let serial = replay.is_some() || shared.lock().spooling;
+        // A failing database gets one batch at a time too: the rest waits in memory and on disk.
+        let serial = replay.is_some() || {
+            let st = shared.lock();
+            st.spooling || st.db_failing
+        };
         let room = !gave_up && in_flight.len() < max_in_flight && (in_flight.is_empty() || !serial);
         let next = tokio::select! {
             biased;
