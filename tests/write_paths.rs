@@ -177,3 +177,25 @@ async fn a_table_whose_types_do_not_take_the_binary_copy_still_gets_every_row() 
     let r = later.write_one(&batch((30..40).map(full).collect())).await.unwrap();
     assert_eq!(r.messages_inserted, 10);
 }
+
+#[tokio::test]
+async fn by_default_small_batches_go_by_unnest_and_large_live_ones_by_direct_copy() {
+    let (db, store) = fresh().await;
+    // Which statement inserted: the top-level query's first word, per statement.
+    sqlx::raw_sql(
+        "CREATE TABLE how (verb text);
+         CREATE FUNCTION note_how() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO how VALUES (upper(split_part(btrim(current_query(), E' \n'), ' ', 1))); RETURN NULL; END $$;
+         CREATE TRIGGER note_how AFTER INSERT ON chat_messages FOR EACH STATEMENT EXECUTE FUNCTION note_how();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let verbs = || async { sqlx::query_scalar::<_, String>("SELECT verb FROM how").fetch_all(&db.pool).await.unwrap() };
+    store.write_one(&batch(plain(0..999))).await.unwrap();
+    assert_eq!(verbs().await, ["INSERT"], "999 rows: UNNEST");
+    let r = store.write_one(&batch(plain(999..2999))).await.unwrap();
+    assert_eq!(r.messages_inserted, 2000);
+    assert_eq!(verbs().await, ["INSERT", "COPY"], "1,000 new rows or more: COPY straight in");
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 2999);
+}

@@ -101,6 +101,8 @@ pub struct PgStore {
 struct Fast {
     /// Batches of at least this many messages take the staged `COPY`, smaller ones `UNNEST`.
     staged_from: usize,
+    /// Batches of at least this many new messages take the direct `COPY`.
+    direct_from: usize,
     /// Recently committed ids, when live batches go by `COPY` straight into the table.
     recent: Option<Arc<Mutex<RecentIds>>>,
     /// Whether the table's column types take our binary encoding: checked at the first direct
@@ -115,6 +117,7 @@ impl Default for Fast {
     fn default() -> Self {
         Fast {
             staged_from: STAGED_FROM,
+            direct_from: DIRECT_FROM,
             recent: Some(Arc::new(Mutex::new(RecentIds::new(copy::RECENT_IDS)))),
             direct_ok: Arc::new(tokio::sync::OnceCell::new()),
             tripped: Arc::new(AtomicBool::new(false)),
@@ -145,8 +148,10 @@ impl PgStore {
     /// `COPY` straight into `chat_messages` (no `ON CONFLICT`); a batch that trips the unique
     /// key is written again on the `ON CONFLICT` path, in a new transaction. Off: every batch
     /// takes the `ON CONFLICT` path.
+    /// (The default: on from [`DIRECT_FROM`] new messages; this sets it for every batch size.)
     pub fn with_direct_copy(mut self, on: bool) -> Self {
         self.fast.recent = on.then(|| Arc::new(Mutex::new(RecentIds::new(copy::RECENT_IDS))));
+        self.fast.direct_from = 0;
         self
     }
 
@@ -786,9 +791,13 @@ ON CONFLICT (notice_key) DO NOTHING";
 /// most of the time per row on its side, so a second backend nearly doubles throughput.
 const PARALLEL_MIN: usize = 1000;
 
-/// Batches of at least this many messages take the staged `COPY` on the `ON CONFLICT` path
-/// (measured: see the README's performance section).
-const STAGED_FROM: usize = 1000;
+/// Batches of at least this many messages take the staged `COPY` on the `ON CONFLICT` path:
+/// never by default, as it measured slower than `UNNEST` at every batch size (README).
+const STAGED_FROM: usize = usize::MAX;
+
+/// Live batches of at least this many new messages go by direct `COPY`: below it a `COPY`
+/// measured far slower than `UNNEST` (a fixed cost per statement), from it about as fast.
+pub const DIRECT_FROM: usize = 1000;
 
 /// Batches the writer may have in flight: one commits while the next is sent.
 const IN_FLIGHT: usize = 2;
@@ -816,6 +825,7 @@ impl PgStore {
         let mut done = None;
         if f.recent.is_some()
             && !fresh.is_empty()
+            && fresh.len() >= f.direct_from
             && !f.tripped.load(Ordering::Relaxed)
             && self.direct_ok(&mut conn).await?
         {
