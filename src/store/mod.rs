@@ -165,6 +165,12 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a row the database refused, with the reason, where a person can look at it.
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError>;
 
+    /// How many batches the writer may have written at once (each in its own transaction,
+    /// committing in any order). 1 keeps one write at a time.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
     /// Deletes rows older than `cutoff` (`[storage] retention`), in bounded chunks so that
     /// writes go on in between; returns what was deleted. Stores that cannot expire rows keep
     /// everything (the config refuses the key for them).

@@ -14,6 +14,10 @@ use super::pg_partition::{self, Shape};
 use super::{Batch, ChannelNotice, ChatEvent, ChatMessage, Expired, Record, Store, StoreError, WriteReport};
 use crate::config::{DatabaseConfig, PartitionInterval};
 
+#[path = "postgres_copy.rs"]
+mod copy;
+use copy::RecentIds;
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -90,6 +94,47 @@ pub struct PgStore {
     shape: Arc<AtomicU8>,
     /// `[storage] partition`, for the partitions made ahead.
     partition: Arc<Mutex<PartitionInterval>>,
+    fast: Fast,
+}
+
+/// How messages are written (see [`PgStore::with_direct_copy`], [`PgStore::with_staged_from`]).
+#[derive(Clone)]
+struct Fast {
+    /// Batches of at least this many messages take the staged `COPY`, smaller ones `UNNEST`.
+    staged_from: usize,
+    /// Batches of at least this many new messages take the direct `COPY`.
+    direct_from: usize,
+    /// Recently committed ids, when live batches go by `COPY` straight into the table.
+    recent: Option<Arc<Mutex<RecentIds>>>,
+    /// Whether the table's column types take our binary encoding: checked at the first direct
+    /// write, and cleared for good if the server refuses the encoding anyway.
+    direct_ok: Arc<tokio::sync::OnceCell<AtomicBool>>,
+    /// The last direct `COPY` hit a stored id (a replay, a restart, another logger): the safe
+    /// path is used until a safe write meets no duplicate.
+    tripped: Arc<AtomicBool>,
+}
+
+impl Default for Fast {
+    fn default() -> Self {
+        Fast {
+            staged_from: STAGED_FROM,
+            direct_from: DIRECT_FROM,
+            recent: Some(Arc::new(Mutex::new(RecentIds::new(copy::RECENT_IDS)))),
+            direct_ok: Arc::new(tokio::sync::OnceCell::new()),
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Which statement a batch's messages go by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING`.
+    Unnest,
+    /// Binary `COPY` into a session staging table, then `INSERT … SELECT … ON CONFLICT DO NOTHING`.
+    Staged,
+    /// Binary `COPY` straight into `chat_messages`: the whole batch fails if one id is stored.
+    Direct,
 }
 
 impl PgStore {
@@ -103,7 +148,27 @@ impl PgStore {
             gate: Arc::new(gate),
             shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
             partition: Arc::default(),
+            fast: Fast::default(),
         }
+    }
+
+    /// With `on`, live batches whose ids the store has not committed recently go by binary
+    /// `COPY` straight into `chat_messages` (no `ON CONFLICT`); a batch that trips the unique
+    /// key is written again on the `ON CONFLICT` path, in a new transaction. Off: every batch
+    /// takes the `ON CONFLICT` path.
+    /// (The default: on from [`DIRECT_FROM`] new messages; this sets it for every batch size.)
+    pub fn with_direct_copy(mut self, on: bool) -> Self {
+        self.fast.recent = on.then(|| Arc::new(Mutex::new(RecentIds::new(copy::RECENT_IDS))));
+        self.fast.direct_from = 0;
+        self
+    }
+
+    /// On the `ON CONFLICT` path, batches of at least `n` messages go by binary `COPY` into a
+    /// staging table and `INSERT … SELECT`, smaller ones by `UNNEST` (`usize::MAX`: always
+    /// `UNNEST`; 0: always staged).
+    pub fn with_staged_from(mut self, n: usize) -> Self {
+        self.fast.staged_from = n;
+        self
     }
 
     /// Makes a pool (connections are opened lazily and re-opened after failures). Writes wait
@@ -121,6 +186,7 @@ impl PgStore {
             gate: Arc::new(gate),
             shape: Arc::new(AtomicU8::new(SHAPE_UNKNOWN)),
             partition: Arc::default(),
+            fast: Fast::default(),
         })
     }
 
@@ -850,8 +916,20 @@ fn conflict_target_gone(e: &StoreError) -> bool {
 /// most of the time per row on its side, so a second backend nearly doubles throughput.
 const PARALLEL_MIN: usize = 1000;
 
+/// Batches of at least this many messages take the staged `COPY` on the `ON CONFLICT` path:
+/// never by default, as it measured slower than `UNNEST` at every batch size (README).
+const STAGED_FROM: usize = usize::MAX;
+
+/// Live batches of at least this many new messages go by direct `COPY`: below it a `COPY`
+/// measured far slower than `UNNEST` (a fixed cost per statement), from it about as fast.
+pub const DIRECT_FROM: usize = 1000;
+
+/// Batches the writer may have in flight: one commits while the next is sent.
+const IN_FLIGHT: usize = 2;
+
 impl PgStore {
-    /// One transaction: messages (deduplicated on `message_id`) and notices.
+    /// Messages (deduplicated on `message_id`), notices and events: one transaction, or two
+    /// when a direct `COPY` meets a stored id (the first is rolled back whole).
     async fn write_part(
         &self,
         ms: &[ChatMessage],
@@ -869,30 +947,124 @@ impl PgStore {
                 .map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?,
         };
         self.shape.store(shape.bits(), Ordering::Release);
-        match Self::write_tx(&mut conn, ms, ns, es, shape).await {
-            Ok(report) => Ok(report),
-            Err(Failure::Decided(e)) => {
-                if conflict_target_gone(&e) {
-                    // The table was partitioned (or back) under us: the retry uses the new key.
-                    let _ = self.detect_shape().await;
+        let f = &self.fast;
+        let (fresh, known) = match &f.recent {
+            Some(r) => r.lock().expect("recent ids lock").fresh(ms),
+            None => (ms.iter().collect(), 0),
+        };
+        if fresh.is_empty() && ns.is_empty() && es.is_empty() {
+            return Ok(WriteReport { duplicates: known, ..WriteReport::default() });
+        }
+        let mut done = None;
+        if f.recent.is_some()
+            && !fresh.is_empty()
+            && fresh.len() >= f.direct_from
+            && !f.tripped.load(Ordering::Relaxed)
+            && self.direct_ok(&mut conn).await?
+        {
+            match Self::write_tx(&mut conn, Path::Direct, &fresh, ns, es, shape).await {
+                Ok(report) => done = Some(report),
+                // Whatever the server said (a stored id, a bad row, an encoding it refuses),
+                // the safe path gives the answer; a broken connection is the writer's to retry.
+                Err(Failure::Decided(e)) => match e.cause().downcast_ref::<WriteFailure>() {
+                    Some(WriteFailure::Server(db)) => self.copy_refused(db.code().as_deref(), &e),
+                    _ => return Err(e),
+                },
+                Err(Failure::Undecided(failure)) => {
+                    let code = failure.sql_state().map(|c| c.into_owned());
+                    self.copy_refused(code.as_deref(), &failure)
                 }
-                Err(e)
             }
-            Err(Failure::Undecided(failure)) => Err(probe(&mut conn, failure).await),
+        }
+        let mut report = match done {
+            Some(report) => report,
+            None => {
+                let path = if fresh.len() >= f.staged_from { Path::Staged } else { Path::Unnest };
+                match Self::write_tx(&mut conn, path, &fresh, ns, es, shape).await {
+                    Ok(report) => {
+                        if report.duplicates == 0 {
+                            f.tripped.store(false, Ordering::Relaxed);
+                        }
+                        report
+                    }
+                    Err(Failure::Decided(e)) => {
+                        if conflict_target_gone(&e) {
+                            // The table was partitioned (or back) under us: the retry uses the
+                            // new key.
+                            let _ = self.detect_shape().await;
+                        }
+                        return Err(e);
+                    }
+                    Err(Failure::Undecided(failure)) => return Err(probe(&mut conn, failure).await),
+                }
+            }
+        };
+        report.duplicates += known;
+        if let Some(r) = &f.recent {
+            r.lock().expect("recent ids lock").committed(fresh.iter().map(|m| m.message_id.as_str()));
+        }
+        Ok(report)
+    }
+
+    /// Whether direct `COPY` fits the table's column types (asked once).
+    async fn direct_ok(&self, conn: &mut PgConnection) -> Result<bool, StoreError> {
+        let ok = self
+            .fast
+            .direct_ok
+            .get_or_try_init(|| async {
+                let ok = copy::direct_types_ok(conn).await?;
+                if !ok {
+                    tracing::info!("chat_messages has column types other than the logger's own: writing with INSERT … ON CONFLICT only");
+                }
+                Ok::<_, sqlx::Error>(AtomicBool::new(ok))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(WriteFailure::Driver(e).into()))?;
+        Ok(ok.load(Ordering::Relaxed))
+    }
+
+    /// A direct `COPY` failed (rolled back): the batch goes by the safe path, and so do the
+    /// next ones until a safe write meets no duplicate. Refused as an encoding (a column type
+    /// changed while running), it is never tried again.
+    fn copy_refused(&self, code: Option<&str>, cause: &dyn std::fmt::Display) {
+        self.fast.tripped.store(true, Ordering::Relaxed);
+        if matches!(code, Some("22P03" | "42804" | "08P01")) {
+            if let Some(ok) = self.fast.direct_ok.get() {
+                if ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "chat_messages does not take binary COPY ({cause}): writing with INSERT … ON CONFLICT only (check its column types)"
+                    );
+                }
+            }
         }
     }
 
     /// The inserts, in one transaction on `conn` (kept for the probe if they fail).
     async fn write_tx(
         conn: &mut PgConnection,
-        ms: &[ChatMessage],
+        path: Path,
+        ms: &[&ChatMessage],
         ns: &[ChannelNotice],
         es: &[ChatEvent],
         shape: Shape,
     ) -> Result<WriteReport, Failure> {
         let mut tx = conn.begin().await.map_err(classify)?;
         let mut report = WriteReport::default();
-        if !ms.is_empty() {
+        if !ms.is_empty() && path != Path::Unnest {
+            let c: &mut PgConnection = &mut tx;
+            if path == Path::Staged {
+                sqlx::raw_sql(copy::STAGE_CREATE).execute(&mut *c).await.map_err(classify)?;
+            }
+            let statement = if path == Path::Staged { copy::STAGE_COPY } else { copy::COPY_DIRECT };
+            let mut copy_in = c.copy_in_raw(statement).await.map_err(classify)?;
+            copy_in.send(copy::encode(ms)).await.map_err(classify)?;
+            let mut rows = copy_in.finish().await.map_err(classify)?;
+            if path == Path::Staged {
+                rows = sqlx::query(copy::STAGE_INSERT).execute(&mut *c).await.map_err(classify)?.rows_affected();
+            }
+            report.messages_inserted = rows;
+            report.duplicates = ms.len() as u64 - rows;
+        } else if !ms.is_empty() {
             // Columns as slices of references: no per-row string copies.
             macro_rules! col {
                 ($f:ident) => {
@@ -963,6 +1135,20 @@ impl PgStore {
     /// database-only limit uses this to control the connection count itself).
     pub async fn write_one(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
         self.write_part(&batch.messages, &batch.notices, &batch.events).await
+    }
+
+    /// Binary `COPY` of `ms` straight into `table` (a table shaped like `chat_messages`), no
+    /// dedupe, one transaction: the physical ceiling the benchmark compares against.
+    pub async fn copy_plain(&self, table: &str, ms: &[ChatMessage]) -> Result<u64, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let c: &mut PgConnection = &mut tx;
+        let statement = copy::COPY_DIRECT.replacen("chat_messages", table, 1);
+        let mut copy_in = c.copy_in_raw(&statement).await?;
+        copy_in.send(copy::encode(&ms.iter().collect::<Vec<_>>())).await?;
+        let rows = copy_in.finish().await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// Events, in `tx`: all but ROOMSTATE in one statement, each ROOMSTATE (rare: one per
@@ -1111,6 +1297,11 @@ impl Store for PgStore {
                 Failure::Undecided(failure) => StoreError::Unavailable(failure.into()),
             })?;
         Ok(())
+    }
+
+    /// Two batches at once: with [`PARALLEL_MIN`]'s split, four connections (the pool's size).
+    fn max_in_flight(&self) -> usize {
+        IN_FLIGHT
     }
 }
 

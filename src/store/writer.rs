@@ -185,6 +185,17 @@ struct Shared {
     stats: Arc<WriterStats>,
     /// Which rows are never stored; replaced whole by a reload.
     filter: std::sync::RwLock<Arc<UserFilter>>,
+    /// Memory batches being written, oldest first: a spill takes the newer ones with it, so
+    /// the spool keeps arrival order whichever write fails first.
+    flying: Mutex<Vec<Flying>>,
+}
+
+/// A memory batch in flight, as the spill sees it.
+struct Flying {
+    seq: u64,
+    jobs: Vec<Job>,
+    /// Set when an older batch's spill put these rows on disk.
+    spilled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why rows were lost, for the one log line per 10,000.
@@ -322,15 +333,23 @@ impl Shared {
     /// Writes `jobs` (oldest) and the memory backlog in front of everything spooled, synced.
     /// Memory is emptied; `jobs` are left to the caller (a write of them may still be running).
     /// All or nothing: on a disk error everything stays in memory and `false` comes back.
-    fn spill(&self, jobs: &VecDeque<Job>) -> bool {
+    /// `jobs` are those of in-flight batch `seq` (`u64::MAX`: none): the batches in flight
+    /// behind it go to disk with it, in order, and are marked spilled.
+    fn spill(&self, seq: u64, jobs: &VecDeque<Job>) -> bool {
+        let flying = self.flying.lock().expect("writer flying lock");
+        let behind: Vec<&Flying> = flying.iter().filter(|f| f.seq > seq && !f.spilled.load(Relaxed)).collect();
         let mut st = self.lock();
         let mut rows: Vec<Record> = jobs.iter().flat_map(Job::records).collect();
+        rows.extend(behind.iter().flat_map(|f| f.jobs.iter().flat_map(Job::records)));
         rows.extend(st.mem.iter().map(|s| s.rec.clone()));
         if rows.is_empty() {
             return true;
         }
         match st.spool.prepend(&rows) {
             Ok(_) => {
+                for f in behind {
+                    f.spilled.store(true, Relaxed);
+                }
                 st.mem.clear();
                 st.spooling = true;
                 st.disk_trouble = false;
@@ -407,7 +426,7 @@ impl Writer {
         let _ = flush.await;
         // The flush task may have given up with rows in memory (a disk error then): one last try.
         if !shared.lock().mem.is_empty() {
-            shared.spill(&VecDeque::new());
+            shared.spill(u64::MAX, &VecDeque::new());
         }
         let mut st = shared.lock();
         // What neither the database nor the disk took is lost; say so.
@@ -458,6 +477,7 @@ pub fn spawn_filtered(
         deadline: watch::channel(None).0,
         stats: stats.clone(),
         filter: std::sync::RwLock::new(Arc::new(filter)),
+        flying: Mutex::new(Vec::new()),
     });
     let (tx, rx) = crate::record::channel(HANDOFF);
     let (settings, settings_rx) = watch::channel(cfg);
@@ -486,15 +506,17 @@ enum Source {
 }
 
 /// Work for the database: a batch to write, or one row to keep in the dead letters.
+#[derive(Clone)]
 enum Job {
-    Write(Batch),
+    /// Shared with the spill's view of batches in flight.
+    Write(Arc<Batch>),
     DeadLetter(Box<Record>, String),
 }
 
 impl Job {
     fn records(&self) -> Vec<Record> {
         match self {
-            Job::Write(b) => b.clone().into_records().collect(),
+            Job::Write(b) => Batch::clone(b).into_records().collect(),
             Job::DeadLetter(r, _) => vec![(**r).clone()],
         }
     }
@@ -523,7 +545,7 @@ fn jobs_for(batch: Batch, filter: &UserFilter, stats: &WriterStats) -> VecDeque<
         }
     }
     if !good.is_empty() {
-        jobs.push_front(Job::Write(good));
+        jobs.push_front(Job::Write(Arc::new(good)));
     }
     jobs
 }
@@ -551,7 +573,8 @@ fn drop_filtered(jobs: &mut VecDeque<Job>, filter: &UserFilter, stats: &WriterSt
     }
     for job in jobs.iter_mut() {
         if let Job::Write(b) = job {
-            *b = Batch::from_records(std::mem::take(b).into_records().filter(|r| passes(filter, r, stats)));
+            let rows = Arc::unwrap_or_clone(std::mem::take(b)).into_records();
+            *b = Arc::new(Batch::from_records(rows.filter(|r| passes(filter, r, stats))));
         }
     }
     jobs.retain(|j| match j {
@@ -560,12 +583,84 @@ fn drop_filtered(jobs: &mut VecDeque<Job>, filter: &UserFilter, stats: &WriterSt
     });
 }
 
+/// A memory batch's write running beside others: whether it holds notices or events (those
+/// are written one batch at a time, in order), and how it ended.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, Flushed)> + Send>>;
+
 async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: watch::Receiver<BatchConfig>) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let max_in_flight = store.max_in_flight().max(1);
     let mut replay: Option<(u64, VecDeque<Record>)> = None;
-    while let Some((batch, source)) = next_batch(&shared, &mut settings, &mut replay).await {
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // A batch with notices or events is in flight: the next such batch waits for it (a
+    // ROOMSTATE is merged onto the last one stored, so their order matters).
+    let mut ordered_busy = false;
+    let mut gave_up = false;
+    let mut seq = 0u64;
+    let done = |(ordered, outcome): (bool, Flushed), ordered_busy: &mut bool, gave_up: &mut bool| {
+        if ordered {
+            *ordered_busy = false;
+        }
+        if matches!(outcome, Flushed::GaveUp) {
+            *gave_up = true;
+        }
+    };
+    loop {
+        // Spool replays go one at a time, behind every write in flight (they are newer rows,
+        // or rows a spill put back in front).
+        // A failing database gets one batch at a time too: the rest waits in memory and on disk.
+        let serial = replay.is_some() || {
+            let st = shared.lock();
+            st.spooling || st.db_failing
+        };
+        let room = !gave_up && in_flight.len() < max_in_flight && (in_flight.is_empty() || !serial);
+        let next = tokio::select! {
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                done(r, &mut ordered_busy, &mut gave_up);
+                continue;
+            }
+            next = next_batch(&shared, &mut settings, &mut replay), if room => next,
+            else => break,
+        };
+        let Some((batch, source)) = next else {
+            if in_flight.is_empty() {
+                break;
+            }
+            // Writes still running may spill: look again once they are done.
+            while let Some(r) = in_flight.next().await {
+                done(r, &mut ordered_busy, &mut gave_up);
+            }
+            continue;
+        };
+        let ordered = !batch.notices.is_empty() || !batch.events.is_empty();
+        let wait_all = matches!(source, Source::Spool(_));
+        while (wait_all && !in_flight.is_empty()) || (ordered && ordered_busy) {
+            let Some(r) = in_flight.next().await else { break };
+            done(r, &mut ordered_busy, &mut gave_up);
+        }
+        if let Source::Memory(_) = source {
+            // A full batch starts at once, beside the one still committing.
+            ordered_busy |= ordered;
+            seq += 1;
+            let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
+            let spilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let me = Flying { seq, jobs: jobs.iter().cloned().collect(), spilled: spilled.clone() };
+            shared.flying.lock().expect("writer flying lock").push(me);
+            let (store, shared) = (store.clone(), shared.clone());
+            let seq = seq;
+            in_flight.push(Box::pin(async move {
+                let mut refused = Refused::default();
+                let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused, Some((seq, &spilled))).await;
+                shared.flying.lock().expect("writer flying lock").retain(|f| f.seq != seq);
+                refused.log();
+                (ordered, outcome)
+            }));
+            continue;
+        }
         let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
         let mut refused = Refused::default();
-        let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused).await;
+        let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused, None).await;
         refused.log();
         match outcome {
             Flushed::Written => {
@@ -581,7 +676,7 @@ async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: wa
                 }
             }
             Flushed::Spilled => {}
-            Flushed::GaveUp => break,
+            Flushed::GaveUp => gave_up = true,
         }
     }
     let st = shared.lock();
@@ -621,7 +716,7 @@ async fn next_batch(
                 // Out of time: what is still in memory goes to disk for the next start.
                 if !st.mem.is_empty() {
                     drop(st);
-                    shared.spill(&VecDeque::new());
+                    shared.spill(u64::MAX, &VecDeque::new());
                 }
                 return None;
             }
@@ -717,7 +812,11 @@ async fn write_out(
     jobs: &mut VecDeque<Job>,
     source: Source,
     refused: &mut Refused,
+    flying: Option<(u64, &std::sync::atomic::AtomicBool)>,
 ) -> Flushed {
+    let seq = flying.map_or(u64::MAX, |(seq, _)| seq);
+    // An older batch's spill may have put these rows on disk already.
+    let spilled_by_older = || flying.is_some_and(|(_, f)| f.load(Relaxed));
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     let mut failures = 0u32;
@@ -730,6 +829,10 @@ async fn write_out(
         if !Arc::ptr_eq(&now, &filter) {
             drop_filtered(jobs, &now, &shared.stats);
             filter = now;
+        }
+        if spilled_by_older() {
+            // On disk behind the older rows: written from there, in order, not ahead of them.
+            return Flushed::Spilled;
         }
         let Some(job) = jobs.front() else { break };
         let started = Instant::now();
@@ -746,7 +849,7 @@ async fn write_out(
             loop {
                 let deadline = *deadline_rx.borrow_and_update();
                 let spill_at = match source {
-                    Source::Memory(oldest) if !spilled => {
+                    Source::Memory(oldest) if !spilled && !spilled_by_older() => {
                         Some(spill_retry.unwrap_or(oldest + spill_age(shared.lock().durable_within)))
                     }
                     _ => None,
@@ -761,7 +864,7 @@ async fn write_out(
                     }
                     _ = deadline_rx.changed() => {}
                     _ = async { sleep_until(spill_at.unwrap()).await }, if spill_at.is_some() => {
-                        if shared.spill(jobs) {
+                        if shared.spill(seq, jobs) {
                             spilled = true;
                             shared.stats.slow_write_spills.fetch_add(1, Relaxed);
                             tracing::warn!(
@@ -778,6 +881,7 @@ async fn write_out(
         // A dead letter the database will not take (its table gone, no grant, or the database
         // down) is kept in a file beside the spool instead: retrying it would hold up every row
         // behind it.
+        spilled |= spilled_by_older();
         if let (Err(e), Some(Job::DeadLetter(..)), false) = (&result, jobs.front(), spilled) {
             let Some(Job::DeadLetter(record, reason)) = jobs.pop_front() else { unreachable!("checked above") };
             let why_not = e.one_line();
@@ -847,10 +951,10 @@ async fn write_out(
                 // The dead letter keeps what the database said, not the variant's words.
                 let reason = e.cause().to_string();
                 match jobs.pop_front().expect("the job just tried") {
-                    Job::Write(batch) => match batch.split() {
+                    Job::Write(batch) => match Arc::unwrap_or_clone(batch).split() {
                         Ok((a, b)) => {
-                            jobs.push_front(Job::Write(b));
-                            jobs.push_front(Job::Write(a));
+                            jobs.push_front(Job::Write(Arc::new(b)));
+                            jobs.push_front(Job::Write(Arc::new(a)));
                         }
                         Err(one) => {
                             let record = one.into_records().next().expect("a one-row batch");
@@ -887,7 +991,7 @@ async fn write_out(
                 let deadline = shared.deadline();
                 let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
                 if let Source::Memory(_) = source {
-                    if (out_of_time || since.elapsed() >= SPILL_AFTER) && shared.spill(jobs) {
+                    if (out_of_time || since.elapsed() >= SPILL_AFTER) && shared.spill(seq, jobs) {
                         jobs.clear();
                         tracing::warn!("the database is unavailable: rows go to the spool until it is back");
                         return Flushed::Spilled;
@@ -960,12 +1064,44 @@ mod tests {
         delay_ms: AtomicU64,
         /// The dead-letter table refuses everything (dropped, or no grant).
         no_dead_letters: std::sync::atomic::AtomicBool,
+        /// `max_in_flight` (0: the trait's default).
+        in_flight: usize,
+        /// Writes running now, and the most at once.
+        running: AtomicU64,
+        peak: AtomicU64,
+        /// Writes holding events or notices running now, and the most at once.
+        ordered_running: AtomicU64,
+        ordered_peak: AtomicU64,
+        /// A batch holding this message id fails this many times more (connection refused).
+        fail_batch_with: Mutex<Option<(String, u64)>>,
+        /// Event keys in the order they were stored.
+        events: Mutex<Vec<String>>,
+    }
+
+    /// Counts a write as running until dropped.
+    struct Running<'a>(&'a AtomicU64);
+
+    impl<'a> Running<'a> {
+        fn start(now: &'a AtomicU64, peak: &AtomicU64) -> Self {
+            let n = now.fetch_add(1, Relaxed) + 1;
+            peak.fetch_max(n, Relaxed);
+            Running(now)
+        }
+    }
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
     }
 
     #[async_trait]
     impl Store for Fake {
         async fn write(&self, batch: &Batch) -> Result<WriteReport, StoreError> {
             self.seen.lock().unwrap().extend(batch.messages.iter().map(|m| m.message_id.clone()));
+            let _running = Running::start(&self.running, &self.peak);
+            let _ordered = (!batch.events.is_empty() || !batch.notices.is_empty())
+                .then(|| Running::start(&self.ordered_running, &self.ordered_peak));
             if self.hang.load(Relaxed) {
                 std::future::pending::<()>().await;
             }
@@ -976,6 +1112,12 @@ mod tests {
             if self.fail_next.load(Relaxed) > 0 {
                 self.fail_next.fetch_sub(1, Relaxed);
                 return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            if let Some((id, left)) = self.fail_batch_with.lock().unwrap().as_mut() {
+                if *left > 0 && batch.messages.iter().any(|m| &m.message_id == id) {
+                    *left -= 1;
+                    return Err(StoreError::Unavailable("connection reset".into()));
+                }
             }
             let reject = self.reject.lock().unwrap().clone();
             if batch.messages.iter().any(|m| reject.contains(&m.message_id)) {
@@ -991,7 +1133,22 @@ mod tests {
                     report.messages_inserted += 1;
                 }
             }
+            let mut events = self.events.lock().unwrap();
+            for e in &batch.events {
+                if !events.contains(&e.event_key) {
+                    events.push(e.event_key.clone());
+                    report.events_inserted += 1;
+                }
+            }
             Ok(report)
+        }
+
+        fn max_in_flight(&self) -> usize {
+            if self.in_flight == 0 {
+                1
+            } else {
+                self.in_flight
+            }
         }
 
         async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), StoreError> {
@@ -1533,5 +1690,164 @@ mod tests {
         got.sort();
         assert_eq!(got, ids(0..10));
         assert_eq!(w.finish().await.lost, 0);
+    }
+
+    /// A CLEARCHAT-like event with key `e{i}`.
+    fn event(i: u128) -> Record {
+        Record::Event(crate::record::ChatEvent {
+            event_key: format!("e{i}"),
+            kind: "clearchat".into(),
+            channel: "chan".into(),
+            sent_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            ..Default::default()
+        })
+    }
+
+    fn pipelined(delay_ms: u64) -> Arc<Fake> {
+        let fake = Fake { in_flight: 2, ..Default::default() };
+        fake.delay_ms.store(delay_ms, Relaxed);
+        Arc::new(fake)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_out_at_once_while_the_previous_one_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(40);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(10)).await;
+        send(&w, 100..200).await;
+        // One at a time, the second batch would commit at 80 ms; side by side, by 50 ms.
+        run_for(Duration::from_millis(41)).await;
+        assert_eq!(fake.stored().len(), 200, "both full batches committed within one write time");
+        assert_eq!(fake.peak.load(Relaxed), 2);
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_writes_at_once_than_the_store_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(40);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        for k in 0..10 {
+            send(&w, k * 100..(k + 1) * 100).await;
+            run_for(Duration::from_millis(5)).await;
+        }
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(fake.stored().len(), 1000);
+        assert_eq!(fake.peak.load(Relaxed), 2, "two in flight, never three");
+        let one = Arc::new(Fake::default());
+        one.delay_ms.store(40, Relaxed);
+        let dir2 = tempfile::tempdir().unwrap();
+        let w1 = spawn(one.clone(), dir2.path(), cfg(dir2.path())).unwrap();
+        send(&w1, 0..300).await;
+        run_for(Duration::from_millis(500)).await;
+        assert_eq!(one.stored().len(), 300);
+        assert_eq!(one.peak.load(Relaxed), 1, "a store that does not say otherwise gets one write at a time");
+        w.finish().await;
+        w1.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_batch_failing_while_a_newer_one_commits_is_retried_and_every_row_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(20);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(0), 3));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..300).await;
+        run_for(Duration::from_millis(100)).await;
+        // The newer batches went in while the first one was still failing.
+        let stored = fake.stored();
+        assert!(stored.starts_with(&ids(100..200)), "newer batch first: {:?}", &stored[..3]);
+        assert!(!stored.contains(&id(0)));
+        run_for(Duration::from_secs(2)).await;
+        let mut stored = fake.stored();
+        stored.sort();
+        assert_eq!(stored, ids(0..300), "every row, once");
+        assert_eq!(w.stats.messages_stored.load(Relaxed), 300);
+        assert_eq!(w.stats.failed_attempts.load(Relaxed), 3);
+        assert_eq!(w.stats.spooled.load(Relaxed), 0, "retried in memory, no spill");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_batches_that_both_fail_go_to_the_spool_in_arrival_order_and_are_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(10);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        fake.fail_next.store(1_000_000, Relaxed);
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..250).await;
+        // Spilled after SPILL_AFTER (at the next retry) or at `durable_within`'s spill age.
+        run_for(Duration::from_secs(5)).await;
+        assert!(w.stats.spooled.load(Relaxed) >= 250, "all on disk: {}", w.stats.spooled.load(Relaxed));
+        assert!(fake.stored().is_empty());
+        fake.fail_next.store(0, Relaxed);
+        send(&w, 250..260).await;
+        run_for(Duration::from_secs(10)).await;
+        // Replayed one batch at a time from the spool: the spool kept arrival order although
+        // the older batch spilled first (it took the newer one in flight with it).
+        assert_eq!(fake.stored(), ids(0..260), "every row once, in arrival order");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_with_events_are_written_one_at_a_time_in_the_order_read_even_when_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(30);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(0), 2));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        for k in 0..6u128 {
+            // Each full batch: 99 messages and one event.
+            send(&w, k * 100..k * 100 + 99).await;
+            w.sender.send(event(k)).await.unwrap();
+            run_for(Duration::from_millis(2)).await;
+        }
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(fake.ordered_peak.load(Relaxed), 1, "never two event batches at once");
+        assert_eq!(*fake.events.lock().unwrap(), (0..6).map(|k| format!("e{k}")).collect::<Vec<_>>());
+        assert_eq!(fake.stored().len(), 6 * 99);
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_every_write_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(300);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..230).await;
+        run_for(Duration::from_millis(5)).await;
+        let f = w.finish().await;
+        assert_eq!(fake.stored().len(), 230);
+        assert_eq!((f.stored, f.lost, f.spooled), (230, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_an_older_spill_took_to_disk_is_not_written_ahead_of_it_when_the_database_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.fail_next.store(1_000_000, Relaxed);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        // The older batch spills (taking the newer one with it); the database is back at once,
+        // before the newer batch's next retry.
+        while w.stats.spooled.load(Relaxed) == 0 {
+            run_for(Duration::from_millis(1)).await;
+        }
+        fake.fail_next.store(0, Relaxed);
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(fake.stored(), ids(0..200), "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
     }
 }
