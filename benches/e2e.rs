@@ -270,6 +270,49 @@ async fn latency(pool: &PgPool) -> Option<(f64, f64)> {
 struct Logger {
     child: std::process::Child,
     _dir: tempfile::TempDir,
+    /// Where its `/metrics` answers.
+    metrics: std::net::SocketAddr,
+}
+
+impl Logger {
+    /// Messages it has stored so far, from its own `/metrics`: polling `count(*)` on the table
+    /// instead would cost the database a scan of a growing table every poll, time the
+    /// database-only figures do not pay.
+    async fn stored(&self) -> Option<u64> {
+        self.metric("twitch_logger_messages_stored_total{kind=\"message\"}").await
+    }
+
+    /// Waits until `/readyz` answers 200 (migrations done, database reachable): a flood sent
+    /// before that piles up in memory and goes through the spool, which measures start-up, not
+    /// writing.
+    async fn wait_ready(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let t0 = Instant::now();
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(self.metrics).await {
+                let _ = s.write_all(b"GET /readyz HTTP/1.0\r\nHost: bench\r\n\r\n").await;
+                let mut body = String::new();
+                let _ = s.read_to_string(&mut body).await;
+                if body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200") {
+                    return;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "the logger was not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One series of its `/metrics`.
+    async fn metric(&self, series: &str) -> Option<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
 }
 
 impl Drop for Logger {
@@ -287,8 +330,9 @@ static LOGGER_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock
 
 fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], join_rate: &str) -> Logger {
     let dir = tempfile::tempdir().unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut toml = format!(
-        "[twitch]\nserver = \"irc://127.0.0.1:{port}\"\n[http]\nlisten = \"off\"\n[batch]\nspool_dir = \"{}\"\n",
+        "[twitch]\nserver = \"irc://127.0.0.1:{port}\"\n[http]\nlisten = \"{metrics}\"\napi = false\n[batch]\nspool_dir = \"{}\"\n",
         dir.path().join("spool").display()
     );
     // `BENCH_RAW_LINES=1`: measure `[storage] raw_lines` (the exact line kept per row).
@@ -311,11 +355,14 @@ fn start_logger(port: u16, db_url: &str, accounts: &[(String, Vec<String>)], joi
         .env("DATABASE_URL", db_url)
         // Token validation goes nowhere (no one listens on port 1), never to Twitch.
         .env("TWITCH_AUTH_URL", "http://127.0.0.1:1")
-        .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn,twitch_chat_logger::twitch::auth=error".into()),
+        )
         .current_dir(dir.path())
         .spawn()
         .expect("logger binary");
-    Logger { child, _dir: dir }
+    Logger { child, _dir: dir, metrics }
 }
 
 fn rows(n: usize, channels: usize) -> Vec<ChatMessage> {
@@ -455,6 +502,7 @@ async fn setup(admin: &str, db: &str, prefix: &str, n_channels: usize, n_account
         .map(|k| (format!("bot{k}"), channels.iter().skip(k).step_by(n_accounts).cloned().collect()))
         .collect();
     let logger = start_logger(port, &url, &accounts, "1000/1s");
+    logger.wait_ready().await;
     Setup { server, pool, channels, accounts, logger }
 }
 
@@ -497,25 +545,29 @@ async fn flood(a: &Args, admin: &str) {
     let sent_in = t0.elapsed();
     let mut peak_rss_seen = 0;
     loop {
-        let c = count(&pool).await;
+        let c = logger.stored().await.unwrap_or(0);
         peak_rss_seen = peak_rss_seen.max(rss_now(pid));
         if c as usize >= n || t0.elapsed() > Duration::from_secs(600) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = t0.elapsed();
     let (cpu1, hwm) = proc_usage(pid);
+    let mut detours = Vec::new();
+    for name in ["spooled_rows", "write_failures", "duplicates_skipped", "batches_flushed"] {
+        let v = logger.metric(&format!("twitch_logger_{name}_total")).await.unwrap_or(0);
+        detours.push(format!("{name} {v}"));
+    }
     let stored = count(&pool).await as usize;
     let rate = stored as f64 / took.as_secs_f64();
     let cpu_us = (cpu1 - cpu0) * 1e6 / stored.max(1) as f64;
     let lat = latency(&pool).await;
-    let (raw_bytes, row_bytes): (Option<f64>, i64) = sqlx::query_as(
-        "SELECT avg(octet_length(raw))::float8, pg_total_relation_size('chat_messages') FROM chat_messages",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap_or((None, 0));
+    let raw_bytes: Option<f64> = sqlx::query_scalar("SELECT avg(octet_length(raw))::float8 FROM chat_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(None);
+    let row_bytes = table_bytes(&pool, "chat_messages").await;
     drop(logger);
     sqlx::query("VACUUM ANALYZE chat_messages").execute(&pool).await.unwrap();
     let per_million = table_bytes(&pool, "chat_messages").await as f64 / stored.max(1) as f64 * 1e6;
@@ -528,6 +580,7 @@ async fn flood(a: &Args, admin: &str) {
     println!("end to end:        {rate:>10.0} msg/s  ({stored} stored in {:.2} s)", took.as_secs_f64());
     println!("messages lost:     {:>10}", n - stored.min(n));
     println!("logger CPU:        {cpu_us:>10.2} µs/msg ({:.1} s CPU)", cpu1 - cpu0);
+    println!("writer:            {}", detours.join(", "));
     println!("logger peak RSS:   {:>10.1} MiB", hwm as f64 / 1024.0);
     println!(
         "table size:        {:>10.1} B/row (chat_messages with indexes), raw lines {:.1} B/row",
