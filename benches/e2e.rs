@@ -12,7 +12,8 @@
 //!   settings and indexes), with the logger's CPU per message and the file size per million.
 //!   --table partitioned|unpartitioned|both (both): the flood into time-partitioned tables (a
 //!   fresh database) and into unpartitioned ones (as a database from before #15), with the size
-//!   on disk per million messages of each.
+//!   on disk per million messages of each. --rounds N: N floods per layout, alternating which
+//!   goes first, then the medians and partitioned / unpartitioned.
 //!   --queries: instead, fills a partitioned database with --query-rows rows (10,000,000) by
 //!   `generate_series` over 30 days and prints `EXPLAIN ANALYZE` (plan and time) of "the last
 //!   hour of one channel" and "one user's last 100 messages".
@@ -88,6 +89,11 @@ struct Args {
     /// Rows for --queries.
     #[arg(long, default_value_t = 10_000_000)]
     query_rows: i64,
+    /// Floods per table layout, alternating partitioned and unpartitioned; with more than one,
+    /// a summary of the medians follows (the machine's load drifts: one pair is not enough to
+    /// compare the layouts).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 fn args() -> Option<Args> {
@@ -198,6 +204,9 @@ async fn fresh_db(admin: &str, name: &str) -> (PgPool, String) {
     if let Some(sql) = SETUP_SQL.get() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.expect("--setup-sql");
     }
+    // Every measurement starts after a checkpoint: the WAL of the one before would otherwise be
+    // flushed during it (needs a superuser, as the throwaway server's is; else skipped).
+    let _ = sqlx::query("CHECKPOINT").execute(&pool).await;
     (pool, url.to_string())
 }
 
@@ -506,7 +515,47 @@ async fn setup(admin: &str, db: &str, prefix: &str, n_channels: usize, n_account
     Setup { server, pool, channels, accounts, logger }
 }
 
-async fn flood(a: &Args, admin: &str) {
+/// Medians over the rounds, per layout, and partitioned against unpartitioned.
+fn summary(runs: &[(&str, f64, Option<f64>)]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        }
+    };
+    println!("== summary over {} floods (medians)", runs.len());
+    let mut medians = Vec::new();
+    for label in ["partitioned", "unpartitioned"] {
+        let rates: Vec<f64> = runs.iter().filter(|r| r.0 == label).map(|r| r.1).collect();
+        if rates.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = runs.iter().filter(|r| r.0 == label).filter_map(|r| r.2.map(|c| r.1 / c)).collect();
+        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        let m = median(rates);
+        medians.push(m);
+        if ratios.is_empty() {
+            println!("{label:>14}: end to end {m:.0} msg/s (runs: {})", each.join(", "));
+        } else {
+            println!(
+                "{label:>14}: end to end {m:.0} msg/s (runs: {}), end to end / its run's ceiling {:.2}",
+                each.join(", "),
+                median(ratios)
+            );
+        }
+    }
+    if let [p, u] = medians[..] {
+        println!("partitioned / unpartitioned: {:.2} (target ≥ 0.90)", p / u);
+    }
+}
+
+/// One flood; returns end-to-end msg/s and the physical ceiling of the same run (unless
+/// `BENCH_SKIP_BASELINES`).
+async fn flood(a: &Args, admin: &str) -> (f64, Option<f64>) {
     let n = a.messages;
     println!("== flood: {n} messages, {} accounts, {} channels", a.accounts, a.channels);
     let Setup { server, pool, accounts, logger, .. } =
@@ -591,7 +640,7 @@ async fn flood(a: &Args, admin: &str) {
         println!("latency send→commit: p50 {p50:.0} ms, p99 {p99:.0} ms (under flood: includes queueing)");
     }
     if std::env::var("BENCH_SKIP_BASELINES").is_ok() {
-        return;
+        return (rate, None);
     }
     let all = rows(n, a.channels);
     let best = |x: f64, y: f64| x.max(y);
@@ -614,6 +663,7 @@ async fn flood(a: &Args, admin: &str) {
     println!("ratio end-to-end / physical ceiling:  {:.2} (target ≥ 0.7, aim ≥ 0.9)", rate / ceiling);
     println!("ratio end-to-end / dedupe-safe limit: {:.2}", rate / safe);
     println!("ratio end-to-end / baseline:          {:.2}", rate / base);
+    (rate, Some(ceiling))
 }
 
 async fn quiet(a: &Args, admin: &str) {
@@ -724,14 +774,26 @@ async fn main() {
         paths(&a, &admin).await;
     }
     if a.mode == "flood" || a.mode == "both" || all {
-        for (label, partitioned) in [("partitioned", true), ("unpartitioned", false)] {
-            if a.table == label || a.table == "both" {
-                PARTITIONED.store(partitioned, Ordering::Relaxed);
-                println!("-- tables: {label}");
-                flood(&a, &admin).await;
+        let mut runs: Vec<(&str, f64, Option<f64>)> = Vec::new();
+        for round in 0..a.rounds.max(1) {
+            // Alternate which layout goes first, so that neither always meets a warmer machine.
+            let mut order = [("partitioned", true), ("unpartitioned", false)];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (label, partitioned) in order {
+                if a.table == label || a.table == "both" {
+                    PARTITIONED.store(partitioned, Ordering::Relaxed);
+                    println!("-- tables: {label} (round {} of {})", round + 1, a.rounds.max(1));
+                    let (rate, ceiling) = flood(&a, &admin).await;
+                    runs.push((label, rate, ceiling));
+                }
             }
         }
         PARTITIONED.store(true, Ordering::Relaxed);
+        if a.rounds > 1 {
+            summary(&runs);
+        }
     }
     if a.mode == "steady" || all {
         steady(&a, &admin).await;
