@@ -269,10 +269,11 @@ fn notice(i: usize) -> ChannelNotice {
 }
 
 #[tokio::test]
-async fn a_notice_batch_retried_whole_after_its_second_transaction_failed_is_stored_once() {
+async fn a_notice_batch_whose_write_failed_commits_nothing_and_retried_is_stored_once() {
     let db = fresh_db().await;
     let store = PgStore::new(db.pool.clone());
-    // Over 1,000 rows: written in two transactions, notices with the first half.
+    // Over 1,000 new rows: the direct COPY is tried first, then the ON CONFLICT path; one
+    // transaction either way, notices included.
     let mut batch = Batch::default();
     for i in 0..1200 {
         batch.messages.push(chat_message(i, if i == 1100 { "poison" } else { "fine" }));
@@ -282,14 +283,16 @@ async fn a_notice_batch_retried_whole_after_its_second_transaction_failed_is_sto
         .execute(&db.pool)
         .await
         .unwrap();
-    assert!(store.write(&batch).await.is_err(), "the second half fails");
-    assert_eq!(db.count("SELECT count(*) FROM channel_notices").await, 30, "the first half committed");
+    assert!(store.write(&batch).await.is_err(), "one bad row fails the batch");
+    assert_eq!(db.count("SELECT count(*) FROM channel_notices").await, 0, "nothing of it committed");
+    assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 0, "nothing of it committed");
 
     // Retried whole (the writer does so after any failure), and again as a spool replay would.
     sqlx::raw_sql("ALTER TABLE chat_messages DROP CONSTRAINT no_poison").execute(&db.pool).await.unwrap();
     let report = store.write(&batch).await.unwrap();
-    assert_eq!(report.notices_inserted, 0);
-    store.write(&batch).await.unwrap();
+    assert_eq!((report.notices_inserted, report.messages_inserted), (30, 1200));
+    let report = store.write(&batch).await.unwrap();
+    assert_eq!((report.notices_inserted, report.messages_inserted, report.duplicates), (0, 0, 1200));
     assert_eq!(db.count("SELECT count(*) FROM channel_notices").await, 30);
     assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 1200);
     assert_eq!(db.count("SELECT count(DISTINCT notice_key) FROM channel_notices").await, 30);
