@@ -275,3 +275,31 @@ async fn every_path_stores_each_message_once_on_partitioned_and_unpartitioned_ta
         }
     }
 }
+
+/// Text a chatter controls, which PostgreSQL's text type refuses (a NUL) or that is unusually
+/// large, on every path: refused rows are the rows' fault (`Rejected`: split, dead-lettered),
+/// never a database outage (`Unavailable` would retry and spool them for ever).
+#[tokio::test]
+async fn hostile_text_is_refused_as_the_rows_fault_on_every_path_and_the_rest_go_in() {
+    for (direct, staged_from) in [(true, usize::MAX), (false, 0), (false, usize::MAX)] {
+        let how = format!("direct {direct} staged_from {staged_from}");
+        let (db, store) = fresh().await;
+        let store = store.with_direct_copy(direct).with_staged_from(staged_from);
+        let mut ms = plain(0..20);
+        ms.push(at_fixed_time(20, "before\0after"));
+        let e = store.write_one(&batch(ms)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Rejected(_)), "{how}: {e:?}");
+        assert_eq!(db.count("SELECT count(*) FROM chat_messages").await, 0, "{how}");
+        // Large but valid: 400 KB of multi-byte text in one message, stored whole.
+        let big = "é😀".repeat(70_000);
+        let mut ms = plain(0..20);
+        ms.push(at_fixed_time(21, &big));
+        let r = store.write_one(&batch(ms)).await.unwrap();
+        assert_eq!(r.messages_inserted, 21, "{how}");
+        let len: i32 = sqlx::query_scalar("SELECT char_length(text) FROM chat_messages WHERE text LIKE 'é😀%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(len, 140_000, "{how}");
+    }
+}
