@@ -107,6 +107,9 @@ fn args() -> Option<Args> {
 }
 
 /// A line as Twitch sends it; `ts` is when it leaves the server (ms), `i` makes it unique.
+/// A 13-digit `tmi-sent-ts` the flood overwrites in place with the time each chunk is sent.
+const TS_PLACEHOLDER: i64 = 1_000_000_000_000;
+
 fn line(channel: &str, i: usize, ts: i64) -> String {
     let user = format!("viewer{}", i % 5000);
     format!(
@@ -564,27 +567,42 @@ async fn flood(a: &Args, admin: &str) -> (f64, Option<f64>) {
     while server.joined() < a.channels {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (cpu0, _) = proc_usage(pid);
-    let t0 = Instant::now();
-    // One sender per channel group (connection), round-robin over its channels.
-    let mut senders = Vec::new();
+    // The lines are formatted before the clock starts (Twitch formats them on its own
+    // machines); each 256-line chunk gets its `tmi-sent-ts` written in place as it is sent.
+    let mut plans = Vec::new();
     for (k, (_, chans)) in accounts.iter().enumerate() {
         let writers: Vec<(String, mpsc::Sender<Vec<u8>>)> =
             chans.iter().map(|c| (c.clone(), server.writer(c))).collect();
         let per = n / a.accounts + usize::from(k < n % a.accounts);
-        let offset = k;
-        let step = a.accounts;
+        let mut chunks: Vec<(usize, Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut j = 0;
+        while j < per {
+            let w = (j / 256) % writers.len();
+            let mut buf = Vec::with_capacity(256 * 450);
+            let mut ts_at = Vec::with_capacity(256);
+            for _ in 0..256.min(per - j) {
+                let l = line(&writers[w].0, k + j * a.accounts, TS_PLACEHOLDER);
+                let at = l.find("tmi-sent-ts=").expect("the line has a tmi-sent-ts") + "tmi-sent-ts=".len();
+                ts_at.push(buf.len() + at);
+                buf.extend_from_slice(l.as_bytes());
+                j += 1;
+            }
+            chunks.push((w, buf, ts_at));
+        }
+        plans.push((writers, chunks));
+    }
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    // One sender per channel group (connection), round-robin over its channels.
+    let mut senders = Vec::new();
+    for (writers, chunks) in plans {
         senders.push(tokio::spawn(async move {
-            let mut j = 0;
-            while j < per {
-                let ts = Utc::now().timestamp_millis();
-                let mut buf = Vec::with_capacity(256 * 600);
-                let (ch, w) = &writers[(j / 256) % writers.len()];
-                for _ in 0..256.min(per - j) {
-                    buf.extend_from_slice(line(ch, offset + j * step, ts).as_bytes());
-                    j += 1;
+            for (w, mut buf, ts_at) in chunks {
+                let ts = Utc::now().timestamp_millis().to_string();
+                for at in ts_at {
+                    buf[at..at + ts.len()].copy_from_slice(ts.as_bytes());
                 }
-                w.send(buf).await.unwrap();
+                writers[w].1.send(buf).await.unwrap();
             }
         }));
     }
