@@ -291,10 +291,7 @@ async fn a_role_with_the_documented_privileges_migrates_and_an_upgrade_needs_the
 #[tokio::test]
 async fn a_table_locked_by_another_session_is_waited_for_then_the_migration_completes() {
     let db = TestDb::new().await;
-    let old = sqlx::migrate::Migrator::with_migrations(
-        twitch_chat_logger::store::postgres::MIGRATOR.iter().filter(|m| m.version < 20261130000000).cloned().collect(),
-    );
-    old.run(&db.pool).await.unwrap();
+    db.migrate_before(20261130000000).await;
     // A hung session: an open transaction holding the table the next migration alters.
     let mut blocker = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE channel_notices IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();

@@ -5,9 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use sqlx::migrate::Migrator;
 use std::process::Command;
-use twitch_chat_logger::store::postgres::{PgStore, MIGRATOR};
+use twitch_chat_logger::store::postgres::PgStore;
 use twitch_chat_logger::store::{Batch, ChannelNotice, Store};
 
 /// The original's columns, in its order.
@@ -58,9 +57,7 @@ async fn original_db() -> TestDb {
 /// A database migrated by the logger as it was before the surface migration, holding rows.
 async fn older_ours_db() -> TestDb {
     let db = TestDb::new().await;
-    let old = Migrator::with_migrations(MIGRATOR.iter().filter(|m| m.version < 20261130000000).cloned().collect());
-    assert_eq!(old.iter().count(), 2);
-    old.run(&db.pool).await.unwrap();
+    assert_eq!(db.migrate_before(20261130000000).await, 2);
     sqlx::raw_sql(
         "INSERT INTO chat_messages (message_id, channel, username, text, sent_at) VALUES ('ours-1', 'chan', 'u', 'ours', now());
          INSERT INTO channel_notices (channel, msg_id, message, received_at) VALUES ('chan', 'msg_x', 'ours', '2026-03-04 05:06:07+00');",

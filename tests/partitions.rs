@@ -385,10 +385,7 @@ async fn migrate_partition_checksum_of_every_column_is_unchanged() {
 /// A database of ours from before partitions, holding 5,000 rows (and a few events).
 async fn fresh_unpartitioned() -> (TestDb, PgStore) {
     let db = TestDb::new().await;
-    let old = sqlx::migrate::Migrator::with_migrations(
-        twitch_chat_logger::store::postgres::MIGRATOR.iter().filter(|m| m.version < 20261130000600).cloned().collect(),
-    );
-    old.run(&db.pool).await.unwrap();
+    db.migrate_before(20261130000600).await;
     sqlx::raw_sql(
         "INSERT INTO chat_messages (message_id, channel, user_id, username, text, badges, sent_at, received_at, emotes, raw)
          SELECT 'ours-' || i, 'chan', '1', 'u', 'hello ' || i, '{\"subscriber\": 12}', now() - (i || ' minutes')::interval, now(), '25:0-4', 'raw ' || i

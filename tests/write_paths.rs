@@ -215,10 +215,7 @@ async fn by_default_small_batches_go_by_unnest_and_large_live_ones_by_direct_cop
 /// (the partitioning migration leaves a table that holds a row alone).
 async fn fresh_unpartitioned() -> (TestDb, PgStore) {
     let db = TestDb::new().await;
-    let old = sqlx::migrate::Migrator::with_migrations(
-        twitch_chat_logger::store::postgres::MIGRATOR.iter().filter(|m| m.version < 20261130000600).cloned().collect(),
-    );
-    old.run(&db.pool).await.unwrap();
+    db.migrate_before(20261130000600).await;
     sqlx::query("INSERT INTO chat_messages (message_id, channel, username, text, sent_at) VALUES ('old', 'x', 'x', 'x', '2000-01-01')")
         .execute(&db.pool)
         .await

@@ -74,6 +74,16 @@ impl TestDb {
         ]
     }
 
+    /// Applies the logger's migrations older than `version` only: a database as an older
+    /// release of ours left it. Returns how many were applied.
+    pub async fn migrate_before(&self, version: i64) -> usize {
+        let old = sqlx::migrate::Migrator::with_migrations(
+            twitch_chat_logger::store::postgres::MIGRATOR.iter().filter(|m| m.version < version).cloned().collect(),
+        );
+        old.run(&self.pool).await.unwrap();
+        old.iter().count()
+    }
+
     /// [`count_in`] this database.
     pub async fn count(&self, sql: &str) -> i64 {
         count_in(&self.pool, sql).await
