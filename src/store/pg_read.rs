@@ -12,7 +12,7 @@ use sqlx::Row;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::read::{LineKind, LogLine, LogReader, Order, ReadError, Who};
+use super::read::{who_column, LineKind, LogLine, LogReader, Order, ReadError, Who};
 
 /// Connections the API may hold at once (the writer's pool is separate).
 pub const READ_POOL_SIZE: u32 = 4;
@@ -71,29 +71,12 @@ const EVENT_COLUMNS: &str = "CASE WHEN kind = 'clearchat' THEN 2 ELSE 4 END AS k
      NULL::text AS reply_parent_user_login, sent_at, raw, msg_id, params::text AS params, ban_duration, \
      target_user_id, id";
 
-/// The event kinds a log shows, as justlog does.
-const EVENT_KINDS: &str = "kind IN ('usernotice', 'clearchat')";
-
-/// The columns a [`Who`] is matched on (messages, events): fixed names, never input.
-fn who_column(who: &Who) -> (&'static str, &'static str, &str) {
-    match who {
-        Who::Login(l) => ("username", "login", l.as_str()),
-        Who::Id(id) => ("user_id", "user_id", id.as_str()),
-    }
-}
-
 /// The statements, public so that a test can EXPLAIN each one on a large table. Each reads
 /// chat_messages and chat_events by index range and merges the two.
 #[doc(hidden)]
 pub mod sql {
-    use super::{Order, EVENT_COLUMNS, EVENT_KINDS, MESSAGE_COLUMNS};
-
-    fn dir(order: Order) -> &'static str {
-        match order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        }
-    }
+    use super::{EVENT_COLUMNS, MESSAGE_COLUMNS};
+    use crate::store::read::{sql_dir as dir, Order, EVENT_KINDS};
 
     /// A skip scan over one table: its newest row, then the newest row before that row's
     /// period, … (one index probe per period found).

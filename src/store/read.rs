@@ -77,6 +77,26 @@ pub enum Order {
     NewestFirst,
 }
 
+/// `ASC` or `DESC` for `order`, in the readers' statements.
+pub(super) fn sql_dir(order: Order) -> &'static str {
+    match order {
+        Order::OldestFirst => "ASC",
+        Order::NewestFirst => "DESC",
+    }
+}
+
+/// The event kinds a log shows, as justlog does (the same SQL on both stores).
+pub(super) const EVENT_KINDS: &str = "kind IN ('usernotice', 'clearchat')";
+
+/// The columns a [`Who`] is matched on (messages, events), the same names on both stores:
+/// fixed names, never input.
+pub(super) fn who_column(who: &Who) -> (&'static str, &'static str, &str) {
+    match who {
+        Who::Login(l) => ("username", "login", l.as_str()),
+        Who::Id(id) => ("user_id", "user_id", id.as_str()),
+    }
+}
+
 /// Why a read failed; the HTTP layer answers 503 for either.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

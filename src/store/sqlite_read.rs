@@ -24,7 +24,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use super::read::{LineKind, LogLine, LogReader, Order, ReadError, Who};
+use super::read::{who_column, LineKind, LogLine, LogReader, Order, ReadError, Who};
 use super::sqlite::timestamp;
 
 /// Connections the API may hold at once (the writer's connection is separate).
@@ -119,30 +119,13 @@ const EVENT_COLUMNS: &str = "CASE WHEN kind = 'clearchat' THEN 2 ELSE 4 END AS k
      NULL AS reply_parent_user_login, sent_at, raw, msg_id, params, ban_duration, \
      target_user_id, id";
 
-/// The event kinds a log shows, as justlog does.
-const EVENT_KINDS: &str = "kind IN ('usernotice', 'clearchat')";
-
-/// The columns a [`Who`] is matched on (messages, events): fixed names, never input.
-fn who_column(who: &Who) -> (&'static str, &'static str, &str) {
-    match who {
-        Who::Login(l) => ("username", "login", l.as_str()),
-        Who::Id(id) => ("user_id", "user_id", id.as_str()),
-    }
-}
-
 /// The statements, public so that a test can `EXPLAIN QUERY PLAN` each one. SQLite allows
 /// ORDER BY and LIMIT only on a whole compound select, so each table's bounded range is a
 /// subquery.
 #[doc(hidden)]
 pub mod sql {
-    use super::{Order, EVENT_COLUMNS, EVENT_KINDS, MESSAGE_COLUMNS};
-
-    fn dir(order: Order) -> &'static str {
-        match order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        }
-    }
+    use super::{EVENT_COLUMNS, MESSAGE_COLUMNS};
+    use crate::store::read::{sql_dir as dir, Order, EVENT_KINDS};
 
     /// A skip scan over one table: its newest row's period (the first `width` characters of
     /// sent_at), then the newest row before that period, … (one index probe per period found).
