@@ -12,6 +12,9 @@
 //! costs disk, not memory. Time is bounded too: a row is committed or on disk within
 //! `durable_within` of being read; a write still waiting when its oldest row reaches
 //! [`spill_age`] has its rows copied to the spool (a late commit is deduplicated at replay).
+//! With batches written side by side, a failure makes them retry oldest first, and a spill
+//! takes the newer ones in flight to disk with it and abandons their writes: a commit of
+//! theirs would land ahead of the older rows now waiting on disk.
 //! Rows that can never be valid, and rows the database refuses (found by splitting the batch),
 //! go to the dead-letter place; the rest is stored.
 
@@ -188,14 +191,17 @@ struct Shared {
     /// Memory batches being written, oldest first: a spill takes the newer ones with it, so
     /// the spool keeps arrival order whichever write fails first.
     flying: Mutex<Vec<Flying>>,
+    /// A batch in flight finished (written or spilled): a newer one waiting to retry looks again.
+    landed: Notify,
 }
 
 /// A memory batch in flight, as the spill sees it.
 struct Flying {
     seq: u64,
     jobs: Vec<Job>,
-    /// Set when an older batch's spill put these rows on disk.
-    spilled: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when an older batch's spill put these rows on disk behind its own: the write is
+    /// abandoned then, as a commit would put these rows ahead of the older ones.
+    spilled: watch::Sender<bool>,
 }
 
 /// Why rows were lost, for the one log line per 10,000.
@@ -306,6 +312,11 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Whether a memory batch older than `seq` is still being written.
+    fn older_in_flight(&self, seq: u64) -> bool {
+        self.flying.lock().expect("writer flying lock").iter().any(|f| f.seq < seq)
+    }
+
     /// The flusher took rows out of memory.
     fn freed(&self) {
         self.room.notify_waiters();
@@ -337,7 +348,7 @@ impl Shared {
     /// behind it go to disk with it, in order, and are marked spilled.
     fn spill(&self, seq: u64, jobs: &VecDeque<Job>) -> bool {
         let flying = self.flying.lock().expect("writer flying lock");
-        let behind: Vec<&Flying> = flying.iter().filter(|f| f.seq > seq && !f.spilled.load(Relaxed)).collect();
+        let behind: Vec<&Flying> = flying.iter().filter(|f| f.seq > seq && !*f.spilled.borrow()).collect();
         let mut st = self.lock();
         let mut rows: Vec<Record> = jobs.iter().flat_map(Job::records).collect();
         rows.extend(behind.iter().flat_map(|f| f.jobs.iter().flat_map(Job::records)));
@@ -348,7 +359,7 @@ impl Shared {
         match st.spool.prepend(&rows) {
             Ok(_) => {
                 for f in behind {
-                    f.spilled.store(true, Relaxed);
+                    f.spilled.send_replace(true);
                 }
                 st.mem.clear();
                 st.spooling = true;
@@ -478,6 +489,7 @@ pub fn spawn_filtered(
         stats: stats.clone(),
         filter: std::sync::RwLock::new(Arc::new(filter)),
         flying: Mutex::new(Vec::new()),
+        landed: Notify::new(),
     });
     let (tx, rx) = crate::record::channel(HANDOFF);
     let (settings, settings_rx) = watch::channel(cfg);
@@ -644,15 +656,16 @@ async fn flush_loop(store: Arc<dyn Store>, shared: Arc<Shared>, mut settings: wa
             ordered_busy |= ordered;
             seq += 1;
             let mut jobs = jobs_for(batch, &shared.filter(), &shared.stats);
-            let spilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let me = Flying { seq, jobs: jobs.iter().cloned().collect(), spilled: spilled.clone() };
+            let (spilled, taken) = watch::channel(false);
+            let me = Flying { seq, jobs: jobs.iter().cloned().collect(), spilled };
             shared.flying.lock().expect("writer flying lock").push(me);
             let (store, shared) = (store.clone(), shared.clone());
             let seq = seq;
             in_flight.push(Box::pin(async move {
                 let mut refused = Refused::default();
-                let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused, Some((seq, &spilled))).await;
+                let outcome = write_out(&*store, &shared, &mut jobs, source, &mut refused, Some((seq, taken))).await;
                 shared.flying.lock().expect("writer flying lock").retain(|f| f.seq != seq);
+                shared.landed.notify_waiters();
                 refused.log();
                 (ordered, outcome)
             }));
@@ -812,11 +825,14 @@ async fn write_out(
     jobs: &mut VecDeque<Job>,
     source: Source,
     refused: &mut Refused,
-    flying: Option<(u64, &std::sync::atomic::AtomicBool)>,
+    flying: Option<(u64, watch::Receiver<bool>)>,
 ) -> Flushed {
-    let seq = flying.map_or(u64::MAX, |(seq, _)| seq);
+    let (seq, taken) = match flying {
+        Some((seq, taken)) => (seq, Some(taken)),
+        None => (u64::MAX, None),
+    };
     // An older batch's spill may have put these rows on disk already.
-    let spilled_by_older = || flying.is_some_and(|(_, f)| f.load(Relaxed));
+    let spilled_by_older = || taken.as_ref().is_some_and(|t| *t.borrow());
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     let mut failures = 0u32;
@@ -863,6 +879,11 @@ async fn write_out(
                         break Err(StoreError::Unavailable(GaveUp::ShutdownTimeout.into()))
                     }
                     _ = deadline_rx.changed() => {}
+                    // On disk behind older rows now: committing would put them ahead (the
+                    // dropped write rolls back; only a COMMIT already sent can still land).
+                    _ = taken_by_older(taken.clone()), if taken.is_some() && !spilled_by_older() => {
+                        return Flushed::Spilled;
+                    }
                     _ = async { sleep_until(spill_at.unwrap()).await }, if spill_at.is_some() => {
                         if shared.spill(seq, jobs) {
                             spilled = true;
@@ -1023,6 +1044,21 @@ async fn write_out(
                     _ = deadline_rx.changed() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Retries go oldest first: a newer batch committing while an older one still
+                // fails would store its rows ahead of them. The older one ends by a write, a
+                // spill (which takes these rows too) or the shutdown deadline.
+                if taken.is_some() {
+                    loop {
+                        let landed = shared.landed.notified();
+                        if spilled_by_older() || !shared.older_in_flight(seq) {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = landed => {}
+                            _ = taken_by_older(taken.clone()) => {}
+                        }
+                    }
+                }
             }
         }
     }
@@ -1031,6 +1067,17 @@ async fn write_out(
     } else {
         Flushed::Written
     }
+}
+
+/// Resolves once an older batch's spill took these rows (never for a spool replay).
+async fn taken_by_older(taken: Option<watch::Receiver<bool>>) {
+    if let Some(mut t) = taken {
+        if t.wait_for(|v| *v).await.is_ok() {
+            return;
+        }
+    }
+    // The sender lives until the batch is done; never mistake its end for a spill.
+    std::future::pending::<()>().await
 }
 
 /// Rows a successful job wrote (a dead letter is one row).
@@ -1076,6 +1123,10 @@ mod tests {
         fail_batch_with: Mutex<Option<(String, u64)>>,
         /// Event keys in the order they were stored.
         events: Mutex<Vec<String>>,
+        /// A batch holding one of these ids gets no answer until it is released (a database
+        /// that stopped answering, or a pool waiting to connect).
+        held: Mutex<BTreeSet<String>>,
+        released: tokio::sync::Notify,
     }
 
     /// Counts a write as running until dropped.
@@ -1104,6 +1155,13 @@ mod tests {
                 .then(|| Running::start(&self.ordered_running, &self.ordered_peak));
             if self.hang.load(Relaxed) {
                 std::future::pending::<()>().await;
+            }
+            loop {
+                let released = self.released.notified();
+                if !batch.messages.iter().any(|m| self.held.lock().unwrap().contains(&m.message_id)) {
+                    break;
+                }
+                released.await;
             }
             let delay = self.delay_ms.load(Relaxed);
             if delay > 0 {
@@ -1167,6 +1225,15 @@ mod tests {
     impl Fake {
         fn stored(&self) -> Vec<String> {
             self.stored.lock().unwrap().clone()
+        }
+
+        fn hold(&self, ids: &[String]) {
+            self.held.lock().unwrap().extend(ids.iter().cloned());
+        }
+
+        fn release(&self, id: &String) {
+            self.held.lock().unwrap().remove(id);
+            self.released.notify_waiters();
         }
     }
 
@@ -1847,6 +1914,54 @@ mod tests {
         fake.fail_next.store(0, Relaxed);
         run_for(Duration::from_secs(10)).await;
         assert_eq!(fake.stored(), ids(0..200), "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_an_older_spill_took_to_disk_is_abandoned_even_when_its_write_would_commit_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        // The database stops answering: both batches in flight wait.
+        fake.hold(&[id(0), id(100)]);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        run_for(Duration::from_millis(5)).await;
+        assert_eq!(fake.running.load(Relaxed), 2, "both batches in flight");
+        // The older batch's spill age: both go to disk, in order.
+        while w.stats.spooled.load(Relaxed) < 200 {
+            run_for(Duration::from_millis(10)).await;
+        }
+        // The database answers the newer write first, then the older one.
+        fake.release(&id(100));
+        run_for(Duration::from_millis(10)).await;
+        fake.release(&id(0));
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(fake.stored(), ids(0..200), "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_batch_that_failed_retries_only_after_the_older_one_in_flight_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        // Its backoff (100 ms) is long past; the older write still waits.
+        run_for(Duration::from_millis(1000)).await;
+        assert_eq!(w.stats.failed_attempts.load(Relaxed), 1);
+        assert!(fake.stored().is_empty(), "the newer batch waits: {:?}", fake.stored().first());
+        fake.release(&id(0));
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(fake.stored(), ids(0..200), "arrival order, each row once");
+        assert_eq!(w.stats.spooled.load(Relaxed), 0, "retried in memory");
         let f = w.finish().await;
         assert_eq!((f.lost, f.spooled), (0, 0));
     }
