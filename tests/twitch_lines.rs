@@ -73,6 +73,8 @@ async fn lines_that_crashed_twitch_irc_leave_the_account_connected_and_logging_e
     fake.to_channel("chan", "@followers-only=999999999999999999;room-id=1 :tmi.twitch.tv ROOMSTATE #chan");
     // Safe, but not what twitch-irc can read (tags missing): handed on as generic, counted.
     fake.to_channel("chan", "@msg-id=sub;room-id=1 :tmi.twitch.tv USERNOTICE #chan");
+    // A channel nobody asked for (a server bug, a proxy): counted, not stored.
+    fake.to_nick(ANON, &privmsg("elsewhere", "stray-1", "Eve", "not wanted"));
     fake.to_channel("chan", &privmsg("chan", "after-crashers", "Bo", "still here"));
     db.wait_count("SELECT count(*) FROM chat_messages", 1, 10 * SEC).await;
     assert_eq!(open_conns(&fake), conns, "the connection was never dropped");
@@ -90,6 +92,7 @@ async fn lines_that_crashed_twitch_irc_leave_the_account_connected_and_logging_e
     assert_eq!(metric(&m, "twitch_logger_bad_lines_total{reason=\"chat_refused\"}"), 1.0);
     assert_eq!(metric(&m, "twitch_logger_account_up{account=\"default\"}"), 1.0);
     assert_eq!(metric(&m, "twitch_logger_account_client_restarts_total{account=\"default\"}"), 0.0);
+    assert_eq!(metric(&m, "twitch_logger_bad_lines_total{reason=\"unwanted_channel\"}"), 1.0, "{m}");
 
     fake.to_nick(ANON, ":tmi.twitch.tv RECONNECT");
     fake.wait_for("reconnected and rejoined", 15 * SEC, |f| {

@@ -3,6 +3,7 @@
 //! and, with `[http] api = true`, the read-only log API and its web page ([`api`]).
 
 pub mod api;
+mod limit;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -53,7 +54,7 @@ pub async fn serve(
     std::thread::Builder::new().name("http".into()).spawn(move || {
         rt.block_on(async move {
             let served = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => axum::serve(l, app).await,
+                Ok(l) => axum::serve(limit::Capped::new(l, limit::MAX_CONNECTIONS, limit::IDLE), app).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = served {

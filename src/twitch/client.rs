@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::FutureExt;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -463,7 +463,7 @@ impl Drain {
                         if died.is_some() {
                             // Hand over what it already read, then give up on it.
                             close(&mut client);
-                            let _ = tokio::time::timeout(DRAIN_DEAD, self.hand_over_rest(&mut incoming)).await;
+                            let _ = tokio::time::timeout(DRAIN_DEAD, self.hand_over_rest(&mut incoming, channels)).await;
                             return End::Died(died.unwrap_or_default());
                         }
                     }
@@ -514,10 +514,10 @@ impl Drain {
     }
 
     /// Hands what a dead client's channel still holds to the writer.
-    async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>) {
+    async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>, wanted: &BTreeSet<String>) {
         let mut none = None;
         while let Some(m) = incoming.recv().await {
-            if !self.take(m, &mut none, &BTreeSet::new()).await {
+            if !self.take(m, &mut none, wanted).await {
                 return;
             }
         }
@@ -525,7 +525,8 @@ impl Drain {
 
     /// Handles one message from twitch-irc. False when the writer has gone. Joins and join
     /// failures are logged only for `wanted` channels, so a server cannot flood the log (or
-    /// grow our sets) with made-up ones.
+    /// grow our sets) with made-up ones; events and notices of other channels are counted, not
+    /// stored.
     async fn take(
         &self,
         msg: ServerMessage,
@@ -604,6 +605,11 @@ impl Drain {
             }
         }
         if let Some(mut rec) = convert::to_record(msg, received_at) {
+            // `*`: a notice about the account, not a channel. (Chat is checked in the transport.)
+            if !matches!(rec.channel(), "" | "*") && !wanted.contains(rec.channel()) {
+                report_bad_line(BadLine::UnwantedChannel, "", &format!("#{}", rec.channel()));
+                return true;
+            }
             super::sent_time::settle(&mut rec);
             match &rec {
                 Record::Message(_) => self.login_state.messages.fetch_add(1, Relaxed),
@@ -651,8 +657,8 @@ fn close(client: &mut Option<(Client, JoinHandle<()>)>) {
     }
 }
 
-/// A channel still not joined this long after the last JOIN left the pacer is reported
-/// (Twitch says nothing when a channel does not exist).
+/// A channel still not joined this long after its JOIN was written is reported (Twitch says
+/// nothing when a channel does not exist).
 pub const UNCONFIRMED_JOIN: Duration = Duration::from_secs(10);
 
 /// Keeps `channels_joined` current from twitch-irc's own view (which drops a failed
@@ -665,27 +671,23 @@ async fn track_joined(
     login: Arc<LoginState>,
     account: String,
 ) {
-    let mut missing_since: HashMap<String, Instant> = HashMap::new();
     loop {
         let channels: Vec<String> = wanted.borrow_and_update().iter().cloned().collect();
         let mut joined = 0;
-        // JOINs still waiting for the pacer are not late yet.
-        let joins_queued = login.pending.load(Relaxed) > 0;
         let now = Instant::now();
         for ch in &channels {
             if client.get_channel_status(ch.clone()).await.1 {
                 joined += 1;
-                missing_since.remove(ch);
-            } else if !joins_queued {
-                let since = *missing_since.entry(ch.clone()).or_insert(now);
-                if now.duration_since(since) >= UNCONFIRMED_JOIN && stats.report(ch) {
+            } else if let Some(sent) = login.join_sent(ch) {
+                // A JOIN not written yet (our pacer, or twitch-irc still opening connections
+                // for it) is not late.
+                if now.duration_since(sent) >= UNCONFIRMED_JOIN && stats.report(ch) {
                     tracing::warn!(account = %account, channel = %ch,
                         "#{ch} is still not joined {}s after its JOIN: Twitch did not confirm it (no such channel, or a ban). \
                          Not retried until the next reconnect; check the name in the config.", UNCONFIRMED_JOIN.as_secs());
                 }
             }
         }
-        missing_since.retain(|ch, _| channels.contains(ch));
         stats.channels_joined.store(joined, Relaxed);
         let _ = tokio::time::timeout(JOINED_REFRESH, wanted.changed()).await;
     }

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use either::Either;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -64,8 +64,8 @@ pub struct TransportContext {
     pass_unsafe_lines: AtomicBool,
     /// `[storage] raw_lines`: rows carry the exact line as received.
     raw_lines: AtomicBool,
-    bad_lines: [AtomicU64; 6],
-    bad_line_reports: [RateLimit; 6],
+    bad_lines: [AtomicU64; BadLine::ALL.len()],
+    bad_line_reports: [RateLimit; BadLine::ALL.len()],
     connect_failures: RateLimit,
     /// Zero point of the [`RateLimit`]s' clocks.
     epoch: Instant,
@@ -92,8 +92,8 @@ impl TransportContext {
             logins: Mutex::new(HashMap::new()),
             pass_unsafe_lines: AtomicBool::new(false),
             raw_lines: AtomicBool::new(false),
-            bad_lines: [const { AtomicU64::new(0) }; 6],
-            bad_line_reports: [const { RateLimit::new() }; 6],
+            bad_lines: [const { AtomicU64::new(0) }; BadLine::ALL.len()],
+            bad_line_reports: [const { RateLimit::new() }; BadLine::ALL.len()],
             connect_failures: RateLimit::new(),
             epoch: Instant::now(),
         })
@@ -146,7 +146,7 @@ impl TransportContext {
     }
 
     /// Lines dropped or repaired by this context's connections, by kind (for `/metrics`).
-    pub fn bad_line_counts(&self) -> [(&'static str, u64); 6] {
+    pub fn bad_line_counts(&self) -> [(&'static str, u64); BadLine::ALL.len()] {
         BadLine::ALL.map(|k| (k.label(), self.bad_lines[k as usize].load(Relaxed)))
     }
 
@@ -222,6 +222,10 @@ pub struct LoginState {
     /// channels in between are unbounded; this bounds them).
     pub in_flight: AtomicI64,
     room: tokio::sync::Notify,
+    /// When each channel's last JOIN went out on one of the login's connections (a PART
+    /// removes it): a JOIN Twitch never confirmed is late counting from there, not from when
+    /// the config asked for it (twitch-irc feeds JOINs as it opens connections, 90 a time).
+    joins_sent: Mutex<HashMap<String, Instant>>,
 }
 
 /// Most lines a login may have between its sockets and its client: past this, reading pauses
@@ -239,6 +243,27 @@ impl LoginState {
             messages: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             room: tokio::sync::Notify::new(),
+            joins_sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// When `channel`'s last JOIN was written, unless it was parted since (or never sent).
+    pub fn join_sent(&self, channel: &str) -> Option<Instant> {
+        self.joins_sent.lock().expect("joins_sent lock").get(channel).copied()
+    }
+
+    /// Takes note of a JOIN or PART (`#a` or `#a,#b`) just written.
+    fn wrote(&self, m: &IRCMessage) {
+        let Some(list) = m.params.first() else { return };
+        let mut sent = self.joins_sent.lock().expect("joins_sent lock");
+        let now = Instant::now();
+        for ch in list.split(',') {
+            let ch = ch.strip_prefix('#').unwrap_or(ch);
+            if m.command == "JOIN" {
+                sent.insert(ch.to_string(), now);
+            } else {
+                sent.remove(ch);
+            }
         }
     }
 
@@ -371,10 +396,11 @@ impl Transport for PacedTransport {
         let link: Arc<OnceLock<Link>> = Arc::default();
         let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(256);
         let records = ctx.records.read().expect("records lock").clone();
-        tokio::spawn(read_loop(read, lines_tx, link.clone(), records, ctx.clone()));
+        let joined: Arc<Joined> = Arc::default();
+        tokio::spawn(read_loop(read, lines_tx, link.clone(), joined.clone(), records, ctx.clone()));
         let incoming = futures_util::stream::poll_fn(move |cx| lines_rx.poll_recv(cx)).fuse();
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
-        tokio::spawn(write_loop(rx, write, link, ctx.clone()));
+        tokio::spawn(write_loop(rx, write, link, joined, ctx.clone()));
         let outgoing =
             tx.sink_map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection writer ended"));
         Ok(PacedTransport { incoming: Box::new(incoming), outgoing: Box::new(outgoing) })
@@ -417,6 +443,31 @@ struct Link {
     state: Arc<LoginState>,
 }
 
+/// The channels a connection has asked to join (its JOIN handed to the writer, paced or not)
+/// and not parted since: chat of any other channel is not stored.
+#[derive(Default)]
+struct Joined(Mutex<HashSet<String>>);
+
+impl Joined {
+    /// Takes note of an outgoing JOIN or PART (`#a` or `#a,#b`).
+    fn note(&self, m: &IRCMessage) {
+        let Some(list) = m.params.first() else { return };
+        let mut set = self.0.lock().expect("joined lock");
+        for ch in list.split(',') {
+            let ch = ch.strip_prefix('#').unwrap_or(ch);
+            if m.command == "JOIN" {
+                set.insert(ch.to_string());
+            } else {
+                set.remove(ch);
+            }
+        }
+    }
+
+    fn has(&self, channel: &str) -> bool {
+        self.0.lock().expect("joined lock").contains(channel)
+    }
+}
+
 /// Why a line from the server was dropped or repaired. Each is counted
 /// ([`bad_line_counts`]) and reported at most every [`REPORT_EVERY`] per kind, with a prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,17 +484,22 @@ pub enum BadLine {
     UnsafeTag,
     /// A line twitch-irc could tokenise but not read (handed on as a generic message).
     Unparsed,
+    /// Chat of a channel the connection has not joined, or an event of one the account is not
+    /// set to read (a server bug, a proxy that multiplexes connections, a line still arriving
+    /// after a PART): dropped.
+    UnwantedChannel,
 }
 
 impl BadLine {
     /// Every kind, in metric order.
-    pub const ALL: [BadLine; 6] = [
+    pub const ALL: [BadLine; 7] = [
         BadLine::InvalidUtf8,
         BadLine::TooLong,
         BadLine::Malformed,
         BadLine::ChatRefused,
         BadLine::UnsafeTag,
         BadLine::Unparsed,
+        BadLine::UnwantedChannel,
     ];
 
     /// The metric label.
@@ -455,6 +511,7 @@ impl BadLine {
             BadLine::ChatRefused => "chat_refused",
             BadLine::UnsafeTag => "unsafe_tag",
             BadLine::Unparsed => "unparsed",
+            BadLine::UnwantedChannel => "unwanted_channel",
         }
     }
 
@@ -468,6 +525,9 @@ impl BadLine {
             }
             BadLine::UnsafeTag => "a line from Twitch had a tag value that crashes twitch-irc; the value was emptied",
             BadLine::Unparsed => "twitch-irc could not read a line from Twitch; it was ignored",
+            BadLine::UnwantedChannel => {
+                "a line of a channel this account is not set to read was dropped (a server bug, a proxy, or a line still arriving after a PART)"
+            }
         }
     }
 }
@@ -476,7 +536,7 @@ impl BadLine {
 pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Lines dropped or repaired since start, by kind, in the installed context (for `/metrics`).
-pub fn bad_line_counts() -> [(&'static str, u64); 6] {
+pub fn bad_line_counts() -> [(&'static str, u64); BadLine::ALL.len()] {
     installed().bad_line_counts()
 }
 
@@ -633,6 +693,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     read: R,
     tx: tokio::sync::mpsc::Sender<Line>,
     link: Arc<OnceLock<Link>>,
+    joined: Arc<Joined>,
     records: Option<RecordTx>,
     ctx: Arc<TransportContext>,
 ) {
@@ -675,7 +736,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             continue;
         }
         if let Some(sink) = records.as_ref().filter(|_| chatline::is_privmsg(&line)) {
-            match store_chat(&line, sink, &link, &ctx).await {
+            match store_chat(&line, sink, &link, &joined, &ctx).await {
                 Some(true) => continue,
                 Some(false) => return,
                 None => {}
@@ -690,7 +751,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         if let (Some(sink), "PRIVMSG") = (&records, msg.command.as_str()) {
             // A PRIVMSG the cheap check missed (lower-case command): ours too, never twitch-irc's.
-            match store_chat(&line, sink, &link, &ctx).await {
+            match store_chat(&line, sink, &link, &joined, &ctx).await {
                 Some(false) => return,
                 _ => continue,
             }
@@ -719,8 +780,18 @@ const STORED_COMMANDS: [&str; 5] = ["NOTICE", "USERNOTICE", "CLEARCHAT", "CLEARM
 
 /// Turns a chat line into a row for `sink`, or counts it as refused: `Some(true)`. `None`:
 /// not a chat line after all. `Some(false)`: the writer has gone.
-async fn store_chat(line: &str, sink: &RecordTx, link: &OnceLock<Link>, ctx: &TransportContext) -> Option<bool> {
+async fn store_chat(
+    line: &str,
+    sink: &RecordTx,
+    link: &OnceLock<Link>,
+    joined: &Joined,
+    ctx: &TransportContext,
+) -> Option<bool> {
     match chatline::classify(line, Utc::now()) {
+        Chat::Row(row) if !joined.has(&row.channel) => {
+            ctx.report_bad_line(BadLine::UnwantedChannel, "", line);
+            Some(true)
+        }
         Chat::Row(mut row) => {
             if ctx.raw_lines.load(Relaxed) {
                 row.raw = Some(line.to_string());
@@ -747,6 +818,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: futures_channel::mpsc::UnboundedReceiver<IRCMessage>,
     mut w: W,
     link: Arc<OnceLock<Link>>,
+    joined: Arc<Joined>,
     ctx: Arc<TransportContext>,
 ) {
     let mut state: Option<Arc<LoginState>> = None;
@@ -775,12 +847,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         m
                     }
                     "JOIN" => {
+                        joined.note(&m);
                         let p = state.get_or_insert_with(|| Arc::new(LoginState::new(Rate::TWITCH_DEFAULT_JOINS)));
                         p.pending.fetch_add(1, Relaxed);
                         pending.push_back(m);
                         continue;
                     }
                     "PART" => {
+                        joined.note(&m);
                         // A PART overtakes a JOIN of the same channel still waiting: drop that JOIN.
                         let before = pending.len();
                         pending.retain(|j| j.params.first() != m.params.first());
@@ -803,6 +877,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         raw.push_str("\r\n");
         if w.write_all(raw.as_bytes()).await.is_err() || w.flush().await.is_err() {
             break;
+        }
+        if let (Some(p), "JOIN" | "PART") = (&state, line.command.as_str()) {
+            p.wrote(&line);
         }
     }
     if let Some(p) = &state {
@@ -837,7 +914,10 @@ mod tests {
         let (server, client) = tokio::io::duplex(1 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (rec_tx, rec_rx) = tokio::sync::mpsc::channel(1024);
-        let task = tokio::spawn(read_loop(client, tx, link, Some(rec_tx), ctx.clone()));
+        // The connection asked to join #chan.
+        let joined: Arc<Joined> = Arc::default();
+        joined.note(&IRCMessage::new_simple("JOIN".into(), vec!["#chan".into()]));
+        let task = tokio::spawn(read_loop(client, tx, link, joined, Some(rec_tx), ctx.clone()));
         (server, rx, rec_rx, task)
     }
 
@@ -874,6 +954,25 @@ mod tests {
         assert!(count(&ctx, BadLine::InvalidUtf8) > utf8);
         assert!(count(&ctx, BadLine::TooLong) > long);
         assert!(count(&ctx, BadLine::Malformed) > malformed);
+    }
+
+    #[tokio::test]
+    async fn chat_of_a_channel_the_connection_never_joined_or_has_parted_is_dropped_and_counted() {
+        let ctx = context();
+        let joined: Arc<Joined> = Arc::default();
+        joined.note(&IRCMessage::new_simple("JOIN".into(), vec!["#chan,#two".into()]));
+        joined.note(&IRCMessage::new_simple("PART".into(), vec!["#two".into()]));
+        let (mut server, client) = tokio::io::duplex(1 << 16);
+        let (tx, _lines) = tokio::sync::mpsc::channel(16);
+        let (rec_tx, mut rows) = tokio::sync::mpsc::channel(16);
+        let _task = tokio::spawn(read_loop(client, tx, Arc::default(), joined, Some(rec_tx), ctx.clone()));
+        let parted = privmsg("p-1", "after the PART").replace("#chan", "#two");
+        let never = privmsg("n-1", "never joined").replace("#chan", "#elsewhere");
+        let bytes = format!("{parted}\r\n{never}\r\n{}\r\n", privmsg("ok-1", "kept"));
+        server.write_all(bytes.as_bytes()).await.unwrap();
+        let Record::Message(m) = rows.recv().await.unwrap() else { panic!("not a message") };
+        assert_eq!((m.channel.as_str(), m.text.as_str()), ("chan", "kept"));
+        assert_eq!(count(&ctx, BadLine::UnwantedChannel), 2);
     }
 
     #[tokio::test]
@@ -960,7 +1059,7 @@ mod tests {
         let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
         let (wire, _server) = tokio::io::duplex(1 << 16);
         let link: Arc<OnceLock<Link>> = Arc::default();
-        let task = tokio::spawn(write_loop(rx, wire, link.clone(), ctx.clone()));
+        let task = tokio::spawn(write_loop(rx, wire, link.clone(), Arc::default(), ctx.clone()));
         tx.unbounded_send(IRCMessage::parse("NICK bot").unwrap()).unwrap();
         tokio::time::timeout(Duration::from_secs(2), async {
             while lease.state().open.load(Relaxed) != 1 {
