@@ -252,13 +252,11 @@ impl LoginState {
         self.joins_sent.lock().expect("joins_sent lock").get(channel).copied()
     }
 
-    /// Takes note of a JOIN or PART (`#a` or `#a,#b`) just written.
+    /// Takes note of a JOIN or PART just written.
     fn wrote(&self, m: &IRCMessage) {
-        let Some(list) = m.params.first() else { return };
         let mut sent = self.joins_sent.lock().expect("joins_sent lock");
         let now = Instant::now();
-        for ch in list.split(',') {
-            let ch = ch.strip_prefix('#').unwrap_or(ch);
+        for ch in channels_of(m) {
             if m.command == "JOIN" {
                 sent.insert(ch.to_string(), now);
             } else {
@@ -443,18 +441,21 @@ struct Link {
     state: Arc<LoginState>,
 }
 
+/// The channels of a JOIN or PART line (`#a` or `#a,#b`), without their `#`.
+fn channels_of(m: &IRCMessage) -> impl Iterator<Item = &str> {
+    m.params.first().into_iter().flat_map(|list| list.split(',')).map(|c| c.strip_prefix('#').unwrap_or(c))
+}
+
 /// The channels a connection has asked to join (its JOIN handed to the writer, paced or not)
 /// and not parted since: chat of any other channel is not stored.
 #[derive(Default)]
 struct Joined(Mutex<HashSet<String>>);
 
 impl Joined {
-    /// Takes note of an outgoing JOIN or PART (`#a` or `#a,#b`).
+    /// Takes note of an outgoing JOIN or PART.
     fn note(&self, m: &IRCMessage) {
-        let Some(list) = m.params.first() else { return };
         let mut set = self.0.lock().expect("joined lock");
-        for ch in list.split(',') {
-            let ch = ch.strip_prefix('#').unwrap_or(ch);
+        for ch in channels_of(m) {
             if m.command == "JOIN" {
                 set.insert(ch.to_string());
             } else {
@@ -1073,6 +1074,29 @@ mod tests {
         drop(tx);
         task.await.unwrap();
         assert_eq!(lease.state().open.load(Relaxed), 0, "a closed connection is no longer open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_unconfirmed_join_clock_starts_when_a_join_is_written_not_while_it_waits_for_the_pacer() {
+        let ctx = context();
+        let lease = ctx.lease("bot", Rate { count: 1, per: Duration::from_secs(30) });
+        let (tx, rx) = futures_channel::mpsc::unbounded::<IRCMessage>();
+        let (wire, _server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(write_loop(rx, wire, Arc::default(), Arc::default(), ctx.clone()));
+        for line in ["NICK bot", "JOIN #a", "JOIN #b,#c"] {
+            tx.unbounded_send(IRCMessage::parse(line).unwrap()).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = lease.state();
+        assert!(s.join_sent("a").is_some(), "the first JOIN went out at once");
+        assert_eq!((s.join_sent("b"), s.join_sent("c")), (None, None), "still in the pacer: not late");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(s.join_sent("b").is_some() && s.join_sent("c").is_some(), "written with the next slot");
+        tx.unbounded_send(IRCMessage::parse("PART #a").unwrap()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(s.join_sent("a"), None, "a parted channel is not waited for");
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[test]
