@@ -180,4 +180,124 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
+
+    async fn server_with(app: Router, max: usize, idle: Duration) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(Capped::new(l, max, idle), app).await });
+        addr
+    }
+
+    async fn get_path(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    }
+
+    #[ignore = "BROKEN: idle timer counts handler time"]
+    #[tokio::test]
+    async fn attack_a_handler_slower_than_the_idle_time_still_gets_its_answer_out() {
+        let app = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "done\n"
+            }),
+        );
+        let addr = server_with(app, 4, Duration::from_millis(300)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), get_path(addr, "/slow")).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "slow handler's answer lost: {reply:?}");
+    }
+
+    #[ignore = "BROKEN: IDLE == REQUEST_TIMEOUT"]
+    #[tokio::test]
+    async fn attack_the_apis_own_timeout_answer_equal_to_the_idle_time_reaches_the_client() {
+        // api.rs: REQUEST_TIMEOUT (30 s) == IDLE (30 s); scaled down here.
+        let idle = Duration::from_millis(300);
+        let app = Router::new().route(
+            "/query",
+            get(move || async move {
+                match tokio::time::timeout(idle, std::future::pending::<()>()).await {
+                    Ok(()) => "never\n".to_string(),
+                    Err(_) => "the log query took too long; try a shorter range\n".to_string(),
+                }
+            }),
+        );
+        let addr = server_with(app, 4, idle).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), get_path(addr, "/query")).await.unwrap();
+        assert!(reply.contains("took too long"), "the timeout answer was cut off: {reply:?}");
+    }
+
+    #[ignore = "BROKEN: idle timer counts body-stream gaps"]
+    #[tokio::test]
+    async fn attack_a_streamed_body_with_a_pause_longer_than_idle_is_delivered_whole() {
+        let app = Router::new().route(
+            "/stream",
+            get(|| async {
+                let s = futures_util::stream::unfold(0u32, |i| async move {
+                    if i >= 2 {
+                        return None;
+                    }
+                    if i == 1 {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                    }
+                    Some((Ok::<_, std::io::Error>(format!("part{i}\n")), i + 1))
+                });
+                axum::body::Body::from_stream(s)
+            }),
+        );
+        let addr = server_with(app, 4, Duration::from_millis(300)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), get_path(addr, "/stream")).await.unwrap();
+        assert!(reply.contains("part1"), "stream cut: {reply:?}");
+    }
+
+    #[tokio::test]
+    async fn attack_keep_alive_and_pipelined_requests_within_the_idle_time_are_all_answered() {
+        let addr = server(1, Duration::from_millis(300)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    }
+
+    #[tokio::test]
+    async fn attack_after_a_flood_of_silent_connections_leaves_healthz_is_answered_again() {
+        let addr = server(4, Duration::from_millis(300)).await;
+        let flood: Vec<TcpStream> = futures_util::future::join_all((0..50).map(|_| TcpStream::connect(addr)))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(flood);
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(5), get_healthz(addr)).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn attack_a_slow_reader_of_a_big_response_gets_all_of_it() {
+        let big = "x".repeat(8 << 20);
+        let app = Router::new().route("/big", get(move || { let b = big.clone(); async move { b } }));
+        let addr = server_with(app, 4, Duration::from_millis(300)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(total > 8 << 20, "got {total} bytes");
+    }
 }

@@ -1965,4 +1965,180 @@ mod tests {
         let f = w.finish().await;
         assert_eq!((f.lost, f.spooled), (0, 0));
     }
+
+    // ---- attack tests ----
+
+    /// Full batch `k`: 99 messages k*100.. and event `k`.
+    async fn send_with_event(w: &Writer, k: u128) {
+        send(w, k * 100..k * 100 + 99).await;
+        w.sender.send(event(k)).await.unwrap();
+    }
+
+    #[ignore = "BROKEN: an events batch held by flush_loop while ordered_busy is in neither mem nor flying"]
+    #[tokio::test(start_paused = true)]
+    async fn attack_an_events_batch_waiting_behind_a_hung_events_batch_is_on_disk_within_durable_within() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hang.store(true, Relaxed);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        let t0 = Instant::now();
+        send_with_event(&w, 0).await;
+        run_for(Duration::from_millis(5)).await;
+        send_with_event(&w, 1).await;
+        run_for(Duration::from_millis(5)).await;
+        let obs = w.observer();
+        while t0.elapsed() < Duration::from_secs(5) {
+            run_for(Duration::from_millis(10)).await;
+        }
+        let b = obs.backlog();
+        assert_eq!(b.spool_rows + b.queue_rows as u64, 200, "every row in memory or on disk: {b:?}");
+        assert_eq!(b.spool_rows, 200, "every row on disk within durable_within (5 s): {b:?}");
+        w.finish().await;
+    }
+
+    #[ignore = "BROKEN: same cause; spool order reversed"]
+    #[tokio::test(start_paused = true)]
+    async fn attack_a_hung_database_at_shutdown_keeps_two_events_batches_in_arrival_order_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hang.store(true, Relaxed);
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send_with_event(&w, 0).await;
+        run_for(Duration::from_millis(5)).await;
+        send_with_event(&w, 1).await;
+        run_for(Duration::from_secs(4)).await;
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 200));
+        // The next start replays the spool.
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        run_for(Duration::from_secs(2)).await;
+        let mut want = ids(0..99);
+        want.extend(ids(100..199));
+        assert_eq!(*fake.events.lock().unwrap(), vec!["e0".to_string(), "e1".to_string()], "events in the order read");
+        assert_eq!(fake.stored(), want, "arrival order");
+        w.finish().await;
+    }
+
+    #[ignore = "BROKEN: same cause; written ahead of spooled rows"]
+    #[tokio::test(start_paused = true)]
+    async fn attack_an_events_batch_waiting_behind_a_spilled_one_is_not_written_ahead_of_the_spooled_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        // The database stops answering; when it answers the first write again, that one fails.
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(0), 1));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send_with_event(&w, 0).await;
+        run_for(Duration::from_millis(5)).await;
+        send_with_event(&w, 1).await;
+        // The first batch's spill age passes: its rows go to disk.
+        while w.stats.spooled.load(Relaxed) < 99 {
+            run_for(Duration::from_millis(10)).await;
+        }
+        fake.release(&id(0));
+        run_for(Duration::from_secs(10)).await;
+        let mut want = ids(0..99);
+        want.extend(ids(100..199));
+        assert_eq!(*fake.events.lock().unwrap(), vec!["e0".to_string(), "e1".to_string()], "events in the order read");
+        assert_eq!(fake.stored(), want, "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attack_shutdown_with_a_newer_batch_waiting_for_a_hung_older_one_keeps_its_deadline_and_both_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let mut c = cfg(dir.path());
+        c.durable_within = Duration::from_secs(60);
+        let w = spawn(fake.clone(), dir.path(), c).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(w.stats.failed_attempts.load(Relaxed), 1);
+        let t1 = Instant::now();
+        let f = w.finish().await;
+        assert!(t1.elapsed() <= Duration::from_millis(2100), "shutdown took {:?}", t1.elapsed());
+        assert_eq!((f.stored, f.lost, f.spooled), (0, 0, 200));
+        let fake = Arc::new(Fake::default());
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        run_for(Duration::from_secs(2)).await;
+        assert_eq!(fake.stored(), ids(0..200));
+        w.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attack_a_newer_batch_waiting_for_a_hung_older_one_is_on_disk_within_durable_within() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        let t0 = Instant::now();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 200..250).await;
+        while t0.elapsed() < Duration::from_secs(5) {
+            run_for(Duration::from_millis(10)).await;
+        }
+        assert_eq!(w.observer().backlog().spool_rows, 250);
+        fake.release(&id(0));
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(fake.stored(), ids(0..250), "arrival order, each row once");
+        let f = w.finish().await;
+        assert_eq!((f.lost, f.spooled), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attack_a_newer_batch_waiting_while_the_older_ones_spill_hits_a_full_disk_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
+        let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        run_for(Duration::from_secs(8)).await;
+        assert_eq!(w.stats.dropped.load(Relaxed), 0);
+        fake.release(&id(0));
+        run_for(Duration::from_secs(10)).await;
+        let mut got = fake.stored();
+        got.sort();
+        assert_eq!(got, ids(0..200));
+        assert_eq!(w.finish().await.lost, 0);
+    }
+
+    #[ignore = "BROKEN: db_failing cleared by another batch lets a new batch overtake a retry"]
+    #[tokio::test(start_paused = true)]
+    async fn attack_a_batch_started_after_the_older_one_landed_does_not_commit_ahead_of_a_retrying_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 2));
+        let mut c = cfg(dir.path());
+        c.durable_within = Duration::from_secs(60);
+        let w = spawn(fake.clone(), dir.path(), c).unwrap();
+        send(&w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(&w, 100..200).await;
+        run_for(Duration::from_millis(500)).await;
+        send(&w, 200..300).await;
+        run_for(Duration::from_millis(500)).await;
+        fake.delay_ms.store(50, Relaxed);
+        fake.release(&id(0));
+        run_for(Duration::from_secs(5)).await;
+        let got = fake.stored();
+        assert_eq!(got.len(), 300);
+        assert_eq!(got, ids(0..300), "arrival order; rows 100 and 200 stored at {:?} and {:?}",
+            got.iter().position(|i| *i == id(100)), got.iter().position(|i| *i == id(200)));
+        w.finish().await;
+    }
 }
