@@ -33,7 +33,7 @@ pub const MAX_DAYS: usize = 3660;
 pub const PAST_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// Longest a request may take before it is answered 503 (waiting for a connection, the
 /// query, reading its rows).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest path or query string accepted.
 const MAX_URI_CHARS: usize = 512;
 /// How often a request for an unknown channel id may refresh the room-id cache.

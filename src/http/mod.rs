@@ -54,7 +54,9 @@ pub async fn serve(
     std::thread::Builder::new().name("http".into()).spawn(move || {
         rt.block_on(async move {
             let served = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => axum::serve(limit::Capped::new(l, limit::MAX_CONNECTIONS, limit::IDLE), app).await,
+                Ok(l) => {
+                    axum::serve(limit::Capped::new(l, limit::MAX_CONNECTIONS, limit::IDLE, limit::ANSWER), app).await
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = served {
