@@ -138,20 +138,38 @@ mod tests {
     use axum::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// `/healthz` behind the listener; our answers may take four times `idle`.
     async fn server(max: usize, idle: Duration) -> SocketAddr {
+        server_with(Router::new().route("/healthz", get(|| async { "ok\n" })), max, idle).await
+    }
+
+    async fn server_with(app: Router, max: usize, idle: Duration) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
         tokio::spawn(async move { axum::serve(Capped::new(l, max, idle, idle * 4), app).await });
         addr
     }
 
     async fn get_healthz(addr: SocketAddr) -> String {
+        get_path(addr, "/healthz").await
+    }
+
+    /// The whole reply to one request (empty if the connection was closed without one).
+    async fn get_path(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        let _ = s.read_to_string(&mut out).await;
         out
+    }
+
+    /// How long until the server closed `s` without answering.
+    async fn closed_unanswered_after(s: &mut TcpStream) -> Duration {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        started.elapsed()
     }
 
     #[tokio::test]
@@ -171,11 +189,8 @@ mod tests {
     async fn a_connection_that_sends_nothing_is_closed_after_the_idle_time_and_frees_its_slot() {
         let addr = server(1, Duration::from_millis(200)).await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.unwrap().unwrap_or(0);
-        assert_eq!(n, 0, "closed without an answer");
-        assert!(started.elapsed() >= Duration::from_millis(150), "closed after {:?}", started.elapsed());
+        let took = closed_unanswered_after(&mut idle).await;
+        assert!(took >= Duration::from_millis(150), "closed after {took:?}");
         let reply = tokio::time::timeout(Duration::from_secs(5), get_healthz(addr)).await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
@@ -191,21 +206,6 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    }
-
-    async fn server_with(app: Router, max: usize, idle: Duration) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(Capped::new(l, max, idle, idle * 4), app).await });
-        addr
-    }
-
-    async fn get_path(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        out
     }
 
     #[tokio::test]
@@ -268,11 +268,7 @@ mod tests {
         let addr = server(1, Duration::from_millis(200)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
-        assert_eq!(n, 0, "closed without an answer");
-        let took = started.elapsed();
+        let took = closed_unanswered_after(&mut s).await;
         assert!(took >= Duration::from_millis(700), "closed after {took:?}: before the answer time (800 ms)");
         let reply = tokio::time::timeout(Duration::from_secs(5), get_healthz(addr)).await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");

@@ -1800,6 +1800,22 @@ mod tests {
         })
     }
 
+    /// Batch 0..100 gets no answer (held) while batch 100..200 beside it fails `fails` times:
+    /// a database that stops answering one connection and refuses the other.
+    fn older_hung_newer_failing(fails: u64) -> Arc<Fake> {
+        let fake = pipelined(0);
+        fake.hold(&[id(0)]);
+        *fake.fail_batch_with.lock().unwrap() = Some((id(100), fails));
+        fake
+    }
+
+    /// Rows 0..100, then 100..200 once the first batch is in flight: two batches side by side.
+    async fn two_batches(w: &Writer) {
+        send(w, 0..100).await;
+        run_for(Duration::from_millis(5)).await;
+        send(w, 100..200).await;
+    }
+
     fn pipelined(delay_ms: u64) -> Arc<Fake> {
         let fake = Fake { in_flight: 2, ..Default::default() };
         fake.delay_ms.store(delay_ms, Relaxed);
@@ -1932,9 +1948,7 @@ mod tests {
         let fake = pipelined(0);
         fake.fail_next.store(1_000_000, Relaxed);
         let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         // The older batch spills (taking the newer one with it); the database is back at once,
         // before the newer batch's next retry.
         while w.stats.spooled.load(Relaxed) == 0 {
@@ -1954,9 +1968,7 @@ mod tests {
         // The database stops answering: both batches in flight wait.
         fake.hold(&[id(0), id(100)]);
         let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         run_for(Duration::from_millis(5)).await;
         assert_eq!(fake.running.load(Relaxed), 2, "both batches in flight");
         // The older batch's spill age: both go to disk, in order.
@@ -1976,13 +1988,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_newer_batch_that_failed_retries_only_after_the_older_one_in_flight_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = pipelined(0);
-        fake.hold(&[id(0)]);
-        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let fake = older_hung_newer_failing(1);
         let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         // Its backoff (100 ms) is long past; the older write still waits.
         run_for(Duration::from_millis(1000)).await;
         assert_eq!(w.stats.failed_attempts.load(Relaxed), 1);
@@ -2075,15 +2083,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_with_a_newer_batch_waiting_for_a_hung_older_one_keeps_its_deadline_and_both_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = pipelined(0);
-        fake.hold(&[id(0)]);
-        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let fake = older_hung_newer_failing(1);
         let mut c = cfg(dir.path());
         c.durable_within = Duration::from_secs(60);
         let w = spawn(fake.clone(), dir.path(), c).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         run_for(Duration::from_secs(1)).await;
         assert_eq!(w.stats.failed_attempts.load(Relaxed), 1);
         let t1 = Instant::now();
@@ -2100,14 +2104,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_newer_batch_waiting_for_a_hung_older_one_is_on_disk_within_durable_within() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = pipelined(0);
-        fake.hold(&[id(0)]);
-        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let fake = older_hung_newer_failing(1);
         let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
         let t0 = Instant::now();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         run_for(Duration::from_millis(5)).await;
         send(&w, 200..250).await;
         while t0.elapsed() < Duration::from_secs(5) {
@@ -2124,14 +2124,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_newer_batch_waiting_while_the_older_ones_spill_hits_a_full_disk_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = pipelined(0);
-        fake.hold(&[id(0)]);
-        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 1));
+        let fake = older_hung_newer_failing(1);
         std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.tmp", 1u64 << 40))).unwrap();
         let w = spawn(fake.clone(), dir.path(), cfg(dir.path())).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         run_for(Duration::from_secs(8)).await;
         assert_eq!(w.stats.dropped.load(Relaxed), 0);
         fake.release(&id(0));
@@ -2145,15 +2141,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_started_after_the_older_one_landed_does_not_commit_ahead_of_a_retrying_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = pipelined(0);
-        fake.hold(&[id(0)]);
-        *fake.fail_batch_with.lock().unwrap() = Some((id(100), 2));
+        let fake = older_hung_newer_failing(2);
         let mut c = cfg(dir.path());
         c.durable_within = Duration::from_secs(60);
         let w = spawn(fake.clone(), dir.path(), c).unwrap();
-        send(&w, 0..100).await;
-        run_for(Duration::from_millis(5)).await;
-        send(&w, 100..200).await;
+        two_batches(&w).await;
         run_for(Duration::from_millis(500)).await;
         send(&w, 200..300).await;
         run_for(Duration::from_millis(500)).await;
