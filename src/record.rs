@@ -195,15 +195,6 @@ pub enum Record {
 }
 
 impl Record {
-    /// The channel the line came from (empty for a notice about the account, not a channel).
-    pub fn channel(&self) -> &str {
-        match self {
-            Record::Message(m) => &m.channel,
-            Record::Notice(n) => &n.channel,
-            Record::Event(e) => &e.channel,
-        }
-    }
-
     /// When this process read the line.
     pub fn received_at(&self) -> DateTime<Utc> {
         match self {

@@ -463,7 +463,7 @@ impl Drain {
                         if died.is_some() {
                             // Hand over what it already read, then give up on it.
                             close(&mut client);
-                            let _ = tokio::time::timeout(DRAIN_DEAD, self.hand_over_rest(&mut incoming, channels)).await;
+                            let _ = tokio::time::timeout(DRAIN_DEAD, self.hand_over_rest(&mut incoming)).await;
                             return End::Died(died.unwrap_or_default());
                         }
                     }
@@ -514,10 +514,10 @@ impl Drain {
     }
 
     /// Hands what a dead client's channel still holds to the writer.
-    async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>, wanted: &BTreeSet<String>) {
+    async fn hand_over_rest(&self, incoming: &mut mpsc::UnboundedReceiver<ServerMessage>) {
         let mut none = None;
         while let Some(m) = incoming.recv().await {
-            if !self.take(m, &mut none, wanted).await {
+            if !self.take(m, &mut none, &BTreeSet::new()).await {
                 return;
             }
         }
@@ -525,8 +525,8 @@ impl Drain {
 
     /// Handles one message from twitch-irc. False when the writer has gone. Joins and join
     /// failures are logged only for `wanted` channels, so a server cannot flood the log (or
-    /// grow our sets) with made-up ones; events and notices of other channels are counted, not
-    /// stored.
+    /// grow our sets) with made-up ones (lines of channels the connection did not join never get
+    /// here: see the transport).
     async fn take(
         &self,
         msg: ServerMessage,
@@ -605,11 +605,6 @@ impl Drain {
             }
         }
         if let Some(mut rec) = convert::to_record(msg, received_at) {
-            // `*`: a notice about the account, not a channel. (Chat is checked in the transport.)
-            if !matches!(rec.channel(), "" | "*") && !wanted.contains(rec.channel()) {
-                report_bad_line(BadLine::UnwantedChannel, "", &format!("#{}", rec.channel()));
-                return true;
-            }
             super::sent_time::settle(&mut rec);
             match &rec {
                 Record::Message(_) => self.login_state.messages.fetch_add(1, Relaxed),

@@ -485,9 +485,8 @@ pub enum BadLine {
     UnsafeTag,
     /// A line twitch-irc could tokenise but not read (handed on as a generic message).
     Unparsed,
-    /// Chat of a channel the connection has not joined, or an event of one the account is not
-    /// set to read (a server bug, a proxy that multiplexes connections, a line still arriving
-    /// after a PART): dropped.
+    /// Chat, a notice or an event of a channel the connection has not joined (a server bug, a
+    /// proxy that multiplexes connections, a line still arriving after a PART): dropped.
     UnwantedChannel,
 }
 
@@ -757,6 +756,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 _ => continue,
             }
         }
+        // Notices and events of a channel this connection never joined (or has parted) are not
+        // stored either; `NOTICE *` (about the account) has no channel and passes.
+        let unwanted = STORED_COMMANDS.contains(&msg.command.as_str())
+            && msg.params.first().and_then(|p| p.strip_prefix('#')).is_some_and(|ch| !joined.has(ch));
+        if unwanted {
+            ctx.report_bad_line(BadLine::UnwantedChannel, "", &line);
+            continue;
+        }
         if !ctx.pass_unsafe_lines.load(Relaxed) && sanitize(&mut msg) {
             ctx.report_bad_line(BadLine::UnsafeTag, "", &line);
         }
@@ -925,9 +932,9 @@ mod tests {
         let (server, client) = tokio::io::duplex(1 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (rec_tx, rec_rx) = tokio::sync::mpsc::channel(1024);
-        // The connection asked to join #chan.
+        // The connection asked to join the channels the tests' lines are for.
         let joined: Arc<Joined> = Arc::default();
-        joined.note(&IRCMessage::new_simple("JOIN".into(), vec!["#chan".into()]));
+        joined.note(&IRCMessage::new_simple("JOIN".into(), vec!["#chan,#c00".into()]));
         let task = tokio::spawn(read_loop(client, tx, link, joined, Some(rec_tx), ctx.clone()));
         (server, rx, rec_rx, task)
     }
@@ -984,6 +991,31 @@ mod tests {
         let Record::Message(m) = rows.recv().await.unwrap() else { panic!("not a message") };
         assert_eq!((m.channel.as_str(), m.text.as_str()), ("chan", "kept"));
         assert_eq!(count(&ctx, BadLine::UnwantedChannel), 2);
+    }
+
+    #[tokio::test]
+    async fn notices_and_events_of_a_channel_the_connection_never_joined_do_not_reach_twitch_irc() {
+        let ctx = context();
+        let joined: Arc<Joined> = Arc::default();
+        joined.note(&IRCMessage::new_simple("JOIN".into(), vec!["#chan".into()]));
+        let (mut server, client) = tokio::io::duplex(1 << 16);
+        let (tx, mut lines) = tokio::sync::mpsc::channel(16);
+        let _task = tokio::spawn(read_loop(client, tx, Arc::default(), joined, None, ctx.clone()));
+        let bytes = [
+            "@msg-id=x :tmi.twitch.tv NOTICE #elsewhere :not ours",
+            "@room-id=1 :tmi.twitch.tv ROOMSTATE #elsewhere",
+            "@room-id=1;tmi-sent-ts=1594545155039 :tmi.twitch.tv CLEARCHAT #elsewhere :someone",
+            ":tmi.twitch.tv NOTICE * :Login authentication failed",
+            "@msg-id=x :tmi.twitch.tv NOTICE #chan :ours",
+        ]
+        .map(|l| format!("{l}\r\n"))
+        .concat();
+        server.write_all(bytes.as_bytes()).await.unwrap();
+        let first = lines.recv().await.unwrap().unwrap();
+        assert_eq!(first.params, ["*", "Login authentication failed"], "a notice about the account passes");
+        let second = lines.recv().await.unwrap().unwrap();
+        assert_eq!(second.params, ["#chan", "ours"]);
+        assert_eq!(count(&ctx, BadLine::UnwantedChannel), 3);
     }
 
     #[tokio::test]
